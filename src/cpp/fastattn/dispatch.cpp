@@ -1,0 +1,155 @@
+// Runtime CPU dispatch and the checked entry point. Compiled with baseline
+// flags only: nothing here may execute an instruction the CPU might lack.
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/isa_entry.hpp"
+#include "sdpa.hpp"
+
+// FASTATTN_HAVE_<ISA> are set by CMakeLists.txt for the ISAs it compiled.
+FASTATTN_DECLARE_ISA_ENTRY(scalar)
+#ifdef FASTATTN_HAVE_AVX2
+FASTATTN_DECLARE_ISA_ENTRY(avx2)
+#endif
+#ifdef FASTATTN_HAVE_AVX512
+FASTATTN_DECLARE_ISA_ENTRY(avx512)
+#endif
+#ifdef FASTATTN_HAVE_NEON
+FASTATTN_DECLARE_ISA_ENTRY(neon)
+#endif
+
+namespace fastattn {
+namespace {
+
+struct IsaEntry {
+    const char* name;
+    bool (*cpu_has)();
+    void (*forward)(const SdpaArgs&);
+    void (*exp_array)(DType, const void*, void*, int64_t);
+};
+
+bool always() { return true; }
+#if defined(FASTATTN_HAVE_AVX2) || defined(FASTATTN_HAVE_AVX512)
+// __builtin_cpu_supports also checks that the OS saves the wide registers.
+bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool cpu_has_avx512() {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("fma");
+}
+#endif
+
+// Best last: "auto" picks the last entry the CPU can run.
+const IsaEntry kIsas[] = {
+    {"scalar", always, scalar::forward, scalar::exp_array},
+#ifdef FASTATTN_HAVE_NEON
+    {"neon", always, neon::forward, neon::exp_array},  // NEON is part of AArch64
+#endif
+#ifdef FASTATTN_HAVE_AVX2
+    {"avx2", cpu_has_avx2, avx2::forward, avx2::exp_array},
+#endif
+#ifdef FASTATTN_HAVE_AVX512
+    {"avx512", cpu_has_avx512, avx512::forward, avx512::exp_array},
+#endif
+};
+
+const IsaEntry* best_supported() {
+    const IsaEntry* best = &kIsas[0];
+    for (const IsaEntry& isa : kIsas)
+        if (isa.cpu_has()) best = &isa;
+    return best;
+}
+
+std::atomic<const IsaEntry*>& selected() {
+    static std::atomic<const IsaEntry*> entry{best_supported()};
+    return entry;
+}
+
+std::string join(const std::vector<std::string>& names) {
+    std::string s;
+    for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
+    return s;
+}
+
+void require(bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument("fastattn kernel: " + what);
+}
+
+}  // namespace
+
+std::vector<std::string> compiled_isas() {
+    std::vector<std::string> names;
+    for (const IsaEntry& isa : kIsas) names.push_back(isa.name);
+    return names;
+}
+
+std::vector<std::string> supported_isas() {
+    std::vector<std::string> names;
+    for (const IsaEntry& isa : kIsas)
+        if (isa.cpu_has()) names.push_back(isa.name);
+    return names;
+}
+
+std::string selected_isa() { return selected().load()->name; }
+
+void select_isa(const std::string& name) {
+    if (name == "auto") {
+        selected() = best_supported();
+        return;
+    }
+    for (const IsaEntry& isa : kIsas) {
+        if (name != isa.name) continue;
+        if (!isa.cpu_has())
+            throw std::invalid_argument("ISA '" + name + "' is not supported by this CPU (supported: " +
+                                        join(supported_isas()) + ")");
+        selected() = &isa;
+        return;
+    }
+    throw std::invalid_argument("unknown ISA '" + name + "' (compiled: " + join(compiled_isas()) +
+                                "; or 'auto')");
+}
+
+void check_args(const SdpaArgs& a) {
+    require(a.q && a.k && a.v && a.out, "null data pointer");
+    require(a.batch >= 1 && a.hq >= 1 && a.hkv >= 1 && a.lq >= 1 && a.lk >= 1 && a.d >= 1 && a.dv >= 0,
+            "sizes must be positive (dv may be 0)");
+    require(a.hq % a.hkv == 0, "hq must be a multiple of hkv");
+    require(a.causal == Causal::none || a.causal == Causal::upper_left || a.causal == Causal::lower_right,
+            "unknown causal mode");
+    require(a.dtype == DType::f32 || a.dtype == DType::f64, "unknown dtype");
+    require(a.num_threads >= 0, "num_threads must be >= 0");
+}
+
+void sdpa_forward(const SdpaArgs& args) {
+    check_args(args);
+    selected().load()->forward(args);
+}
+
+void exp_array(DType dtype, const void* x, void* y, int64_t n) {
+    selected().load()->exp_array(dtype, x, y, n);
+}
+
+bool have_openmp() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+}
+
+int default_num_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+}  // namespace fastattn

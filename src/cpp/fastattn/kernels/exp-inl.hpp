@@ -1,0 +1,76 @@
+// Vectorised exp(x), written once against the vector API (vec_*.hpp).
+// Included inside namespace fastattn::FASTATTN_ISA by sdpa-inl.hpp.
+//
+// Method (Cephes): x = n·ln2 + r with n = round(x/ln2) and |r| <= ln2/2, where
+// ln2 is split into a short high part (n·ln2_hi is exact) and a low part;
+// exp(r) by a polynomial; then exp(x) = 2^n · exp(r), with 2^n built in the
+// exponent field.
+//
+// Accuracy (measured against float64 exp by tests/test_exp.py on every ISA):
+//   float32: <= 2 ulp for -87.3 <= x <= 88   (Cephes degree-5 minimax)
+//   float64: <= 2 ulp for -708.3 <= x <= 709 (Taylor to r^13; the first
+//            omitted term is < 5e-18 relative)
+// Below the lower bound (exp(x) < the smallest normal number) the result is
+// exactly 0, so exp(-inf) = 0: masked scores contribute nothing. Above the
+// upper bound the result saturates (the kernel only calls exp(x) with x <= 0).
+// NaN in gives NaN out: the clamps keep NaN (see max/min in vec_avx2.hpp).
+
+template <class T>
+struct ExpConstants;
+
+template <>
+struct ExpConstants<float> {
+    static constexpr float lo = -87.3365447505f;  // ln(FLT_MIN)
+    static constexpr float hi = 88.0f;
+    static constexpr float log2e = 1.44269504088896341f;
+    static constexpr float ln2_hi = 0.693359375f;
+    static constexpr float ln2_lo = -2.12194440e-4f;
+};
+
+template <>
+struct ExpConstants<double> {
+    static constexpr double lo = -708.396418532264;  // ln(DBL_MIN)
+    static constexpr double hi = 709.0;
+    static constexpr double log2e = 1.4426950408889634;
+    static constexpr double ln2_hi = 6.93145751953125e-1;
+    static constexpr double ln2_lo = 1.42860682030941723212e-6;
+};
+
+// exp(r) for |r| <= ln2/2.
+inline Vec<float>::reg exp_reduced(Vec<float>::reg r) {
+    using V = Vec<float>;
+    V::reg p = V::set1(1.9875691500e-4f);
+    p = V::fma(p, r, V::set1(1.3981999507e-3f));
+    p = V::fma(p, r, V::set1(8.3334519073e-3f));
+    p = V::fma(p, r, V::set1(4.1665795894e-2f));
+    p = V::fma(p, r, V::set1(1.6666665459e-1f));
+    p = V::fma(p, r, V::set1(5.0000001201e-1f));
+    // 1 + r + r²·p(r)
+    return V::add(V::fma(p, V::mul(r, r), r), V::set1(1.0f));
+}
+
+inline Vec<double>::reg exp_reduced(Vec<double>::reg r) {
+    using V = Vec<double>;
+    // Taylor coefficients 1/k! for k = 13 down to 1, in Horner form.
+    static constexpr double inv_factorial[] = {
+        1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+        1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,
+        1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,        1.0 / 2.0,
+        1.0};
+    V::reg p = V::set1(inv_factorial[0]);
+    for (int k = 1; k < 13; ++k) p = V::fma(p, r, V::set1(inv_factorial[k]));
+    return V::fma(p, r, V::set1(1.0));
+}
+
+template <class T>
+inline typename Vec<T>::reg vexp(typename Vec<T>::reg x) {
+    using V = Vec<T>;
+    using C = ExpConstants<T>;
+    const typename V::reg lo = V::set1(C::lo);
+    // Clamp with the bound first so that a NaN x survives (vec contract).
+    typename V::reg xc = V::min(V::set1(C::hi), V::max(lo, x));
+    typename V::reg n = V::round(V::mul(xc, V::set1(C::log2e)));
+    typename V::reg r = V::fma(n, V::set1(-C::ln2_hi), xc);
+    r = V::fma(n, V::set1(-C::ln2_lo), r);
+    return V::zero_if_less(x, lo, V::scale_pow2(exp_reduced(r), n));
+}

@@ -1,0 +1,2 @@
+#include "vec_avx2.hpp"
+#include "sdpa-inl.hpp"

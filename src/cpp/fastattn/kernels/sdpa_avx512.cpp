@@ -1,0 +1,2 @@
+#include "vec_avx512.hpp"
+#include "sdpa-inl.hpp"

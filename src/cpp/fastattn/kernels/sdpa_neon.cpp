@@ -1,0 +1,2 @@
+#include "vec_neon.hpp"
+#include "sdpa-inl.hpp"

@@ -1,0 +1,2 @@
+#include "vec_scalar.hpp"
+#include "sdpa-inl.hpp"

@@ -1,0 +1,106 @@
+// AVX2 + FMA vectors: 8 floats or 4 doubles in a 256-bit register.
+//
+// The contract every vec_*.hpp keeps (kernels rely on it):
+//   load/store     unaligned
+//   fma(a, b, c)   a*b + c with one rounding where the ISA has FMA
+//   max, min       return b when either operand is NaN (the x86 MAXPS rule), so
+//                  max(bound, x) keeps a NaN x: exp() relies on this to clamp
+//   round(x)       to nearest, ties to even
+//   scale_pow2     p * 2^n for integral-valued n in the normal exponent range
+//   zero_if_less   val where !(x < bound), else 0 (a NaN x keeps val)
+//   reduce_*       a fixed reduction order, so results are reproducible
+#pragma once
+
+#include <immintrin.h>
+
+namespace fastattn {
+namespace avx2 {
+
+template <class T>
+struct Vec;
+
+template <>
+struct Vec<float> {
+    using reg = __m256;
+    static constexpr int width = 8;
+
+    static reg zero() { return _mm256_setzero_ps(); }
+    static reg set1(float x) { return _mm256_set1_ps(x); }
+    static reg load(const float* p) { return _mm256_loadu_ps(p); }
+    static void store(float* p, reg x) { _mm256_storeu_ps(p, x); }
+    static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+    static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+    static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+    static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+    static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+    static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+    static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
+    static reg round(reg x) {
+        return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    static reg scale_pow2(reg p, reg n) {
+        // Build 2^n directly in the exponent field: (n + 127) << 23.
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    }
+    static reg zero_if_less(reg x, reg bound, reg val) {
+        return _mm256_and_ps(val, _mm256_cmp_ps(x, bound, _CMP_NLT_UQ));
+    }
+    static float reduce_add(reg x) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+    }
+    static float reduce_max(reg x) {
+        __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_max_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+    }
+};
+
+template <>
+struct Vec<double> {
+    using reg = __m256d;
+    static constexpr int width = 4;
+
+    static reg zero() { return _mm256_setzero_pd(); }
+    static reg set1(double x) { return _mm256_set1_pd(x); }
+    static reg load(const double* p) { return _mm256_loadu_pd(p); }
+    static void store(double* p, reg x) { _mm256_storeu_pd(p, x); }
+    static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+    static reg sub(reg a, reg b) { return _mm256_sub_pd(a, b); }
+    static reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
+    static reg div(reg a, reg b) { return _mm256_div_pd(a, b); }
+    static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
+    static reg max(reg a, reg b) { return _mm256_max_pd(a, b); }
+    static reg min(reg a, reg b) { return _mm256_min_pd(a, b); }
+    static reg round(reg x) {
+        return _mm256_round_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    static reg scale_pow2(reg p, reg n) {
+        // AVX2 has no double -> int64 conversion. Adding 1.5·2^52 puts the
+        // integer n in the low mantissa bits; subtracting that constant's bit
+        // pattern recovers n as int64, then (n + 1023) << 52 is 2^n.
+        const __m256d magic = _mm256_set1_pd(6755399441055744.0);  // 1.5 * 2^52
+        __m256i ni = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(n, magic)),
+                                      _mm256_castpd_si256(magic));
+        __m256i e = _mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52);
+        return _mm256_mul_pd(p, _mm256_castsi256_pd(e));
+    }
+    static reg zero_if_less(reg x, reg bound, reg val) {
+        return _mm256_and_pd(val, _mm256_cmp_pd(x, bound, _CMP_NLT_UQ));
+    }
+    static double reduce_add(reg x) {
+        __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+        return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+    }
+    static double reduce_max(reg x) {
+        __m128d s = _mm_max_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+        return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
+    }
+};
+
+}  // namespace avx2
+}  // namespace fastattn

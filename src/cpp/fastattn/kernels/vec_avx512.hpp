@@ -1,0 +1,90 @@
+// AVX-512 (F, BW, VL, DQ) vectors: 16 floats or 8 doubles. Same contract as
+// vec_avx2.hpp.
+#pragma once
+
+#include <immintrin.h>
+
+namespace fastattn {
+namespace avx512 {
+
+template <class T>
+struct Vec;
+
+template <>
+struct Vec<float> {
+    using reg = __m512;
+    static constexpr int width = 16;
+
+    static reg zero() { return _mm512_setzero_ps(); }
+    static reg set1(float x) { return _mm512_set1_ps(x); }
+    static reg load(const float* p) { return _mm512_loadu_ps(p); }
+    static void store(float* p, reg x) { _mm512_storeu_ps(p, x); }
+    static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+    static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+    static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+    static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+    static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+    static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+    static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
+    static reg round(reg x) {
+        return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    static reg scale_pow2(reg p, reg n) { return _mm512_scalef_ps(p, n); }
+    static reg zero_if_less(reg x, reg bound, reg val) {
+        return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, bound, _CMP_NLT_UQ), val);
+    }
+    static float reduce_add(reg x) {
+        __m256 s = _mm256_add_ps(_mm512_castps512_ps256(x),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+        __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        t = _mm_add_ss(t, _mm_movehdup_ps(t));
+        return _mm_cvtss_f32(t);
+    }
+    static float reduce_max(reg x) {
+        __m256 s = _mm256_max_ps(_mm512_castps512_ps256(x),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+        __m128 t = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        t = _mm_max_ps(t, _mm_movehl_ps(t, t));
+        t = _mm_max_ss(t, _mm_movehdup_ps(t));
+        return _mm_cvtss_f32(t);
+    }
+};
+
+template <>
+struct Vec<double> {
+    using reg = __m512d;
+    static constexpr int width = 8;
+
+    static reg zero() { return _mm512_setzero_pd(); }
+    static reg set1(double x) { return _mm512_set1_pd(x); }
+    static reg load(const double* p) { return _mm512_loadu_pd(p); }
+    static void store(double* p, reg x) { _mm512_storeu_pd(p, x); }
+    static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
+    static reg sub(reg a, reg b) { return _mm512_sub_pd(a, b); }
+    static reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
+    static reg div(reg a, reg b) { return _mm512_div_pd(a, b); }
+    static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
+    static reg max(reg a, reg b) { return _mm512_max_pd(a, b); }
+    static reg min(reg a, reg b) { return _mm512_min_pd(a, b); }
+    static reg round(reg x) {
+        return _mm512_roundscale_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    static reg scale_pow2(reg p, reg n) { return _mm512_scalef_pd(p, n); }
+    static reg zero_if_less(reg x, reg bound, reg val) {
+        return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, bound, _CMP_NLT_UQ), val);
+    }
+    static double reduce_add(reg x) {
+        __m256d s = _mm256_add_pd(_mm512_castpd512_pd256(x), _mm512_extractf64x4_pd(x, 1));
+        __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+        return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+    }
+    static double reduce_max(reg x) {
+        __m256d s = _mm256_max_pd(_mm512_castpd512_pd256(x), _mm512_extractf64x4_pd(x, 1));
+        __m128d t = _mm_max_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+        return _mm_cvtsd_f64(_mm_max_sd(t, _mm_unpackhi_pd(t, t)));
+    }
+};
+
+}  // namespace avx512
+}  // namespace fastattn

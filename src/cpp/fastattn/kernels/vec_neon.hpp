@@ -1,0 +1,82 @@
+// NEON (AArch64 Advanced SIMD) vectors: 4 floats or 2 doubles. Same contract
+// as vec_avx2.hpp. vmaxq propagates NaN from either operand, which keeps the
+// contract's one promise that matters: max(bound, NaN) is NaN.
+#pragma once
+
+#include <arm_neon.h>
+
+namespace fastattn {
+namespace neon {
+
+template <class T>
+struct Vec;
+
+template <>
+struct Vec<float> {
+    using reg = float32x4_t;
+    static constexpr int width = 4;
+
+    static reg zero() { return vdupq_n_f32(0.0f); }
+    static reg set1(float x) { return vdupq_n_f32(x); }
+    static reg load(const float* p) { return vld1q_f32(p); }
+    static void store(float* p, reg x) { vst1q_f32(p, x); }
+    static reg add(reg a, reg b) { return vaddq_f32(a, b); }
+    static reg sub(reg a, reg b) { return vsubq_f32(a, b); }
+    static reg mul(reg a, reg b) { return vmulq_f32(a, b); }
+    static reg div(reg a, reg b) { return vdivq_f32(a, b); }
+    static reg fma(reg a, reg b, reg c) { return vfmaq_f32(c, a, b); }
+    static reg max(reg a, reg b) { return vmaxq_f32(a, b); }
+    static reg min(reg a, reg b) { return vminq_f32(a, b); }
+    static reg round(reg x) { return vrndnq_f32(x); }
+    static reg scale_pow2(reg p, reg n) {
+        int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
+        return vmulq_f32(p, vreinterpretq_f32_s32(e));
+    }
+    static reg zero_if_less(reg x, reg bound, reg val) {
+        uint32x4_t keep = vmvnq_u32(vcltq_f32(x, bound));
+        return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(val), keep));
+    }
+    static float reduce_add(reg x) {
+        float32x2_t s = vadd_f32(vget_low_f32(x), vget_high_f32(x));
+        return vget_lane_f32(vpadd_f32(s, s), 0);
+    }
+    static float reduce_max(reg x) {
+        float32x2_t s = vmax_f32(vget_low_f32(x), vget_high_f32(x));
+        return vget_lane_f32(vpmax_f32(s, s), 0);
+    }
+};
+
+template <>
+struct Vec<double> {
+    using reg = float64x2_t;
+    static constexpr int width = 2;
+
+    static reg zero() { return vdupq_n_f64(0.0); }
+    static reg set1(double x) { return vdupq_n_f64(x); }
+    static reg load(const double* p) { return vld1q_f64(p); }
+    static void store(double* p, reg x) { vst1q_f64(p, x); }
+    static reg add(reg a, reg b) { return vaddq_f64(a, b); }
+    static reg sub(reg a, reg b) { return vsubq_f64(a, b); }
+    static reg mul(reg a, reg b) { return vmulq_f64(a, b); }
+    static reg div(reg a, reg b) { return vdivq_f64(a, b); }
+    static reg fma(reg a, reg b, reg c) { return vfmaq_f64(c, a, b); }
+    static reg max(reg a, reg b) { return vmaxq_f64(a, b); }
+    static reg min(reg a, reg b) { return vminq_f64(a, b); }
+    static reg round(reg x) { return vrndnq_f64(x); }
+    static reg scale_pow2(reg p, reg n) {
+        int64x2_t e = vshlq_n_s64(vaddq_s64(vcvtnq_s64_f64(n), vdupq_n_s64(1023)), 52);
+        return vmulq_f64(p, vreinterpretq_f64_s64(e));
+    }
+    static reg zero_if_less(reg x, reg bound, reg val) {
+        uint64x2_t less = vcltq_f64(x, bound);
+        return vreinterpretq_f64_u64(vbicq_u64(vreinterpretq_u64_f64(val), less));
+    }
+    static double reduce_add(reg x) { return vgetq_lane_f64(x, 0) + vgetq_lane_f64(x, 1); }
+    static double reduce_max(reg x) {
+        double a = vgetq_lane_f64(x, 0), b = vgetq_lane_f64(x, 1);
+        return a > b ? a : b;
+    }
+};
+
+}  // namespace neon
+}  // namespace fastattn

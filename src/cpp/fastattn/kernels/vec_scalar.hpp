@@ -1,0 +1,40 @@
+// Scalar "vectors" of width 1: the portable baseline, and the reference for
+// what every vec_*.hpp provides. See vec_avx2.hpp for the contract of each op.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace fastattn {
+namespace scalar {
+
+template <class T>
+struct Vec {
+    using reg = T;
+    static constexpr int width = 1;
+
+    static reg zero() { return T(0); }
+    static reg set1(T x) { return x; }
+    static reg load(const T* p) { return *p; }
+    static void store(T* p, reg x) { *p = x; }
+    static reg add(reg a, reg b) { return a + b; }
+    static reg sub(reg a, reg b) { return a - b; }
+    static reg mul(reg a, reg b) { return a * b; }
+    static reg div(reg a, reg b) { return a / b; }
+    // Plain multiply-add: the baseline target has no FMA unit, and std::fma
+    // would fall back to a slow software routine.
+    static reg fma(reg a, reg b, reg c) { return a * b + c; }
+    static reg max(reg a, reg b) { return a > b ? a : b; }  // b if either is NaN
+    static reg min(reg a, reg b) { return a < b ? a : b; }  // b if either is NaN
+    static reg round(reg x) { return std::nearbyint(x); }
+    static reg scale_pow2(reg p, reg n) {
+        return n == n ? std::ldexp(p, static_cast<int>(n)) : n;  // int(NaN) is UB
+    }
+    static reg zero_if_less(reg x, reg bound, reg val) { return x < bound ? T(0) : val; }
+    static T reduce_add(reg x) { return x; }
+    static T reduce_max(reg x) { return x; }
+};
+
+}  // namespace scalar
+}  // namespace fastattn

@@ -1,0 +1,64 @@
+// fastattn — plain C++ API of the attention kernels. No Python here.
+//
+// Everything above this header (the Python API, the binding) has already
+// validated and normalised the call: arrays are 4-D (batch, heads, rows, cols),
+// the last axis of q, k, v is contiguous, and out/lse are C-contiguous.
+// check_args() in dispatch.cpp is a backstop, not the place for user errors.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fastattn {
+
+enum class DType : int { f32 = 0, f64 = 1 };
+
+// Which (query i, key j) pairs may attend. Both causal modes measure i against
+// j with one diagonal offset `off`: key j is visible iff j <= i + off, where
+// off = 0 (upper_left) or Lk - Lq (lower_right).
+enum class Causal : int { none = 0, upper_left = 1, lower_right = 2 };
+
+// Strides are in elements, not bytes, and may be zero or negative.
+struct Strides3 {
+    int64_t batch = 0, head = 0, row = 0;
+};
+
+struct SdpaArgs {
+    DType dtype = DType::f32;
+    const void* q = nullptr;  // (batch, hq,  lq, d)   strided, last axis contiguous
+    const void* k = nullptr;  // (batch, hkv, lk, d)   strided, last axis contiguous
+    const void* v = nullptr;  // (batch, hkv, lk, dv)  strided, last axis contiguous
+    void* out = nullptr;      // (batch, hq,  lq, dv)  C-contiguous
+    void* lse = nullptr;      // (batch, hq,  lq)      C-contiguous; may be null
+    Strides3 q_strides, k_strides, v_strides;
+    int64_t batch = 0, hq = 0, hkv = 0, lq = 0, lk = 0, d = 0, dv = 0;
+    double scale = 1.0;
+    Causal causal = Causal::none;
+    int num_threads = 0;  // 0: the OpenMP default (OMP_NUM_THREADS)
+};
+
+// Throws std::invalid_argument when args break the contract above.
+void check_args(const SdpaArgs& args);
+
+// softmax(q·kᵀ·scale)·v into args.out (and log-sum-exp into args.lse).
+// Checks args, then runs the kernel of the selected ISA.
+void sdpa_forward(const SdpaArgs& args);
+
+// y[i] = exp(x[i]) with the selected ISA's vectorised exp (the one the kernel
+// uses); float32 or float64 arrays of n elements. For accuracy tests.
+void exp_array(DType dtype, const void* x, void* y, int64_t n);
+
+// ---- runtime ISA dispatch ------------------------------------------------
+std::vector<std::string> compiled_isas();   // built into this binary, best last
+std::vector<std::string> supported_isas();  // compiled and runnable on this CPU
+std::string selected_isa();
+// Selects `name` ("auto" = the best supported); throws std::invalid_argument
+// naming the supported ISAs when `name` is unknown or not runnable here.
+void select_isa(const std::string& name);
+
+// ---- threading -----------------------------------------------------------
+bool have_openmp();
+int default_num_threads();  // what num_threads = 0 would use
+
+}  // namespace fastattn

@@ -1,0 +1,17 @@
+"""fastattn: exact scaled dot-product attention for NumPy on CPUs.
+
+``attention(q, k, v, ...)`` runs a SIMD + OpenMP C++ kernel (flash-style, O(L) memory) when
+the extension is built, and a NumPy implementation of the same contract otherwise.
+"""
+
+from ._api import attention
+from ._backend import get_isa, set_isa, show_config
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("fastattn")
+except Exception:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["attention", "get_isa", "set_isa", "show_config", "__version__"]
