@@ -22,6 +22,7 @@ _CAUSAL_MODES = {"upper_left": _reference.UPPER_LEFT, "lower_right": _reference.
 _BACKENDS = ("auto", "cpp", "numpy")
 MAX_THREADS = 1024
 _warned_fallback = False
+_TooHardError = getattr(np, "exceptions", np).TooHardError  # moved in NumPy 2
 
 Causal = Union[bool, str]
 
@@ -138,6 +139,8 @@ def _as_float_array(x, name: str) -> np.ndarray:
             x = np.asarray(x)
         except Exception as exc:  # e.g. ragged nested lists
             raise TypeError(f"{name} must be an array, got {type(x).__name__}: {exc}") from None
+    if x.dtype == object and x.ndim == 0:  # None, or some other non-array object
+        raise TypeError(f"{name} must be an array of float32 or float64, got {type(x.item()).__name__}")
     if x.dtype not in _DTYPES:
         hint = ""
         if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _DTYPES:
@@ -198,7 +201,10 @@ def _check_scale(scale, d: int) -> float:
         return 1.0 / math.sqrt(d)
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    scale = float(scale)
+    try:
+        scale = float(scale)
+    except OverflowError:  # an int beyond float range; too large to print, too
+        raise ValueError(f"scale (=an int of {scale.bit_length()} bits) must be finite") from None
     if not math.isfinite(scale):
         raise ValueError(f"scale (={scale}) must be finite")
     return scale
@@ -240,10 +246,21 @@ def _check_out(out, call: _Call, inputs) -> np.ndarray:
     if out.dtype != dtype:
         raise TypeError(f"out.dtype (={out.dtype}) must equal q.dtype (={dtype})")
     if not out.flags.c_contiguous:
-        raise ValueError("out must be C-contiguous")
+        raise ValueError(f"out must be C-contiguous (out.strides = {out.strides}, out.shape = {out.shape})")
     if not out.flags.writeable:
         raise ValueError("out must be writeable")
     for name, x in zip("qkv", inputs):
-        if isinstance(x, np.ndarray) and np.may_share_memory(out, x):
+        if isinstance(x, np.ndarray) and _overlaps(out, x):
             raise ValueError(f"out must not share memory with {name}")
     return out
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    """Exact overlap test, cheap in the usual case: bounds first, then the exact check,
+    which may give up on pathological strides (then we assume an overlap)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=100_000))
+    except _TooHardError:
+        return True

@@ -40,7 +40,10 @@ def set_isa(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     previous = core.selected_isa()
-    core.select_isa(name)
+    try:
+        core.select_isa(name)
+    except ValueError as exc:
+        raise ValueError(f"name (={name!r}): {exc}") from None
     return previous
 
 

@@ -1,0 +1,55 @@
+"""Print a Markdown table from a pytest-benchmark JSON file written by bench/test_bench_attention.py.
+
+Usage: python bench/summarize.py BENCH.json
+
+One row per shape + causal mode; median milliseconds and GFLOP/s per implementation, and the
+ratios torch/cpp and numpy/cpp of the medians (> 1 means fastattn's C++ kernel is faster).
+"""
+
+import json
+import sys
+
+IMPLS = ("cpp", "numpy", "torch")
+
+
+def load(path):
+    """{(B, H, L, D, causal): {impl: (median_s, gflops)}}, from the benchmarks' extra_info."""
+    with open(path) as f:
+        data = json.load(f)
+    rows = {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        key = (info["B"], info["H"], info["Lq"], info["D"], info["causal"])
+        median = bench["stats"]["median"]
+        rows.setdefault(key, {})[info["impl"]] = (median, info["flops"] / median / 1e9)
+    return data.get("machine_info", {}), rows
+
+
+def fmt(x, spec):
+    return "–" if x is None else format(x, spec)
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.exit(__doc__)
+    machine, rows = load(argv[1])
+    env = machine.get("bench_environment", {})
+    if env:
+        print(", ".join(f"{k}={v}" for k, v in env.items()) + "\n")
+
+    print("| B | H | L | D | causal | " + " | ".join(f"{i} ms" for i in IMPLS) + " | "
+          + " | ".join(f"{i} GFLOP/s" for i in IMPLS) + " | torch/cpp | numpy/cpp |")
+    print("|" + "---:|" * 4 + ":---:|" + "---:|" * (2 * len(IMPLS) + 2))
+    for key in sorted(rows):
+        res = rows[key]
+        ms = {i: res[i][0] * 1e3 if i in res else None for i in IMPLS}
+        gf = {i: res[i][1] if i in res else None for i in IMPLS}
+        ratio = {i: ms[i] / ms["cpp"] if ms[i] and ms["cpp"] else None for i in ("torch", "numpy")}
+        cells = [*map(str, key[:4]), "yes" if key[4] else "no"]
+        cells += [fmt(ms[i], ".2f") for i in IMPLS] + [fmt(gf[i], ".1f") for i in IMPLS]
+        cells += [fmt(ratio["torch"], ".2f"), fmt(ratio["numpy"], ".2f")]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

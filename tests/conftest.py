@@ -1,0 +1,53 @@
+"""Shared fixtures: every test that takes `backend` runs on each ISA this CPU supports and on NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastattn
+from fastattn import _backend
+
+
+def _backend_params():
+    isas = _backend._core.supported_isas() if _backend.cpp_available() else []
+    return [pytest.param(("cpp", isa), id=f"cpp-{isa}") for isa in isas] + [
+        pytest.param(("numpy", None), id="numpy")
+    ]
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    """The `backend=` argument to pass; for "cpp" the ISA of this parameter is selected."""
+    name, isa = request.param
+    if isa is None:
+        yield name
+        return
+    previous = fastattn.set_isa(isa)
+    try:
+        yield name
+    finally:
+        fastattn.set_isa(previous)
+
+
+@pytest.fixture(params=_backend._core.supported_isas() if _backend.cpp_available() else [])
+def isa(request):
+    """For C++-only tests: each ISA this CPU supports, selected for the test."""
+    previous = fastattn.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        fastattn.set_isa(previous)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261123)
+
+
+def pytest_report_header(config):
+    if not _backend.cpp_available():
+        return f"fastattn: NumPy backend only ({_backend.IMPORT_ERROR})"
+    core = _backend._core
+    return (f"fastattn: compiled ISAs {core.compiled_isas()}, this CPU runs {core.supported_isas()}, "
+            f"OpenMP {'on' if core.have_openmp() else 'off'}, {core.default_num_threads()} threads")

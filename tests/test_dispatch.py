@@ -1,0 +1,146 @@
+"""Runtime ISA dispatch, show_config, threads and the GIL (C++ backend)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastattn
+from fastattn import _backend
+
+pytestmark = pytest.mark.skipif(not _backend.cpp_available(), reason="C++ extension not built")
+core = _backend._core
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_auto_selects_the_best_supported_isa():
+    supported = core.supported_isas()
+    assert supported[0] == "scalar" and set(supported) <= set(core.compiled_isas())
+    previous = fastattn.set_isa("auto")
+    try:
+        assert fastattn.get_isa() == supported[-1]
+    finally:
+        fastattn.set_isa(previous)
+
+
+def test_avx2_is_selected_on_an_avx2_machine():
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo")
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    if " avx2" not in flags or " fma" not in flags:
+        pytest.skip("this CPU has no AVX2+FMA")
+    assert "avx2" in core.supported_isas()
+    if " avx512" not in flags:
+        result = run_python("import fastattn; print(fastattn.get_isa())", FASTATTN_ISA="")
+        assert result.stdout.strip() == "avx2", result.stderr
+
+
+def test_x86_builds_compile_every_x86_isa():
+    if os.uname().machine not in ("x86_64", "AMD64"):
+        pytest.skip("not x86-64")
+    assert core.compiled_isas() == ["scalar", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", core.supported_isas() if core else [])
+def test_env_var_selects_isa(isa):
+    result = run_python("import fastattn; print(fastattn.get_isa())", FASTATTN_ISA=isa)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == isa
+
+
+def test_env_var_with_isa_the_cpu_lacks_fails_clearly():
+    missing = [isa for isa in core.compiled_isas() if isa not in core.supported_isas()]
+    if not missing:
+        pytest.skip("this CPU runs every compiled ISA")
+    result = run_python("import fastattn", FASTATTN_ISA=missing[0])
+    assert result.returncode != 0
+    assert f"FASTATTN_ISA='{missing[0]}'" in result.stderr and "not supported by this CPU" in result.stderr
+    with pytest.raises(ValueError, match="not supported by this CPU"):
+        fastattn.set_isa(missing[0])
+
+
+def test_set_isa_returns_previous_and_switches():
+    original = fastattn.get_isa()
+    assert fastattn.set_isa("scalar") == original
+    try:
+        assert fastattn.get_isa() == "scalar"
+    finally:
+        assert fastattn.set_isa(original) == "scalar"
+
+
+def test_show_config(capsys):
+    config = fastattn.show_config()
+    printed = capsys.readouterr().out
+    assert config["version"] == fastattn.__version__ and config["backend"] == "cpp"
+    assert config["selected_isa"] == fastattn.get_isa() in config["supported_isas"]
+    assert config["compiled_isas"] == core.compiled_isas()
+    assert isinstance(config["openmp"], bool) and config["num_threads"] >= 1
+    for key in config:
+        assert key in printed
+
+
+def test_omp_num_threads_is_honoured():
+    result = run_python("import json, fastattn; print(json.dumps(fastattn.show_config()))",
+                        OMP_NUM_THREADS="1")
+    config = json.loads(result.stdout.strip().splitlines()[-1])
+    assert config["num_threads"] == 1
+
+
+@pytest.mark.parametrize("causal", [False, True, "lower_right"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_count_does_not_change_results(isa, causal, dtype):
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 4, 301, 40)).astype(dtype)
+    k = rng.standard_normal((2, 2, 333, 40)).astype(dtype)
+    v = rng.standard_normal((2, 2, 333, 24)).astype(dtype)
+    one = fastattn.attention(q, k, v, causal=causal, num_threads=1, return_lse=True)
+    for threads in (2, 3, 8):
+        many = fastattn.attention(q, k, v, causal=causal, num_threads=threads, return_lse=True)
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a, b)  # bitwise, not approximately
+
+
+def test_gil_is_released_during_the_kernel():
+    # While one thread runs a long single-threaded kernel call, a pure-Python
+    # thread must keep running; with the GIL held it would stall for the whole call.
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((1, 4, 1024, 64)).astype(np.float32)
+    start = time.perf_counter()
+    fastattn.attention(q, q, q, num_threads=1)
+    single = time.perf_counter() - start
+    repeats = max(1, int(0.3 / max(single, 1e-4)))
+    ticks = []
+    done = threading.Event()
+
+    def ticker():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    def work():
+        for _ in range(repeats):
+            fastattn.attention(q, q, q, num_threads=1)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    time.sleep(0.01)
+    begin = time.perf_counter()
+    work()
+    end = time.perf_counter()
+    done.set()
+    t.join()
+    during = [x for x in ticks if begin <= x <= end]
+    # A tick every ~1 ms if the GIL is free; with it held, at most one per call.
+    assert len(during) > 3 * repeats + 5, (len(during), repeats, end - begin)
