@@ -135,16 +135,15 @@ def test_head_dim_zero(backend, shapes):
 # --- dtypes and non-arrays ------------------------------------------------------------------
 
 BAD_DTYPES = [np.int32, np.int64, np.uint8, np.bool_, np.complex64, np.complex128, object, str,
-              np.float16, np.longdouble]
+              np.longdouble]
 
 
 @pytest.mark.parametrize("dtype", BAD_DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("name", ["q", "k", "v"])
 def test_unsupported_dtype(backend, name, dtype):
-    # float16 is not supported yet; DESIGN.md plans it (converted inside the kernel).
     arrays = dict(zip("qkv", qkv()))
     arrays[name] = arrays[name].astype(dtype)
-    with rejected(TypeError, f"{name}.dtype (={arrays[name].dtype}) must be float32 or float64"):
+    with rejected(TypeError, f"{name}.dtype (={arrays[name].dtype}) must be float32, float64, float16 or bfloat16"):
         attention(arrays["q"], arrays["k"], arrays["v"], backend=backend)
 
 
@@ -167,16 +166,16 @@ def test_non_native_byte_order(backend, name, dtype):
     native = np.dtype(dtype).newbyteorder("=")
     arrays = dict(zip("qkv", qkv(native)))
     arrays[name] = arrays[name].astype(dtype)
-    with rejected(TypeError, f"{name}.dtype (={dtype}) must be float32 or float64; convert with "
+    with rejected(TypeError, f"{name}.dtype (={dtype}) must be float32, float64, float16 or bfloat16; convert with "
                              f"{name}.astype({name}.dtype.newbyteorder('='))"):
         attention(arrays["q"], arrays["k"], arrays["v"], backend=backend)
 
 
 @pytest.mark.parametrize("obj, message", [
-    (None, "{} must be an array of float32 or float64, got NoneType"),
-    ("abc", "{}.dtype (=<U3) must be float32 or float64"),
+    (None, "{} must be an array of float32, float64, float16 or bfloat16, got NoneType"),
+    ("abc", "{}.dtype (=<U3) must be float32, float64, float16 or bfloat16"),
     ([[1.0, 2.0], [3.0]], "{} must be an array, got list"),
-    ({"a": 1.0}, "{} must be an array of float32 or float64, got dict"),
+    ({"a": 1.0}, "{} must be an array of float32, float64, float16 or bfloat16, got dict"),
 ], ids=["None", "str", "ragged-list", "dict"])
 @pytest.mark.parametrize("name", ["q", "k", "v"])
 def test_non_array_input(backend, name, obj, message):

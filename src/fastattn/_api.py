@@ -17,7 +17,10 @@ import numpy as np
 
 from . import _backend, _reference
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Storage dtypes and the codes the C++ kernel knows them by. bfloat16 is ml_dtypes' (optional),
+# recognised by name so that ml_dtypes is never imported here.
+_DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+_DTYPE_NAMES = "float32, float64, float16 or bfloat16"
 _CAUSAL_MODES = {"upper_left": _reference.UPPER_LEFT, "lower_right": _reference.LOWER_RIGHT}
 _BACKENDS = ("auto", "cpp", "numpy")
 MAX_THREADS = 1024
@@ -34,13 +37,18 @@ class _Call(NamedTuple):
     k: np.ndarray  # (B, Hkv, Lk, D)
     v: np.ndarray  # (B, Hkv, Lk, Dv)
     out_shape: Tuple[int, ...]  # the user-facing shape (..., Hq, Lq, Dv)
-    scale: float
-    causal: int
+    batch_shape: Tuple[int, ...]
+    options: _reference.Options
 
 
-def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = None,
-              return_lse: bool = False, out: Optional[np.ndarray] = None, backend: str = "auto",
-              num_threads: Optional[int] = None):
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = None, mask=None,
+              kv_lengths=None, q_lengths=None, window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+              alibi_slopes=None, softcap: Optional[float] = None, return_lse: bool = False,
+              out: Optional[np.ndarray] = None, backend: str = "auto", num_threads: Optional[int] = None):
     """Exact scaled dot-product attention, ``softmax(q·kᵀ·scale)·v``, without an Lq×Lk matrix.
 
     Shapes (PyTorch's layout)::
@@ -64,16 +72,36 @@ def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = No
         1 1 0 0 0         1 1 1 1 0
         1 1 1 0 0         1 1 1 1 1
 
-    A query row that sees no key (e.g. ``"lower_right"`` with Lq > Lk, or ``"upper_left"``
-    never, since key 0 is always visible there) returns zeros, and its lse is ``-inf``.
+    ``window``, ALiBi and ``kv_lengths``/``q_lengths`` use the same diagonal ``off`` (per
+    sequence, ``kv_lengths[b] - q_lengths[b]`` under ``"lower_right"``).
+
+    A score is formed in this order: ``s = scale·q·k``; ``softcap·tanh(s / softcap)``;
+    ``- slope·|i + off - j|`` (ALiBi); ``+ mask`` (additive); then a False boolean mask,
+    causal, the window and the lengths make it ``-inf``.
+
+    A query row that sees no key (e.g. ``"lower_right"`` with Lq > Lk, a mask row that is all
+    False or all ``-inf``, a padded query row) returns zeros, and its lse is ``-inf``.
 
     Parameters
     ----------
-    q, k, v : float32 or float64 arrays of one dtype (positional-only). Any strides: the
-        kernel reads strided views directly; only an input whose last axis is not contiguous
-        is copied once.
+    q, k, v : arrays of one dtype (positional-only): float32, float64, float16 or bfloat16
+        (``ml_dtypes.bfloat16``); the 16-bit types are widened block by block inside the kernel
+        and computed in float32. Any strides: the kernel reads strided views directly; only an
+        input whose last axis is not contiguous is copied once.
     causal : False, True, "upper_left" or "lower_right".
     scale : multiplier of q·kᵀ; default ``1 / sqrt(D)``. Any finite real number.
+    mask : boolean (True = may attend, PyTorch's convention) or floating (added to the
+        scores) array broadcastable to ``(..., Hq, Lq, Lk)``. Size-1 axes are read with stride
+        0, never expanded. A floating mask of another dtype than the computation (float64 for
+        float64 inputs, else float32) is converted once at its own size.
+    kv_lengths, q_lengths : integer arrays broadcastable to the batch shape ``...`` (a scalar
+        for 2-D/3-D inputs): keys ``j >= kv_lengths[b]`` are invisible, query rows
+        ``i >= q_lengths[b]`` return zeros (lse ``-inf``). Values in [0, Lk] and [0, Lq].
+    window : ``(left, right)``: query i sees keys ``i + off - left <= j <= i + off + right``;
+        ``None`` on either side means unbounded. Ints >= 0.
+    alibi_slopes : real array of shape ``(Hq,)`` or broadcastable to ``(..., Hq)``: adds
+        ``-slope·|i + off - j|`` to the scores.
+    softcap : positive float: ``scores -> softcap·tanh(scores / softcap)`` (Gemma 2).
     return_lse : also return the log-sum-exp of each row's scores, in the input dtype.
     out : optional C-contiguous, writeable array of the output's shape and dtype, sharing no
         memory with q, k, v; written in place and returned.
@@ -87,7 +115,7 @@ def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = No
     out, or ``(out, lse)`` when ``return_lse`` is true.
     """
     use_cpp = _choose_backend(backend)
-    call = _normalise(q, k, v, causal, scale)
+    call = _normalise(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap)
     threads = _check_num_threads(num_threads)
     if not isinstance(return_lse, (bool, np.bool_)):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
@@ -106,10 +134,33 @@ def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = No
         if lse3 is not None:
             lse3.fill(-np.inf)
     elif use_cpp:
-        _backend._core.forward(call.q, call.k, call.v, out4, lse3, call.scale, call.causal, threads)
+        _forward_cpp(call, out4, lse3, threads)
     else:
-        _reference.forward(call.q, call.k, call.v, out4, lse3, call.scale, call.causal)
+        _reference.forward(call.q, call.k, call.v, out4, lse3, call.options)
     return (out, lse) if return_lse else out
+
+
+def _forward_cpp(call: _Call, out4: np.ndarray, lse3: Optional[np.ndarray], threads: int) -> None:
+    opts = call.options
+    mask_kind, mask_strides, mask_offsets = 0, (0, 0, 0), None
+    if opts.mask is not None:
+        # The mask view is batch_shape + (Hq, Lq, Lk) with stride-0 broadcast axes. Its batch
+        # axes may not merge into one stride, so the kernel gets one offset per batch index.
+        mask = opts.mask
+        mask_kind = 1 if mask.dtype == np.bool_ else 2
+        strides = [s // mask.itemsize for s in mask.strides]
+        nb = len(call.batch_shape)
+        mask_strides = tuple(strides[nb:])
+        mask_offsets = np.zeros(max(1, math.prod(call.batch_shape)), dtype=np.int64)
+        if nb:
+            index = np.indices(call.batch_shape, dtype=np.int64).reshape(nb, -1)
+            mask_offsets = np.ascontiguousarray((index * np.array(strides[:nb], np.int64)[:, None]).sum(0))
+    _backend._core.forward(
+        call.q, call.k, call.v, out4, lse3, dtype=_DTYPE_CODES[call.q.dtype.name], scale=opts.scale,
+        causal=opts.causal, num_threads=threads, mask=opts.mask, mask_kind=mask_kind,
+        mask_strides=mask_strides, mask_offsets=mask_offsets, q_lengths=opts.q_lengths,
+        kv_lengths=opts.kv_lengths, window_left=opts.window[0], window_right=opts.window[1],
+        alibi_slopes=opts.alibi_slopes, softcap=opts.softcap)
 
 
 def _choose_backend(backend: str) -> bool:
@@ -140,16 +191,16 @@ def _as_float_array(x, name: str) -> np.ndarray:
         except Exception as exc:  # e.g. ragged nested lists
             raise TypeError(f"{name} must be an array, got {type(x).__name__}: {exc}") from None
     if x.dtype == object and x.ndim == 0:  # None, or some other non-array object
-        raise TypeError(f"{name} must be an array of float32 or float64, got {type(x.item()).__name__}")
-    if x.dtype not in _DTYPES:
+        raise TypeError(f"{name} must be an array of {_DTYPE_NAMES}, got {type(x.item()).__name__}")
+    if x.dtype.name not in _DTYPE_CODES or not x.dtype.isnative:
         hint = ""
-        if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _DTYPES:
+        if x.dtype.name in _DTYPE_CODES:
             hint = f"; convert with {name}.astype({name}.dtype.newbyteorder('='))"
-        raise TypeError(f"{name}.dtype (={x.dtype.str if hint else x.dtype}) must be float32 or float64{hint}")
+        raise TypeError(f"{name}.dtype (={x.dtype.str if hint else x.dtype}) must be {_DTYPE_NAMES}{hint}")
     return x
 
 
-def _normalise(q, k, v, causal, scale) -> _Call:
+def _normalise(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap) -> _Call:
     q = _as_float_array(q, "q")
     k = _as_float_array(k, "k")
     v = _as_float_array(v, "v")
@@ -193,13 +244,25 @@ def _normalise(q, k, v, causal, scale) -> _Call:
             x4 = np.ascontiguousarray(x4)  # the kernel needs unit stride along features
         return x4
 
-    return _Call(as_4d(q), as_4d(k), as_4d(v), out_shape, _check_scale(scale, d), _check_causal(causal))
+    hq, lq, lk = (q.shape[-3] if q.ndim > 2 else 1), q.shape[-2], k.shape[-2]
+    compute = np.dtype(np.float64 if q.dtype == np.float64 else np.float32)
+    options = _reference.Options(
+        scale=_check_scale(scale, d),
+        causal=_check_causal(causal),
+        mask=_check_mask(mask, q.shape[:-1] + (lk,), batch_shape + (hq, lq, lk), compute),
+        q_lengths=_check_lengths(q_lengths, "q_lengths", batch_shape, lq, "Lq"),
+        kv_lengths=_check_lengths(kv_lengths, "kv_lengths", batch_shape, lk, "Lk"),
+        window=_check_window(window),
+        alibi_slopes=_check_alibi(alibi_slopes, batch_shape, hq, q.ndim == 2),
+        softcap=_check_softcap(softcap),
+    )
+    return _Call(as_4d(q), as_4d(k), as_4d(v), out_shape, batch_shape, options)
 
 
 def _check_scale(scale, d: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(d)
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+    if not _is_real(scale):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
     try:
         scale = float(scale)
@@ -208,6 +271,104 @@ def _check_scale(scale, d: int) -> float:
     if not math.isfinite(scale):
         raise ValueError(f"scale (={scale}) must be finite")
     return scale
+
+
+def _check_softcap(softcap) -> float:
+    """0.0 means no softcap."""
+    if softcap is None:
+        return 0.0
+    if not _is_real(softcap):
+        raise TypeError(f"softcap must be a real number or None, got {type(softcap).__name__}")
+    value = float(softcap) if abs(softcap) < 1e308 else math.inf
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"softcap (={softcap}) must be a finite number > 0, or None")
+    return value
+
+
+def _check_mask(mask, user_shape, target, compute: np.dtype) -> Optional[np.ndarray]:
+    """The mask as a view of shape target = batch_shape + (Hq, Lq, Lk), stride 0 where broadcast.
+
+    user_shape is the (..., Hq, Lq, Lk) the user sees (no Hq axis for a 2-D call).
+    """
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        if m.dtype.kind != "f" and m.dtype.name != "bfloat16":
+            raise TypeError(f"mask.dtype (={m.dtype}) must be bool (True = may attend) or floating (added to "
+                            "the scores)")
+        if m.dtype != compute:
+            m = m.astype(compute)  # at the mask's own size, before any broadcasting
+    try:
+        fits = np.broadcast_shapes(m.shape, user_shape) == tuple(user_shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask.shape (={m.shape}) must broadcast to (..., Hq, Lq, Lk) = {tuple(user_shape)}")
+    if any(s % m.itemsize for s in m.strides):
+        m = np.ascontiguousarray(m)
+    return np.broadcast_to(m, user_shape).reshape(target) if len(user_shape) == 2 else np.broadcast_to(m, target)
+
+
+def _check_lengths(lengths, name: str, batch_shape, limit: int, limit_name: str) -> Optional[np.ndarray]:
+    """(B,) int64, C-contiguous."""
+    if lengths is None:
+        return None
+    a = np.asarray(lengths)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}.dtype (={a.dtype}) must be an integer type")
+    try:
+        a = np.broadcast_to(a, batch_shape)
+    except ValueError:
+        raise ValueError(f"{name}.shape (={a.shape}) must broadcast to the batch shape q.shape[:-3] "
+                         f"(={tuple(batch_shape)})") from None
+    bad = (a < 0) | (a > limit)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name}[{', '.join(map(str, where))}] (={a[where]}) must be in [0, {limit_name}={limit}]")
+    return np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
+
+
+def _check_window(window) -> Tuple[int, int]:
+    """-1 means unbounded."""
+    if window is None:
+        return (-1, -1)
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise TypeError(f"window must be a (left, right) pair of ints or None, got {window!r}")
+    bounds = []
+    for i, (side, w) in enumerate(zip(("left", "right"), window)):
+        if w is None:
+            bounds.append(-1)
+            continue
+        if isinstance(w, (bool, np.bool_)):
+            raise TypeError(f"window[{i}] ({side}) must be an int or None, got bool")
+        try:
+            n = operator.index(w)
+        except TypeError:
+            raise TypeError(f"window[{i}] ({side}) must be an int or None, got {type(w).__name__}") from None
+        if n < 0:
+            raise ValueError(f"window[{i}] ({side}) (={n}) must be >= 0, or None for unbounded")
+        bounds.append(min(n, 1 << 62))  # beyond any length: unbounded in effect
+    return bounds[0], bounds[1]
+
+
+def _check_alibi(slopes, batch_shape, hq: int, two_d: bool) -> Optional[np.ndarray]:
+    """(B·Hq,) float64, C-contiguous."""
+    if slopes is None:
+        return None
+    a = np.asarray(slopes)
+    if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
+        raise TypeError(f"alibi_slopes.dtype (={a.dtype}) must be a real type")
+    target = tuple(batch_shape) + (hq,)
+    try:
+        a = np.broadcast_to(a, target)
+    except ValueError:
+        want = "()" if two_d else f"(Hq,) = ({hq},) or broadcast to (..., Hq) = {target}"
+        raise ValueError(f"alibi_slopes.shape (={np.shape(slopes)}) must be {want}") from None
+    a = np.ascontiguousarray(a.reshape(-1), dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError("alibi_slopes must be finite")
+    return a
 
 
 def _check_causal(causal) -> int:

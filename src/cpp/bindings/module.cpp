@@ -1,11 +1,15 @@
 // fastattn._core: the only file that includes pybind11. It unpacks arrays the
 // Python API (src/fastattn/_api.py) has already validated and normalised,
-// releases the GIL and calls the plain C++ API. C++ exceptions become Python
-// ones: std::invalid_argument -> ValueError, std::bad_alloc -> MemoryError.
+// releases the GIL and calls the plain C++ API. Its own checks are a backstop
+// against misuse of this internal module, never the user-facing validation.
+// C++ exceptions become Python ones: std::invalid_argument -> ValueError,
+// std::bad_alloc -> MemoryError.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -16,40 +20,57 @@ using fastattn::DType;
 
 namespace {
 
-DType dtype_of(const py::array& a) {
-    if (a.dtype().is(py::dtype::of<float>())) return DType::f32;
-    if (a.dtype().is(py::dtype::of<double>())) return DType::f64;
-    throw py::type_error("fastattn._core: arrays must be float32 or float64");
+py::ssize_t itemsize_of(DType dtype) {
+    switch (dtype) {
+        case DType::f32: return 4;
+        case DType::f64: return 8;
+        case DType::f16:
+        case DType::bf16: return 2;
+    }
+    throw std::invalid_argument("fastattn._core: unknown dtype code");
 }
 
+void fail(const std::string& what) { throw std::invalid_argument("fastattn._core: " + what); }
+
 // Element strides of a 4-D array whose last axis is contiguous.
-fastattn::Strides3 strides_of(const py::array& a, const char* name) {
-    const auto item = static_cast<py::ssize_t>(a.itemsize());
-    if (a.ndim() != 4) throw std::invalid_argument(std::string(name) + " must be 4-D");
-    if (a.shape(3) > 1 && a.strides(3) != item)
-        throw std::invalid_argument(std::string(name) + ": last axis must be contiguous");
+fastattn::Strides3 strides_of(const py::array& a, const char* name, const py::dtype& dtype) {
+    const py::ssize_t item = a.itemsize();
+    if (!a.dtype().equal(dtype)) fail(std::string(name) + " must have q's dtype");
+    if (a.ndim() != 4) fail(std::string(name) + " must be 4-D");
+    if (a.shape(3) > 1 && a.strides(3) != item) fail(std::string(name) + ": last axis must be contiguous");
     for (int i = 0; i < 3; ++i)
-        if (a.strides(i) % item != 0)
-            throw std::invalid_argument(std::string(name) + ": strides must be whole elements");
+        if (a.strides(i) % item != 0) fail(std::string(name) + ": strides must be whole elements");
     return {a.strides(0) / item, a.strides(1) / item, a.strides(2) / item};
 }
 
-void require_c_contiguous(const py::array& a, const char* name, DType dtype) {
-    if (!(a.flags() & py::array::c_style) || !a.writeable() || dtype_of(a) != dtype)
-        throw std::invalid_argument(std::string(name) + " must be a writeable C-contiguous array of q's dtype");
+// The data of an optional C-contiguous array of `size` elements of type E, or null for None.
+template <class E>
+const E* optional_data(const py::object& obj, py::ssize_t size, const char* name) {
+    if (obj.is_none()) return nullptr;
+    const auto a = obj.cast<py::array>();
+    if (!a.dtype().equal(py::dtype::of<E>()) || !(a.flags() & py::array::c_style) || a.size() != size)
+        fail(std::string(name) + " must be a C-contiguous array of " + std::to_string(size) + " elements");
+    return static_cast<const E*>(a.data());
+}
+
+void require_output(const py::array& a, const char* name, const py::dtype& dtype) {
+    if (!(a.flags() & py::array::c_style) || !a.writeable() || !a.dtype().equal(dtype))
+        fail(std::string(name) + " must be a writeable C-contiguous array of q's dtype");
 }
 
 // out (and lse, or None) are written in place.
-void forward(const py::array& q, const py::array& k, const py::array& v, py::array& out,
-             const py::object& lse, double scale, int causal, int num_threads) {
+void forward(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& lse,
+             int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
+             std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
+             const py::object& kv_lengths, int64_t window_left, int64_t window_right,
+             const py::object& alibi_slopes, double softcap) {
     fastattn::SdpaArgs args;
-    args.dtype = dtype_of(q);
-    if (dtype_of(k) != args.dtype || dtype_of(v) != args.dtype)
-        throw py::type_error("fastattn._core: q, k and v must share one dtype");
-    args.q_strides = strides_of(q, "q");
-    args.k_strides = strides_of(k, "k");
-    args.v_strides = strides_of(v, "v");
-    require_c_contiguous(out, "out", args.dtype);
+    args.dtype = static_cast<DType>(dtype);
+    if (q.itemsize() != itemsize_of(args.dtype)) fail("q's itemsize does not match its dtype code");
+    args.q_strides = strides_of(q, "q", q.dtype());
+    args.k_strides = strides_of(k, "k", q.dtype());
+    args.v_strides = strides_of(v, "v", q.dtype());
+    require_output(out, "out", q.dtype());
     args.batch = q.shape(0);
     args.hq = q.shape(1);
     args.lq = q.shape(2);
@@ -60,13 +81,13 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
     if (k.shape(0) != args.batch || v.shape(0) != args.batch || v.shape(1) != args.hkv ||
         v.shape(2) != args.lk || k.shape(3) != args.d || out.ndim() != 4 || out.shape(0) != args.batch ||
         out.shape(1) != args.hq || out.shape(2) != args.lq || out.shape(3) != args.dv)
-        throw std::invalid_argument("fastattn._core: inconsistent shapes");
+        fail("inconsistent shapes");
     if (!lse.is_none()) {
-        py::array lse_array = lse.cast<py::array>();
-        require_c_contiguous(lse_array, "lse", args.dtype);
+        auto lse_array = lse.cast<py::array>();
+        require_output(lse_array, "lse", q.dtype());
         if (lse_array.ndim() != 3 || lse_array.shape(0) != args.batch || lse_array.shape(1) != args.hq ||
             lse_array.shape(2) != args.lq)
-            throw std::invalid_argument("fastattn._core: lse must have shape (batch, hq, lq)");
+            fail("lse must have shape (batch, hq, lq)");
         args.lse = lse_array.mutable_data();
     }
     args.q = q.data();
@@ -76,15 +97,42 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
     args.scale = scale;
     args.causal = static_cast<fastattn::Causal>(causal);
     args.num_threads = num_threads;
+    args.q_lengths = optional_data<int64_t>(q_lengths, args.batch, "q_lengths");
+    args.kv_lengths = optional_data<int64_t>(kv_lengths, args.batch, "kv_lengths");
+    args.window_left = window_left;
+    args.window_right = window_right;
+    args.alibi_slopes = optional_data<double>(alibi_slopes, args.batch * args.hq, "alibi_slopes");
+    args.softcap = softcap;
+    args.mask.kind = static_cast<fastattn::MaskKind>(mask_kind);
+    if (args.mask.kind != fastattn::MaskKind::none) {
+        const auto m = mask.cast<py::array>();
+        const bool boolean = args.mask.kind == fastattn::MaskKind::boolean;
+        const py::dtype want = boolean ? py::dtype::of<bool>()
+                                       : (args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>());
+        if (!m.dtype().equal(want)) fail("mask has the wrong dtype for its kind");
+        args.mask.data = m.data();
+        args.mask.batch_offsets = optional_data<int64_t>(mask_offsets, args.batch, "mask_offsets");
+        args.mask.head = mask_strides[0];
+        args.mask.row = mask_strides[1];
+        args.mask.col = mask_strides[2];
+    }
     py::gil_scoped_release release;
     fastattn::sdpa_forward(args);
 }
 
-py::array exp_array(const py::array& x) {
-    const DType dtype = dtype_of(x);
-    if (!(x.flags() & py::array::c_style)) throw std::invalid_argument("x must be C-contiguous");
+py::array math_array(const std::string& fn, const py::array& x) {
+    DType dtype;
+    if (x.dtype().equal(py::dtype::of<float>()))
+        dtype = DType::f32;
+    else if (x.dtype().equal(py::dtype::of<double>()))
+        dtype = DType::f64;
+    else
+        throw py::type_error("x must be float32 or float64");
+    if (fn != "exp" && fn != "tanh") fail("fn must be 'exp' or 'tanh'");
+    if (!(x.flags() & py::array::c_style)) fail("x must be C-contiguous");
     py::array y(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-    fastattn::exp_array(dtype, x.data(), y.mutable_data(), x.size());
+    fastattn::math_array(fn == "exp" ? fastattn::MathFn::exp : fastattn::MathFn::tanh, dtype, x.data(),
+                         y.mutable_data(), x.size());
     return y;
 }
 
@@ -93,8 +141,12 @@ py::array exp_array(const py::array& x) {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastattn's C++ kernels (internal: use fastattn.attention)";
     m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
-          py::arg("scale"), py::arg("causal"), py::arg("num_threads"));
-    m.def("exp", &exp_array, py::arg("x"), "exp with the selected ISA's vectorised kernel exp");
+          py::kw_only(), py::arg("dtype"), py::arg("scale"), py::arg("causal"), py::arg("num_threads"),
+          py::arg("mask"), py::arg("mask_kind"), py::arg("mask_strides"), py::arg("mask_offsets"),
+          py::arg("q_lengths"), py::arg("kv_lengths"), py::arg("window_left"), py::arg("window_right"),
+          py::arg("alibi_slopes"), py::arg("softcap"));
+    m.def("math", &math_array, py::arg("fn"), py::arg("x"),
+          "exp or tanh with the selected ISA's vectorised kernel implementation");
     m.def("compiled_isas", &fastattn::compiled_isas);
     m.def("supported_isas", &fastattn::supported_isas);
     m.def("selected_isa", &fastattn::selected_isa);

@@ -1,6 +1,7 @@
 // Runtime CPU dispatch and the checked entry point. Compiled with baseline
 // flags only: nothing here may execute an instruction the CPU might lack.
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -32,13 +33,15 @@ struct IsaEntry {
     const char* name;
     bool (*cpu_has)();
     void (*forward)(const SdpaArgs&);
-    void (*exp_array)(DType, const void*, void*, int64_t);
+    void (*math_array)(MathFn, DType, const void*, void*, int64_t);
 };
 
 bool always() { return true; }
 #if defined(FASTATTN_HAVE_AVX2) || defined(FASTATTN_HAVE_AVX512)
 // __builtin_cpu_supports also checks that the OS saves the wide registers.
-bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool cpu_has_avx2() {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 bool cpu_has_avx512() {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -48,15 +51,15 @@ bool cpu_has_avx512() {
 
 // Best last: "auto" picks the last entry the CPU can run.
 const IsaEntry kIsas[] = {
-    {"scalar", always, scalar::forward, scalar::exp_array},
+    {"scalar", always, scalar::forward, scalar::math_array},
 #ifdef FASTATTN_HAVE_NEON
-    {"neon", always, neon::forward, neon::exp_array},  // NEON is part of AArch64
+    {"neon", always, neon::forward, neon::math_array},  // NEON is part of AArch64
 #endif
 #ifdef FASTATTN_HAVE_AVX2
-    {"avx2", cpu_has_avx2, avx2::forward, avx2::exp_array},
+    {"avx2", cpu_has_avx2, avx2::forward, avx2::math_array},
 #endif
 #ifdef FASTATTN_HAVE_AVX512
-    {"avx512", cpu_has_avx512, avx512::forward, avx512::exp_array},
+    {"avx512", cpu_has_avx512, avx512::forward, avx512::math_array},
 #endif
 };
 
@@ -123,8 +126,19 @@ void check_args(const SdpaArgs& a) {
     require(a.hq % a.hkv == 0, "hq must be a multiple of hkv");
     require(a.causal == Causal::none || a.causal == Causal::upper_left || a.causal == Causal::lower_right,
             "unknown causal mode");
-    require(a.dtype == DType::f32 || a.dtype == DType::f64, "unknown dtype");
+    require(a.dtype == DType::f32 || a.dtype == DType::f64 || a.dtype == DType::f16 || a.dtype == DType::bf16,
+            "unknown dtype");
     require(a.num_threads >= 0, "num_threads must be >= 0");
+    require(a.window_left >= -1 && a.window_right >= -1, "window bounds must be >= 0, or -1 for none");
+    require(a.softcap >= 0 && a.softcap < HUGE_VAL, "softcap must be finite and >= 0 (0: off)");
+    // Lengths index memory: out-of-range values would read out of bounds.
+    for (int64_t b = 0; b < a.batch; ++b) {
+        require(!a.q_lengths || (a.q_lengths[b] >= 0 && a.q_lengths[b] <= a.lq), "q_lengths out of [0, lq]");
+        require(!a.kv_lengths || (a.kv_lengths[b] >= 0 && a.kv_lengths[b] <= a.lk), "kv_lengths out of [0, lk]");
+    }
+    const MaskKind kind = a.mask.kind;
+    require(kind == MaskKind::none || kind == MaskKind::boolean || kind == MaskKind::additive, "unknown mask kind");
+    require(kind == MaskKind::none || (a.mask.data && a.mask.batch_offsets), "mask without data or batch offsets");
 }
 
 void sdpa_forward(const SdpaArgs& args) {
@@ -132,8 +146,8 @@ void sdpa_forward(const SdpaArgs& args) {
     selected().load()->forward(args);
 }
 
-void exp_array(DType dtype, const void* x, void* y, int64_t n) {
-    selected().load()->exp_array(dtype, x, y, n);
+void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n) {
+    selected().load()->math_array(fn, dtype, x, y, n);
 }
 
 bool have_openmp() {

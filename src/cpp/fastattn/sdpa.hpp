@@ -12,7 +12,9 @@
 
 namespace fastattn {
 
-enum class DType : int { f32 = 0, f64 = 1 };
+// Storage dtype of q, k, v, out and lse. float16 and bfloat16 are converted to
+// float32 block by block inside the kernel and computed in float32.
+enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
 
 // Which (query i, key j) pairs may attend. Both causal modes measure i against
 // j with one diagonal offset `off`: key j is visible iff j <= i + off, where
@@ -22,6 +24,19 @@ enum class Causal : int { none = 0, upper_left = 1, lower_right = 2 };
 // Strides are in elements, not bytes, and may be zero or negative.
 struct Strides3 {
     int64_t batch = 0, head = 0, row = 0;
+};
+
+// A mask broadcast to (batch, hq, lq, lk) without copying: size-1 axes have
+// stride 0. Batch offsets are per flattened batch index, so any number of
+// leading batch dims with any strides needs no expanded copy.
+enum class MaskKind : int { none = 0, boolean = 1, additive = 2 };
+struct MaskView {
+    MaskKind kind = MaskKind::none;
+    // boolean: one byte per element, nonzero = may attend. additive: the
+    // compute dtype (double for f64 inputs, float otherwise), added to scores.
+    const void* data = nullptr;
+    const int64_t* batch_offsets = nullptr;  // (batch,) element offsets
+    int64_t head = 0, row = 0, col = 0;      // element strides
 };
 
 struct SdpaArgs {
@@ -35,8 +50,21 @@ struct SdpaArgs {
     int64_t batch = 0, hq = 0, hkv = 0, lq = 0, lk = 0, d = 0, dv = 0;
     double scale = 1.0;
     Causal causal = Causal::none;
+    // Per-sequence lengths in a padded batch, (batch,) each, or null for lq / lk.
+    // Keys j >= kv_lengths[b] are invisible; rows i >= q_lengths[b] give zeros.
+    // Under lower_right the diagonal offset is kv_lengths[b] - q_lengths[b].
+    const int64_t* q_lengths = nullptr;
+    const int64_t* kv_lengths = nullptr;
+    // Sliding window: key j visible iff i + off - left <= j <= i + off + right;
+    // -1 means unbounded on that side.
+    int64_t window_left = -1, window_right = -1;
+    const double* alibi_slopes = nullptr;  // (batch, hq): adds -slope·|i + off - j|
+    double softcap = 0.0;                  // > 0: scores -> softcap·tanh(scores / softcap)
+    MaskView mask;
     int num_threads = 0;  // 0: the OpenMP default (OMP_NUM_THREADS)
 };
+// Order in which a score is formed: s = scale·q·k; softcap; + ALiBi; + additive
+// mask; then boolean mask, causal, window and lengths set it to -inf.
 
 // Throws std::invalid_argument when args break the contract above.
 void check_args(const SdpaArgs& args);
@@ -45,9 +73,10 @@ void check_args(const SdpaArgs& args);
 // Checks args, then runs the kernel of the selected ISA.
 void sdpa_forward(const SdpaArgs& args);
 
-// y[i] = exp(x[i]) with the selected ISA's vectorised exp (the one the kernel
-// uses); float32 or float64 arrays of n elements. For accuracy tests.
-void exp_array(DType dtype, const void* x, void* y, int64_t n);
+// y[i] = f(x[i]) with the selected ISA's vectorised exp or tanh (the ones the
+// kernel uses); float32 or float64 arrays of n elements. For accuracy tests.
+enum class MathFn : int { exp = 0, tanh = 1 };
+void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n);
 
 // ---- runtime ISA dispatch ------------------------------------------------
 std::vector<std::string> compiled_isas();   // built into this binary, best last

@@ -10,7 +10,7 @@
     namespace fastattn {                                                     \
     namespace isa {                                                          \
     void forward(const SdpaArgs& args);                                      \
-    /* y = exp(x) elementwise with this ISA's vexp; for accuracy tests. */   \
-    void exp_array(DType dtype, const void* x, void* y, int64_t n);          \
+    /* y = fn(x) elementwise with this ISA's vexp/vtanh; for accuracy tests. */ \
+    void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n); \
     }                                                                        \
     }

@@ -14,6 +14,15 @@
 // nothing overflows however large the logits are. Extra memory per thread is
 // O(kQueryBlock·(D + Dv) + kKeyBlock·(D + Dv)), never O(Lq·Lk).
 //
+// Positional rules (causal, window, lengths) give each query row one interval
+// of visible keys [key_begin(i), key_end(i)); both ends grow with i, so a task
+// streams only the key blocks its rows can see: causal skips the blocks above
+// the diagonal, a window costs O(L·window). Masks and ALiBi are read inside the
+// block loop; nothing of size Lq×Lk is ever built.
+//
+// float16 and bfloat16 inputs are widened to float32 while a block is packed
+// and computed in float32; the output is rounded back once per element.
+//
 // Each row's arithmetic depends only on the block sizes, never on which thread
 // runs it, so results are bitwise independent of the thread count.
 
@@ -21,8 +30,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -39,22 +50,57 @@
 namespace fastattn {
 namespace FASTATTN_ISA {
 
-#include "exp-inl.hpp"
+#include "half-inl.hpp"
+#include "math-inl.hpp"
 
 namespace {
 
 constexpr int64_t kQueryBlock = 32;  // query rows per task
 constexpr int64_t kKeyBlock = 64;    // keys per streamed K/V block
 
-template <class T>
+// 16-bit storage formats, computed in float32.
+struct f16 {
+    uint16_t bits;
+};
+struct bf16 {
+    uint16_t bits;
+};
+
+// Storage type S -> compute type T, element by element and a vector at a time.
+template <class S>
+struct Storage {  // float, double: stored as computed
+    using T = S;
+    static T widen(S x) { return x; }
+    static S narrow(T x) { return x; }
+    static typename Vec<T>::reg load(const S* p) { return Vec<T>::load(p); }
+};
+template <>
+struct Storage<f16> {
+    using T = float;
+    static T widen(f16 x) { return f16_to_f32(x.bits); }
+    static f16 narrow(T x) { return f16{f32_to_f16(x)}; }
+    static Vec<float>::reg load(const f16* p) { return Vec<float>::load_f16(reinterpret_cast<const uint16_t*>(p)); }
+};
+template <>
+struct Storage<bf16> {
+    using T = float;
+    static T widen(bf16 x) { return bf16_to_f32(x.bits); }
+    static bf16 narrow(T x) { return bf16{f32_to_bf16(x)}; }
+    static Vec<float>::reg load(const bf16* p) { return Vec<float>::load_bf16(reinterpret_cast<const uint16_t*>(p)); }
+};
+
+int64_t clamp(int64_t x, int64_t lo, int64_t hi) { return std::max(lo, std::min(x, hi)); }
+
+template <class S>
 class ForwardKernel {
+    using T = typename Storage<S>::T;
     using V = Vec<T>;
     using reg = typename V::reg;
     static constexpr int64_t W = V::width;
     static_assert(kKeyBlock % W == 0, "a key block must be whole vectors");
     static constexpr int64_t kKeyVecs = kKeyBlock / W;
     // Independent accumulators in the score micro-kernel: enough to hide FMA
-    // latency, few enough to stay in registers.
+    // latency, few enough to stay in registers. kKeyVecs is a multiple of it.
     static constexpr int64_t kScoreRegs = kKeyVecs < 8 ? kKeyVecs : 8;
     static constexpr int64_t kOutRegs = 4;  // vectors of acc held across a P·V pass
 
@@ -64,19 +110,24 @@ public:
           dv_pad_((a.dv + W - 1) / W * W),
           q_blocks_((a.lq + kQueryBlock - 1) / kQueryBlock),
           group_(a.hq / a.hkv),
-          diag_off_(a.causal == Causal::lower_right ? a.lk - a.lq : 0),
+          // Causal is the window's right edge at the diagonal.
+          window_right_(a.causal != Causal::none ? 0 : a.window_right),
+          has_mask_(a.mask.kind != MaskKind::none),
           neg_inf_(-std::numeric_limits<T>::infinity()) {}
 
     int64_t num_tasks() const { return a_.batch * a_.hq * q_blocks_; }
 
     // Per-thread scratch: everything one task needs, allocated once per thread.
     struct Workspace {
-        std::vector<T> q_pack, k_pack, v_pack, scores, acc, row_max, row_sum;
+        std::vector<T> q_pack, k_pack, v_pack, row, scores, bias, key_index, acc, row_max, row_sum;
         Workspace(int64_t d, int64_t dv_pad)
             : q_pack(kQueryBlock * d),
               k_pack(d * kKeyBlock),
               v_pack(kKeyBlock * dv_pad),
+              row(d),
               scores(kKeyBlock),
+              bias(kKeyBlock),
+              key_index(kKeyBlock),
               acc(kQueryBlock * dv_pad),
               row_max(kQueryBlock),
               row_sum(kQueryBlock) {}
@@ -89,51 +140,118 @@ public:
     void run_task(int64_t task, Workspace& ws) const {
         const int64_t bh = task / q_blocks_;
         const int64_t q_block = q_blocks_ - 1 - task % q_blocks_;
-        const int64_t b = bh / a_.hq, h = bh % a_.hq, h_kv = h / group_;
-        const int64_t row0 = q_block * kQueryBlock;
-        const int64_t rows = std::min(kQueryBlock, a_.lq - row0);
+        Block blk;
+        blk.b = bh / a_.hq;
+        blk.h = bh % a_.hq;
+        blk.row0 = q_block * kQueryBlock;
+        const int64_t h_kv = blk.h / group_;
+        const int64_t rows = std::min(kQueryBlock, a_.lq - blk.row0);
+        blk.q_len = a_.q_lengths ? a_.q_lengths[blk.b] : a_.lq;
+        blk.kv_len = a_.kv_lengths ? a_.kv_lengths[blk.b] : a_.lk;
+        blk.diag_off = a_.causal == Causal::lower_right ? blk.kv_len - blk.q_len : 0;
+        blk.slope = a_.alibi_slopes ? static_cast<T>(a_.alibi_slopes[blk.b * a_.hq + blk.h]) : T(0);
+        if (has_mask_)
+            blk.mask = static_cast<const char*>(a_.mask.data) +
+                       (a_.mask.batch_offsets[blk.b] + blk.h * a_.mask.head) * mask_item_size();
 
-        const T* q = static_cast<const T*>(a_.q) + b * a_.q_strides.batch + h * a_.q_strides.head +
-                     row0 * a_.q_strides.row;
-        const T* k = static_cast<const T*>(a_.k) + b * a_.k_strides.batch + h_kv * a_.k_strides.head;
-        const T* v = static_cast<const T*>(a_.v) + b * a_.v_strides.batch + h_kv * a_.v_strides.head;
+        const S* q = static_cast<const S*>(a_.q) + blk.b * a_.q_strides.batch + blk.h * a_.q_strides.head +
+                     blk.row0 * a_.q_strides.row;
+        const S* k = static_cast<const S*>(a_.k) + blk.b * a_.k_strides.batch + h_kv * a_.k_strides.head;
+        const S* v = static_cast<const S*>(a_.v) + blk.b * a_.v_strides.batch + h_kv * a_.v_strides.head;
 
-        pack_rows(q, a_.q_strides.row, rows, a_.d, a_.d, ws.q_pack.data());
         std::fill(ws.row_max.begin(), ws.row_max.end(), neg_inf_);
         std::fill(ws.row_sum.begin(), ws.row_sum.end(), T(0));
         std::fill(ws.acc.begin(), ws.acc.end(), T(0));
-
-        // Keys past key_end are above the causal diagonal for every row here.
-        const int64_t key_end = causal() ? clamp_keys(row0 + rows - 1 + diag_off_ + 1) : a_.lk;
-        for (int64_t key0 = 0; key0 < key_end; key0 += kKeyBlock) {
-            const int64_t keys = std::min(kKeyBlock, key_end - key0);
-            pack_keys_transposed(k + key0 * a_.k_strides.row, keys, ws.k_pack.data());
-            pack_rows(v + key0 * a_.v_strides.row, a_.v_strides.row, keys, a_.dv, dv_pad_,
-                      ws.v_pack.data());
-            for (int64_t r = 0; r < rows; ++r) {
-                // Keys [0, visible) of this block are visible to row r.
-                const int64_t visible =
-                    causal() ? std::min(keys, row0 + r + diag_off_ - key0 + 1) : keys;
-                if (visible > 0) update_row(r, visible, ws);
+        // Rows at or past q_lengths[b] are padding: they keep m = -inf and so
+        // finish as zeros with lse = -inf.
+        const int64_t live_rows = clamp(blk.q_len - blk.row0, 0, rows);
+        if (live_rows > 0) {
+            pack_rows(q, a_.q_strides.row, live_rows, a_.d, a_.d, ws.q_pack.data());
+            const int64_t first = key_begin(blk.row0, blk), last = key_end(blk.row0 + live_rows - 1, blk);
+            for (int64_t key0 = first / kKeyBlock * kKeyBlock; key0 < last; key0 += kKeyBlock) {
+                const int64_t keys = std::min(kKeyBlock, blk.kv_len - key0);
+                pack_keys_transposed(k + key0 * a_.k_strides.row, keys, ws);
+                pack_rows(v + key0 * a_.v_strides.row, a_.v_strides.row, keys, a_.dv, dv_pad_, ws.v_pack.data());
+                prepare_block(blk, key0, keys, ws);
+                for (int64_t r = 0; r < live_rows; ++r) {
+                    const int64_t i = blk.row0 + r;
+                    const int64_t lo = std::max<int64_t>(key_begin(i, blk) - key0, 0);
+                    const int64_t hi = std::min(key_end(i, blk) - key0, keys);
+                    if (lo < hi) update_row(r, i, lo, hi, key0, blk, ws);
+                }
             }
         }
 
-        T* out = static_cast<T*>(a_.out) + ((b * a_.hq + h) * a_.lq + row0) * a_.dv;
-        T* lse = a_.lse ? static_cast<T*>(a_.lse) + (b * a_.hq + h) * a_.lq + row0 : nullptr;
+        S* out = static_cast<S*>(a_.out) + ((blk.b * a_.hq + blk.h) * a_.lq + blk.row0) * a_.dv;
+        S* lse = a_.lse ? static_cast<S*>(a_.lse) + (blk.b * a_.hq + blk.h) * a_.lq + blk.row0 : nullptr;
         for (int64_t r = 0; r < rows; ++r) finish_row(r, ws, out + r * a_.dv, lse ? lse + r : nullptr);
     }
 
 private:
-    bool causal() const { return a_.causal != Causal::none; }
-    int64_t clamp_keys(int64_t n) const { return std::max<int64_t>(0, std::min(a_.lk, n)); }
+    // What one task knows about its (batch, head, query block).
+    struct Block {
+        int64_t b = 0, h = 0, row0 = 0;
+        int64_t q_len = 0, kv_len = 0, diag_off = 0;  // this sequence's lengths and diagonal
+        T slope = 0;                                   // ALiBi slope of this head
+        const char* mask = nullptr;                    // mask of this (batch, head), row 0, key 0
+    };
+
+    // Query row i sees keys [key_begin(i), key_end(i)), clamped to [0, kv_len].
+    int64_t key_begin(int64_t i, const Block& blk) const {
+        return a_.window_left < 0 ? 0 : clamp(i + blk.diag_off - a_.window_left, 0, blk.kv_len);
+    }
+    int64_t key_end(int64_t i, const Block& blk) const {
+        return window_right_ < 0 ? blk.kv_len : clamp(i + blk.diag_off + window_right_ + 1, 0, blk.kv_len);
+    }
+
+    // Signed, like the strides: a reversed mask view has negative offsets.
+    int64_t mask_item_size() const {
+        return a_.mask.kind == MaskKind::boolean ? 1 : static_cast<int64_t>(sizeof(T));
+    }
+
+    // Bias of keys [lo, hi) of this block for the mask row at `mask_row`:
+    // 0 or -inf for a boolean mask, the value for an additive one.
+    void mask_bias(const char* mask_row, int64_t key0, int64_t lo, int64_t hi, T* bias) const {
+        const int64_t col = a_.mask.col;
+        if (a_.mask.kind == MaskKind::boolean) {
+            const unsigned char* m = reinterpret_cast<const unsigned char*>(mask_row) + key0 * col;
+            for (int64_t j = lo; j < hi; ++j) bias[j] = m[j * col] ? T(0) : neg_inf_;
+        } else {
+            const T* m = reinterpret_cast<const T*>(mask_row) + key0 * col;
+            for (int64_t j = lo; j < hi; ++j) bias[j] = m[j * col];
+        }
+    }
+
+    const char* mask_row(const Block& blk, int64_t i) const {
+        return blk.mask + i * a_.mask.row * mask_item_size();
+    }
+
+    // Work shared by every row of the task for this key block.
+    void prepare_block(const Block& blk, int64_t key0, int64_t keys, Workspace& ws) const {
+        if (a_.alibi_slopes)
+            for (int64_t j = 0; j < kKeyBlock; ++j) ws.key_index[j] = static_cast<T>(key0 + j);
+        // A mask that does not vary along the query axis (key padding) is read
+        // once per block, not once per row.
+        if (has_mask_ && a_.mask.row == 0) mask_bias(blk.mask, key0, 0, keys, ws.bias.data());
+    }
+
+    // dst[c] = src[c] in the compute type.
+    static void widen_row(const S* src, int64_t n, T* dst) {
+        if (std::is_same<S, T>::value) {
+            std::memcpy(dst, src, n * sizeof(T));
+            return;
+        }
+        int64_t c = 0;
+        for (; c + W <= n; c += W) V::store(dst + c, Storage<S>::load(src + c));
+        for (; c < n; ++c) dst[c] = Storage<S>::widen(src[c]);
+    }
 
     // dst[r][c] = src[r·row_stride + c] for c < cols, zero up to padded_cols.
-    static void pack_rows(const T* src, int64_t row_stride, int64_t rows, int64_t cols,
-                          int64_t padded_cols, T* dst) {
+    static void pack_rows(const S* src, int64_t row_stride, int64_t rows, int64_t cols, int64_t padded_cols,
+                          T* dst) {
         for (int64_t r = 0; r < rows; ++r) {
-            const T* s = src + r * row_stride;
             T* d = dst + r * padded_cols;
-            std::copy(s, s + cols, d);
+            widen_row(src + r * row_stride, cols, d);
             std::fill(d + cols, d + padded_cols, T(0));
         }
     }
@@ -142,19 +260,25 @@ private:
     // in the block, so the score kernel broadcasts q[c] against whole vectors
     // of keys. Missing keys (j >= keys) are zero: their scores are finite and
     // then masked, never NaN from uninitialised memory.
-    void pack_keys_transposed(const T* k, int64_t keys, T* k_pack) const {
+    void pack_keys_transposed(const S* k, int64_t keys, Workspace& ws) const {
+        T* k_pack = ws.k_pack.data();
         for (int64_t j = 0; j < keys; ++j) {
-            const T* kj = k + j * a_.k_strides.row;
-            for (int64_t c = 0; c < a_.d; ++c) k_pack[c * kKeyBlock + j] = kj[c];
+            const S* kj = k + j * a_.k_strides.row;
+            const T* row = reinterpret_cast<const T*>(kj);
+            if (!std::is_same<S, T>::value) {
+                widen_row(kj, a_.d, ws.row.data());
+                row = ws.row.data();
+            }
+            for (int64_t c = 0; c < a_.d; ++c) k_pack[c * kKeyBlock + j] = row[c];
         }
         for (int64_t c = 0; c < a_.d; ++c)
             std::fill(k_pack + c * kKeyBlock + keys, k_pack + (c + 1) * kKeyBlock, T(0));
     }
 
-    // scores[j] = scale·(q_row · k_j) for the key vectors that hold visible keys.
-    void compute_scores(const T* q_row, const T* k_pack, int64_t key_vecs, T* scores) const {
+    // scores[j] = scale·(q_row · k_j) for key vectors [v_begin, v_end).
+    void compute_scores(const T* q_row, const T* k_pack, int64_t v_begin, int64_t v_end, T* scores) const {
         const reg scale = V::set1(static_cast<T>(a_.scale));
-        for (int64_t v0 = 0; v0 < key_vecs; v0 += kScoreRegs) {
+        for (int64_t v0 = v_begin; v0 < v_end; v0 += kScoreRegs) {
             reg dot[kScoreRegs];
             for (int64_t u = 0; u < kScoreRegs; ++u) dot[u] = V::zero();
             const T* kp = k_pack + v0 * W;
@@ -166,19 +290,47 @@ private:
         }
     }
 
-    // One key block's contribution to query row r (the online-softmax step).
-    void update_row(int64_t r, int64_t visible, Workspace& ws) const {
+    // Softcap, ALiBi and the mask, in the order of sdpa.hpp, on vectors [v_begin, v_end).
+    void shape_scores(int64_t i, int64_t lo, int64_t hi, int64_t key0, const Block& blk, int64_t v_begin,
+                      int64_t v_end, Workspace& ws) const {
+        T* s = ws.scores.data();
+        if (a_.softcap > 0) {
+            const reg cap = V::set1(static_cast<T>(a_.softcap)), inv_cap = V::set1(static_cast<T>(1 / a_.softcap));
+            for (int64_t u = v_begin; u < v_end; ++u)
+                V::store(s + u * W, V::mul(cap, vtanh<T>(V::mul(V::load(s + u * W), inv_cap))));
+        }
+        if (a_.alibi_slopes) {  // s -= slope·|i + off − j|
+            const reg pos = V::set1(static_cast<T>(i + blk.diag_off)), neg_slope = V::set1(-blk.slope);
+            for (int64_t u = v_begin; u < v_end; ++u) {
+                const reg dist = V::abs(V::sub(pos, V::load(ws.key_index.data() + u * W)));
+                V::store(s + u * W, V::fma(neg_slope, dist, V::load(s + u * W)));
+            }
+        }
+        if (has_mask_) {
+            T* bias = ws.bias.data();
+            if (a_.mask.row != 0) mask_bias(mask_row(blk, i), key0, lo, hi, bias);
+            for (int64_t u = v_begin; u < v_end; ++u)
+                V::store(s + u * W, V::add_bias(V::load(s + u * W), V::load(bias + u * W)));
+        }
+    }
+
+    // One key block's contribution to query row r (the online-softmax step);
+    // keys [lo, hi) of the block are visible to it.
+    void update_row(int64_t r, int64_t i, int64_t lo, int64_t hi, int64_t key0, const Block& blk,
+                    Workspace& ws) const {
         T* scores = ws.scores.data();
-        // Whole score vectors that hold visible keys, rounded up to kScoreRegs.
-        const int64_t key_vecs =
-            std::min(kKeyVecs, ((visible + W - 1) / W + kScoreRegs - 1) / kScoreRegs * kScoreRegs);
-        compute_scores(ws.q_pack.data() + r * a_.d, ws.k_pack.data(), key_vecs, scores);
-        // Invisible keys (above the diagonal, or past Lk) are overwritten, not
-        // added to, so a NaN in a masked key cannot reach this row.
-        std::fill(scores + visible, scores + key_vecs * W, neg_inf_);
+        // Whole score vectors that hold visible keys, in steps of kScoreRegs.
+        const int64_t v_begin = lo / W / kScoreRegs * kScoreRegs;
+        const int64_t v_end = std::min(kKeyVecs, ((hi + W - 1) / W + kScoreRegs - 1) / kScoreRegs * kScoreRegs);
+        compute_scores(ws.q_pack.data() + r * a_.d, ws.k_pack.data(), v_begin, v_end, scores);
+        shape_scores(i, lo, hi, key0, blk, v_begin, v_end, ws);
+        // Invisible keys are overwritten, not added to, so a NaN in a key that
+        // this row cannot see never reaches it.
+        std::fill(scores + v_begin * W, scores + lo, neg_inf_);
+        std::fill(scores + hi, scores + v_end * W, neg_inf_);
 
         reg block_max = V::set1(neg_inf_);
-        for (int64_t u = 0; u < key_vecs; ++u) block_max = V::max(block_max, V::load(scores + u * W));
+        for (int64_t u = v_begin; u < v_end; ++u) block_max = V::max(block_max, V::load(scores + u * W));
         const T old_max = ws.row_max[r];
         const T new_max = std::max(old_max, V::reduce_max(block_max));
         if (new_max == neg_inf_) return;  // every visible score is -inf: nothing seen yet
@@ -186,7 +338,7 @@ private:
         // p_j = exp(s_j − m'); a NaN score makes p_j NaN, and the row NaN.
         const reg shift = V::set1(new_max);
         reg sum = V::zero();
-        for (int64_t u = 0; u < key_vecs; ++u) {
+        for (int64_t u = v_begin; u < v_end; ++u) {
             const reg p = vexp<T>(V::sub(V::load(scores + u * W), shift));
             V::store(scores + u * W, p);
             sum = V::add(sum, p);
@@ -194,23 +346,31 @@ private:
         const T alpha = std::exp(old_max - new_max);  // 0 on the first visible block
         ws.row_sum[r] = ws.row_sum[r] * alpha + V::reduce_add(sum);
         ws.row_max[r] = new_max;
-        accumulate_pv(scores, visible, alpha, ws.v_pack.data(), ws.acc.data() + r * dv_pad_);
+        T* acc = ws.acc.data() + r * dv_pad_;
+        if (has_mask_)
+            accumulate_pv<true>(scores, lo, hi, alpha, ws.v_pack.data(), acc);
+        else
+            accumulate_pv<false>(scores, lo, hi, alpha, ws.v_pack.data(), acc);
     }
 
-    // acc = acc·alpha + Σ_{j < visible} p_j·v_j, kOutRegs vectors of acc at a time.
-    void accumulate_pv(const T* p, int64_t visible, T alpha, const T* v_pack, T* acc) const {
+    // acc = acc·alpha + Σ_{lo <= j < hi} p_j·v_j, kOutRegs vectors of acc at a
+    // time. With a mask, keys of weight exactly 0 are skipped so that a NaN in
+    // a masked value row cannot leak in through 0·NaN.
+    template <bool kSkipZero>
+    void accumulate_pv(const T* p, int64_t lo, int64_t hi, T alpha, const T* v_pack, T* acc) const {
         int64_t c = 0;
         for (; c + kOutRegs * W <= dv_pad_; c += kOutRegs * W)
-            accumulate_pv_cols<kOutRegs>(p, visible, alpha, v_pack + c, acc + c);
-        for (; c < dv_pad_; c += W) accumulate_pv_cols<1>(p, visible, alpha, v_pack + c, acc + c);
+            accumulate_pv_cols<kOutRegs, kSkipZero>(p, lo, hi, alpha, v_pack + c, acc + c);
+        for (; c < dv_pad_; c += W) accumulate_pv_cols<1, kSkipZero>(p, lo, hi, alpha, v_pack + c, acc + c);
     }
 
-    template <int N>
-    void accumulate_pv_cols(const T* p, int64_t visible, T alpha, const T* v_pack, T* acc) const {
+    template <int N, bool kSkipZero>
+    void accumulate_pv_cols(const T* p, int64_t lo, int64_t hi, T alpha, const T* v_pack, T* acc) const {
         const reg scale = V::set1(alpha);
         reg out[N];
         for (int u = 0; u < N; ++u) out[u] = V::mul(V::load(acc + u * W), scale);
-        for (int64_t j = 0; j < visible; ++j) {
+        for (int64_t j = lo; j < hi; ++j) {
+            if (kSkipZero && p[j] == T(0)) continue;
             const reg pj = V::set1(p[j]);
             const T* vj = v_pack + j * dv_pad_;
             for (int u = 0; u < N; ++u) out[u] = V::fma(pj, V::load(vj + u * W), out[u]);
@@ -220,29 +380,33 @@ private:
 
     // out = acc / l and lse = m + log(l); a row that saw no key gives zeros
     // and lse = -inf (never 0/0 = NaN).
-    void finish_row(int64_t r, const Workspace& ws, T* out, T* lse) const {
+    void finish_row(int64_t r, const Workspace& ws, S* out, S* lse) const {
         const T m = ws.row_max[r], l = ws.row_sum[r];
         const T* acc = ws.acc.data() + r * dv_pad_;
         if (m == neg_inf_) {
-            std::fill(out, out + a_.dv, T(0));
-            if (lse) *lse = neg_inf_;
+            std::fill(out, out + a_.dv, Storage<S>::narrow(T(0)));
+            if (lse) *lse = Storage<S>::narrow(neg_inf_);
             return;
         }
-        const reg denom = V::set1(l);
         int64_t c = 0;
-        for (; c + W <= a_.dv; c += W) V::store(out + c, V::div(V::load(acc + c), denom));
-        for (; c < a_.dv; ++c) out[c] = acc[c] / l;
-        if (lse) *lse = m + std::log(l);
+        if (std::is_same<S, T>::value) {
+            const reg denom = V::set1(l);
+            for (; c + W <= a_.dv; c += W)
+                V::store(reinterpret_cast<T*>(out) + c, V::div(V::load(acc + c), denom));
+        }
+        for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] / l);
+        if (lse) *lse = Storage<S>::narrow(m + std::log(l));
     }
 
     const SdpaArgs& a_;
-    const int64_t dv_pad_, q_blocks_, group_, diag_off_;
+    const int64_t dv_pad_, q_blocks_, group_, window_right_;
+    const bool has_mask_;
     const T neg_inf_;
 };
 
-template <class T>
+template <class S>
 void forward_typed(const SdpaArgs& args) {
-    const ForwardKernel<T> kernel(args);
+    const ForwardKernel<S> kernel(args);
     const int64_t tasks = kernel.num_tasks();
     std::atomic<bool> out_of_memory{false};
 #ifdef _OPENMP
@@ -252,9 +416,9 @@ void forward_typed(const SdpaArgs& args) {
 #endif
     {
         // No exception may leave an OpenMP region: catch, finish, rethrow below.
-        typename ForwardKernel<T>::Workspace* ws = nullptr;
+        typename ForwardKernel<S>::Workspace* ws = nullptr;
         try {
-            ws = new typename ForwardKernel<T>::Workspace(kernel.make_workspace());
+            ws = new typename ForwardKernel<S>::Workspace(kernel.make_workspace());
         } catch (const std::bad_alloc&) {
             out_of_memory = true;
         }
@@ -269,15 +433,16 @@ void forward_typed(const SdpaArgs& args) {
 }
 
 template <class T>
-void exp_typed(const T* x, T* y, int64_t n) {
+void math_typed(MathFn fn, const T* x, T* y, int64_t n) {
     using V = Vec<T>;
     constexpr int64_t W = V::width;
+    auto f = [fn](typename V::reg r) { return fn == MathFn::tanh ? vtanh<T>(r) : vexp<T>(r); };
     int64_t i = 0;
-    for (; i + W <= n; i += W) V::store(y + i, vexp<T>(V::load(x + i)));
+    for (; i + W <= n; i += W) V::store(y + i, f(V::load(x + i)));
     if (i < n) {
         T tail[W] = {};
         std::copy(x + i, x + n, tail);
-        V::store(tail, vexp<T>(V::load(tail)));
+        V::store(tail, f(V::load(tail)));
         std::copy(tail, tail + (n - i), y + i);
     }
 }
@@ -293,17 +458,20 @@ namespace fastattn {
 namespace FASTATTN_ISA {
 
 void forward(const SdpaArgs& args) {
-    if (args.dtype == DType::f64)
-        forward_typed<double>(args);
-    else
-        forward_typed<float>(args);
+    switch (args.dtype) {
+        case DType::f64: return forward_typed<double>(args);
+        case DType::f16: return forward_typed<f16>(args);
+        case DType::bf16: return forward_typed<bf16>(args);
+        case DType::f32: break;
+    }
+    forward_typed<float>(args);
 }
 
-void exp_array(DType dtype, const void* x, void* y, int64_t n) {
+void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n) {
     if (dtype == DType::f64)
-        exp_typed(static_cast<const double*>(x), static_cast<double*>(y), n);
+        math_typed(fn, static_cast<const double*>(x), static_cast<double*>(y), n);
     else
-        exp_typed(static_cast<const float*>(x), static_cast<float*>(y), n);
+        math_typed(fn, static_cast<const float*>(x), static_cast<float*>(y), n);
 }
 
 }  // namespace FASTATTN_ISA

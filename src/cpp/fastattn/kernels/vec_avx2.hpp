@@ -9,9 +9,16 @@
 //   scale_pow2     p * 2^n for integral-valued n in the normal exponent range
 //   zero_if_less   val where !(x < bound), else 0 (a NaN x keeps val)
 //   reduce_*       a fixed reduction order, so results are reproducible
+//   abs(x)         |x|
+//   select_lt      (a < b) ? t : f, lane by lane (false for NaN)
+//   add_bias(s, b) s + b, except -inf where b is -inf: a masked key's score is
+//                  -inf even when s is NaN, so NaN cannot leak past a mask
+//   load_f16/bf16  (float only) 16-bit floats widened to float32, exactly
 #pragma once
 
 #include <immintrin.h>
+
+#include <cstdint>
 
 namespace fastattn {
 namespace avx2 {
@@ -45,6 +52,19 @@ struct Vec<float> {
     }
     static reg zero_if_less(reg x, reg bound, reg val) {
         return _mm256_and_ps(val, _mm256_cmp_ps(x, bound, _CMP_NLT_UQ));
+    }
+    static reg abs(reg x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+    static reg select_lt(reg a, reg b, reg t, reg f) { return _mm256_blendv_ps(f, t, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+    static reg add_bias(reg s, reg b) {
+        const reg masked = _mm256_cmp_ps(b, _mm256_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
+        return _mm256_blendv_ps(_mm256_add_ps(s, b), b, masked);
+    }
+    static reg load_f16(const uint16_t* p) {  // F16C
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+    static reg load_bf16(const uint16_t* p) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
     }
     static float reduce_add(reg x) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
@@ -91,6 +111,12 @@ struct Vec<double> {
     }
     static reg zero_if_less(reg x, reg bound, reg val) {
         return _mm256_and_pd(val, _mm256_cmp_pd(x, bound, _CMP_NLT_UQ));
+    }
+    static reg abs(reg x) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), x); }
+    static reg select_lt(reg a, reg b, reg t, reg f) { return _mm256_blendv_pd(f, t, _mm256_cmp_pd(a, b, _CMP_LT_OQ)); }
+    static reg add_bias(reg s, reg b) {
+        const reg masked = _mm256_cmp_pd(b, _mm256_set1_pd(-__builtin_inf()), _CMP_EQ_OQ);
+        return _mm256_blendv_pd(_mm256_add_pd(s, b), b, masked);
     }
     static double reduce_add(reg x) {
         __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));

@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace fastattn {
 namespace avx512 {
 
@@ -32,6 +34,21 @@ struct Vec<float> {
     static reg scale_pow2(reg p, reg n) { return _mm512_scalef_ps(p, n); }
     static reg zero_if_less(reg x, reg bound, reg val) {
         return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, bound, _CMP_NLT_UQ), val);
+    }
+    static reg abs(reg x) { return _mm512_abs_ps(x); }
+    static reg select_lt(reg a, reg b, reg t, reg f) {
+        return _mm512_mask_mov_ps(f, _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), t);
+    }
+    static reg add_bias(reg s, reg b) {
+        const __mmask16 masked = _mm512_cmp_ps_mask(b, _mm512_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
+        return _mm512_mask_mov_ps(_mm512_add_ps(s, b), masked, b);
+    }
+    static reg load_f16(const uint16_t* p) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+    static reg load_bf16(const uint16_t* p) {
+        const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
     }
     static float reduce_add(reg x) {
         __m256 s = _mm256_add_ps(_mm512_castps512_ps256(x),
@@ -73,6 +90,14 @@ struct Vec<double> {
     static reg scale_pow2(reg p, reg n) { return _mm512_scalef_pd(p, n); }
     static reg zero_if_less(reg x, reg bound, reg val) {
         return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, bound, _CMP_NLT_UQ), val);
+    }
+    static reg abs(reg x) { return _mm512_abs_pd(x); }
+    static reg select_lt(reg a, reg b, reg t, reg f) {
+        return _mm512_mask_mov_pd(f, _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), t);
+    }
+    static reg add_bias(reg s, reg b) {
+        const __mmask8 masked = _mm512_cmp_pd_mask(b, _mm512_set1_pd(-__builtin_inf()), _CMP_EQ_OQ);
+        return _mm512_mask_mov_pd(_mm512_add_pd(s, b), masked, b);
     }
     static double reduce_add(reg x) {
         __m256d s = _mm256_add_pd(_mm512_castpd512_pd256(x), _mm512_extractf64x4_pd(x, 1));

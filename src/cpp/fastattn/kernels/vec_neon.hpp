@@ -5,6 +5,8 @@
 
 #include <arm_neon.h>
 
+#include <cstdint>
+
 namespace fastattn {
 namespace neon {
 
@@ -36,6 +38,13 @@ struct Vec<float> {
         uint32x4_t keep = vmvnq_u32(vcltq_f32(x, bound));
         return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(val), keep));
     }
+    static reg abs(reg x) { return vabsq_f32(x); }
+    static reg select_lt(reg a, reg b, reg t, reg f) { return vbslq_f32(vcltq_f32(a, b), t, f); }
+    static reg add_bias(reg s, reg b) {
+        return vbslq_f32(vceqq_f32(b, vdupq_n_f32(-__builtin_inff())), b, vaddq_f32(s, b));
+    }
+    static reg load_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+    static reg load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
     static float reduce_add(reg x) {
         float32x2_t s = vadd_f32(vget_low_f32(x), vget_high_f32(x));
         return vget_lane_f32(vpadd_f32(s, s), 0);
@@ -70,6 +79,11 @@ struct Vec<double> {
     static reg zero_if_less(reg x, reg bound, reg val) {
         uint64x2_t less = vcltq_f64(x, bound);
         return vreinterpretq_f64_u64(vbicq_u64(vreinterpretq_u64_f64(val), less));
+    }
+    static reg abs(reg x) { return vabsq_f64(x); }
+    static reg select_lt(reg a, reg b, reg t, reg f) { return vbslq_f64(vcltq_f64(a, b), t, f); }
+    static reg add_bias(reg s, reg b) {
+        return vbslq_f64(vceqq_f64(b, vdupq_n_f64(-__builtin_inf())), b, vaddq_f64(s, b));
     }
     static double reduce_add(reg x) { return vgetq_lane_f64(x, 0) + vgetq_lane_f64(x, 1); }
     static double reduce_max(reg x) {

@@ -5,9 +5,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace fastattn {
 namespace scalar {
+
+#include "half-inl.hpp"
 
 template <class T>
 struct Vec {
@@ -32,6 +35,11 @@ struct Vec {
         return n == n ? std::ldexp(p, static_cast<int>(n)) : n;  // int(NaN) is UB
     }
     static reg zero_if_less(reg x, reg bound, reg val) { return x < bound ? T(0) : val; }
+    static reg abs(reg x) { return std::fabs(x); }
+    static reg select_lt(reg a, reg b, reg t, reg f) { return a < b ? t : f; }
+    static reg add_bias(reg s, reg b) { return b == -std::numeric_limits<T>::infinity() ? b : s + b; }
+    static reg load_f16(const uint16_t* p) { return f16_to_f32(*p); }
+    static reg load_bf16(const uint16_t* p) { return bf16_to_f32(*p); }
     static T reduce_add(reg x) { return x; }
     static T reduce_max(reg x) { return x; }
 };
