@@ -12,31 +12,57 @@ import numpy as np
 F32_TO_F64_EPS = np.finfo(np.float64).eps / np.finfo(np.float32).eps
 
 
-def causal_offset(causal, lq: int, lk: int):
-    """The diagonal offset `off` (key j visible iff j <= i + off), or None without masking."""
-    if causal is False:
-        return None
-    return lk - lq if causal == "lower_right" else 0
+def oracle(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_lengths=None, window=None,
+           alibi_slopes=None, softcap=None, dtype=np.float64):
+    """(out, lse) computed in `dtype` (float64: the oracle; float32: the naive baseline).
 
-
-def oracle(q, k, v, *, causal=False, scale=None, dtype=np.float64):
-    """(out, lse) computed in `dtype` (float64: the oracle; float32: the naive baseline)."""
-    q, k, v = (np.asarray(x, dtype=dtype) for x in (q, k, v))
-    if q.ndim == 2:
+    Every rule is applied to the full (..., Hq, Lq, Lk) score matrix, in the documented order:
+    softcap, ALiBi, additive mask; then boolean mask, causal, window, lengths give -inf.
+    """
+    q, k, v = (np.asarray(x).astype(dtype) for x in (q, k, v))
+    two_d = q.ndim == 2
+    if two_d:
         q, k, v = q[None], k[None], v[None]
-        squeeze = True
-    else:
-        squeeze = False
+    batch_shape = q.shape[:-3]
     group = q.shape[-3] // k.shape[-3]
     k = np.repeat(k, group, axis=-3)
     v = np.repeat(v, group, axis=-3)
     lq, lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = 1 / np.sqrt(d) if scale is None else scale
     scores = (q @ np.swapaxes(k, -1, -2)) * dtype(scale)
-    off = causal_offset(causal, lq, lk)
-    if off is not None:
-        visible = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + off
-        scores = np.where(visible, scores, -np.inf)
+    if softcap is not None:
+        scores = softcap * np.tanh(scores / softcap)
+
+    def per_sequence(lengths, full):  # -> batch_shape + (1, 1, 1)
+        value = np.broadcast_to(full if lengths is None else np.asarray(lengths), batch_shape)
+        return value.astype(np.int64)[..., None, None, None]
+
+    q_len, kv_len = per_sequence(q_lengths, lq), per_sequence(kv_lengths, lk)
+    i = np.arange(lq)[:, None]
+    j = np.arange(lk)[None, :]
+    pos = i + (kv_len - q_len if causal == "lower_right" else 0)  # query i's key position: i + off
+    if alibi_slopes is not None:
+        slopes = np.broadcast_to(np.asarray(alibi_slopes, np.float64), batch_shape + (q.shape[-3],))
+        scores = scores - slopes[..., None, None].astype(dtype) * np.abs(pos - j)
+    if mask is not None:
+        m = np.asarray(mask)
+        if two_d:
+            m = m[None] if m.ndim >= 2 else m
+        if m.dtype == np.bool_:
+            scores = np.where(m, scores, -np.inf)
+        else:
+            m = m.astype(dtype)
+            scores = np.where(m == -np.inf, -np.inf, scores + m)
+    visible = (j < kv_len) & (i < q_len)
+    left, right = window if window is not None else (None, None)
+    if causal is not False:
+        right = 0
+    if left is not None:
+        visible = visible & (j >= pos - left)
+    if right is not None:
+        visible = visible & (j <= pos + right)
+    scores = np.where(visible, scores, -np.inf)
+
     m = scores.max(axis=-1, keepdims=True) if lk else np.full(scores.shape[:-1] + (1,), -np.inf, dtype)
     empty = np.isneginf(m)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -44,7 +70,7 @@ def oracle(q, k, v, *, causal=False, scale=None, dtype=np.float64):
         s = p.sum(axis=-1, keepdims=True)
         out = np.where(empty, 0, (p @ v) / s)
         lse = (np.where(empty, 0, m) + np.log(s))[..., 0]
-    if squeeze:
+    if two_d:
         out, lse = out[0], lse[0]
     return out, lse
 
@@ -58,31 +84,43 @@ def max_err(a, b) -> float:
     return float(np.max(diff, initial=0.0))
 
 
+HALF_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
 def tolerance(naive_err: float, dtype, magnitude: float) -> float:
     """err(fast) <= 2·err(naive float32) + atol, the flash-attention test idiom.
 
     For float64 inputs the float32 error is rescaled by eps64/eps32: the same conditioning,
-    at float64's precision.
+    at float64's precision. For 16-bit inputs the naive result is rounded to the input dtype
+    (so its error includes the output rounding), and atol is one unit of that dtype.
     """
-    if np.dtype(dtype) == np.float64:
+    name = np.dtype(dtype).name
+    if name == "float64":
         return 2 * naive_err * F32_TO_F64_EPS + 1e-14 * (1 + magnitude)
+    if name in HALF_EPS:
+        return 2 * naive_err + HALF_EPS[name] * (1 + magnitude)
     return 2 * naive_err + 1e-6 * (1 + magnitude)
 
 
-def assert_matches_oracle(q, k, v, out, lse=None, *, causal=False, scale=None):
-    """Checks out (and lse) of a fastattn call against the float64 oracle."""
-    want, want_lse = oracle(q, k, v, causal=causal, scale=scale)
-    naive, naive_lse = oracle(q, k, v, causal=causal, scale=scale, dtype=np.float32)
-    assert out.dtype == q.dtype and out.shape == want.shape
-    assert not np.isnan(out).any(), "NaN in the output of finite inputs"
-    magnitude = float(np.max(np.abs(v), initial=0.0))
+def assert_matches_oracle(q, k, v, out, lse=None, **options):
+    """Checks out (and lse) of a fastattn call against the float64 oracle; `options` are the
+    attention keywords (causal, scale, mask, ...)."""
+    want, want_lse = oracle(q, k, v, **options)
+    naive, naive_lse = oracle(q, k, v, dtype=np.float32, **options)
+    dtype = np.asarray(q).dtype
+    if dtype.name in HALF_EPS:
+        naive, naive_lse = naive.astype(dtype), naive_lse.astype(dtype)
+    assert out.dtype == dtype and out.shape == want.shape
+    assert not np.isnan(np.asarray(out, np.float64)).any(), "NaN in the output of finite inputs"
+    magnitude = float(np.max(np.abs(np.asarray(v, np.float64)), initial=0.0))
     err = max_err(out, want)
-    tol = tolerance(max_err(naive, want), q.dtype, magnitude)
+    tol = tolerance(max_err(naive, want), dtype, magnitude)
     assert err <= tol, f"out: max error {err:.3g} > tolerance {tol:.3g}"
     if lse is not None:
-        assert lse.dtype == q.dtype and lse.shape == want_lse.shape
-        np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(want_lse))
+        lse64 = np.asarray(lse, np.float64)
+        assert lse.dtype == dtype and lse.shape == want_lse.shape
+        np.testing.assert_array_equal(np.isneginf(lse64), np.isneginf(want_lse))
         lse_mag = float(np.max(np.abs(np.where(np.isinf(want_lse), 0, want_lse)), initial=0.0))
-        err = max_err(lse, want_lse)
-        tol = tolerance(max_err(naive_lse, want_lse), q.dtype, lse_mag)
+        err = max_err(lse64, want_lse)
+        tol = tolerance(max_err(naive_lse, want_lse), dtype, lse_mag)
         assert err <= tol, f"lse: max error {err:.3g} > tolerance {tol:.3g}"

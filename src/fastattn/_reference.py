@@ -43,6 +43,14 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: O
     q_g = q.reshape(batch, hkv, group, lq, d)
     k_t = k[:, :, None].swapaxes(-1, -2).astype(compute, copy=False)  # (B, Hkv, 1, D, Lk)
     v_g = v[:, :, None].astype(compute, copy=False)  # (B, Hkv, 1, Lk, Dv)
+    # In p @ v a key of weight 0 would still spread a NaN of its value row (0·NaN = NaN) to rows
+    # that cannot see it. The kernel skips such keys; here NaN is put back only where a key of
+    # nonzero weight carries it.
+    v_nan = np.isnan(v_g)
+    if v_nan.any():
+        v_g, v_nan = np.where(v_nan, 0, v_g), v_nan.astype(compute)
+    else:
+        v_nan = None
     out_g = out.reshape(batch, hkv, group, lq, dv)
     lse_g = None if lse is None else lse.reshape(batch, hkv, group, lq)
 
@@ -85,7 +93,10 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: O
         shift = np.where(sees_nothing, 0, row_max)
         p = np.exp(scores - shift)
         row_sum = p.sum(axis=-1, keepdims=True)
+        acc = p @ v_g
+        if v_nan is not None:
+            acc[((p != 0) @ v_nan) > 0] = np.nan
         with np.errstate(divide="ignore", invalid="ignore"):
-            out_g[..., row0:row1, :] = np.where(sees_nothing, 0, (p @ v_g) / row_sum)
+            out_g[..., row0:row1, :] = np.where(sees_nothing, 0, acc / row_sum)
             if lse_g is not None:
                 lse_g[..., row0:row1] = (shift + np.log(row_sum))[..., 0]
