@@ -1,9 +1,12 @@
-"""Print a Markdown table from a pytest-benchmark JSON file written by bench/test_bench_attention.py.
+"""Print Markdown tables from a pytest-benchmark JSON file written by the suites in bench/.
 
 Usage: python bench/summarize.py BENCH.json
 
-One row per shape + causal mode; median milliseconds and GFLOP/s per implementation, and the
-ratios torch/cpp and numpy/cpp of the medians (> 1 means fastattn's C++ kernel is faster).
+test_bench_attention.py: one row per shape + causal mode; median milliseconds and GFLOP/s per
+implementation, and the ratios torch/cpp and numpy/cpp of the medians (> 1 means fastattn's C++
+kernel is faster).
+test_bench_features.py: one row per variant, its median and its ratio to its group's baseline;
+and the peak-memory measurement.
 """
 
 import json
@@ -19,6 +22,8 @@ def load(path):
     rows = {}
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
+        if "impl" not in info:
+            continue
         key = (info["B"], info["H"], info["Lq"], info["D"], info["causal"])
         median = bench["stats"]["median"]
         rows.setdefault(key, {})[info["impl"]] = (median, info["flops"] / median / 1e9)
@@ -37,6 +42,9 @@ def main(argv):
     if env:
         print(", ".join(f"{k}={v}" for k, v in env.items()) + "\n")
 
+    if not rows:
+        print_features(argv[1])
+        return
     print("| B | H | L | D | causal | " + " | ".join(f"{i} ms" for i in IMPLS) + " | "
           + " | ".join(f"{i} GFLOP/s" for i in IMPLS) + " | torch/cpp | numpy/cpp |")
     print("|" + "---:|" * 4 + ":---:|" + "---:|" * (2 * len(IMPLS) + 2))
@@ -49,6 +57,33 @@ def main(argv):
         cells += [fmt(ms[i], ".2f") for i in IMPLS] + [fmt(gf[i], ".1f") for i in IMPLS]
         cells += [fmt(ratio["torch"], ".2f"), fmt(ratio["numpy"], ".2f")]
         print("| " + " | ".join(cells) + " |")
+    print_features(argv[1])
+
+
+def features(path):
+    """Rows of the feature suite: (case, variant, median_s, baseline median_s)."""
+    with open(path) as f:
+        benches = [b for b in json.load(f)["benchmarks"] if b["extra_info"].get("suite") == "features"]
+    base = {b["extra_info"]["case"]: b["stats"]["median"] for b in benches if b["extra_info"]["baseline"]}
+    return [(b["extra_info"]["case"], b["extra_info"]["variant"], b["stats"]["median"],
+             base.get(b["extra_info"]["case"])) for b in benches]
+
+
+def print_features(path):
+    rows = features(path)
+    if rows:
+        print("\n| case | variant | median ms | time / baseline | speed-up vs baseline |")
+        print("|---|---|---:|---:|---:|")
+        for case, variant, median, base in rows:
+            ratio = median / base if base else None
+            print(f"| {case} | {variant} | {median * 1e3:.1f} | {fmt(ratio, '.3f')} | "
+                  f"{fmt(1 / ratio if ratio else None, '.2f')} |")
+    with open(path) as f:
+        for b in json.load(f)["benchmarks"]:
+            info = b["extra_info"]
+            if info.get("suite") == "memory":
+                print(f"\n{b['group']}: peak extra memory {info['extra_mib']:.1f} MiB "
+                      f"(output {info['out_mib']:.1f} MiB; target <= output + 16 MiB)")
 
 
 if __name__ == "__main__":

@@ -184,12 +184,39 @@ def _choose_backend(backend: str) -> bool:
     return False
 
 
+def _asarray(x, name: str) -> np.ndarray:
+    """x as an array, or a TypeError naming the argument (e.g. for a ragged nested list)."""
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}: {exc}") from None
+
+
+def _exact_numbers(x, kind=numbers.Integral) -> Optional[np.ndarray]:
+    """An object array of x's Python numbers when x holds only numbers of `kind` (NumPy stores
+    ints beyond int64 as object or float64 arrays); else None."""
+    if isinstance(x, np.ndarray):
+        return None
+    exact = np.asarray(x, dtype=object)
+    ok = all(isinstance(e, kind) and not isinstance(e, (bool, np.bool_)) for e in exact.flat)
+    return exact if ok and exact.size else None
+
+
+def _shown(x) -> str:
+    """x for an error message; an int too long to print in full is described instead."""
+    if isinstance(x, int) and abs(x) > 10**30:
+        return f"an int of {x.bit_length()} bits"
+    return str(x)
+
+
+def _index_text(a: np.ndarray, where) -> str:
+    return f"[{', '.join(str(int(i)) for i in where)}]" if a.ndim else ""
+
+
 def _as_float_array(x, name: str) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # e.g. ragged nested lists
-            raise TypeError(f"{name} must be an array, got {type(x).__name__}: {exc}") from None
+    x = _asarray(x, name)
     if x.dtype == object and x.ndim == 0:  # None, or some other non-array object
         raise TypeError(f"{name} must be an array of {_DTYPE_NAMES}, got {type(x.item()).__name__}")
     if x.dtype.name not in _DTYPE_CODES or not x.dtype.isnative:
@@ -254,7 +281,7 @@ def _normalise(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alib
         kv_lengths=_check_lengths(kv_lengths, "kv_lengths", batch_shape, lk, "Lk"),
         window=_check_window(window),
         alibi_slopes=_check_alibi(alibi_slopes, batch_shape, hq, q.ndim == 2),
-        softcap=_check_softcap(softcap),
+        softcap=_check_softcap(softcap, compute),
     )
     return _Call(as_4d(q), as_4d(k), as_4d(v), out_shape, batch_shape, options)
 
@@ -266,23 +293,28 @@ def _check_scale(scale, d: int) -> float:
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
     try:
         scale = float(scale)
-    except OverflowError:  # an int beyond float range; too large to print, too
-        raise ValueError(f"scale (=an int of {scale.bit_length()} bits) must be finite") from None
+    except OverflowError:  # an int beyond float range
+        raise ValueError(f"scale (={_shown(scale)}) must be finite") from None
     if not math.isfinite(scale):
         raise ValueError(f"scale (={scale}) must be finite")
     return scale
 
 
-def _check_softcap(softcap) -> float:
+def _check_softcap(softcap, compute: np.dtype) -> float:
     """0.0 means no softcap."""
     if softcap is None:
         return 0.0
     if not _is_real(softcap):
         raise TypeError(f"softcap must be a real number or None, got {type(softcap).__name__}")
-    value = float(softcap) if abs(softcap) < 1e308 else math.inf
+    try:
+        value = float(softcap)
+    except OverflowError:  # an int beyond float range
+        value = math.inf
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"softcap (={softcap}) must be a finite number > 0, or None")
-    return value
+        raise ValueError(f"softcap (={_shown(softcap)}) must be a finite number > 0, or None")
+    # A cap whose reciprocal is subnormal in the compute dtype changes no score that dtype can
+    # hold sensibly (and would lose precision as scores·(1/softcap)): no cap.
+    return 0.0 if value >= 1 / float(np.finfo(compute).tiny) else value
 
 
 def _check_mask(mask, user_shape, target, compute: np.dtype) -> Optional[np.ndarray]:
@@ -292,7 +324,7 @@ def _check_mask(mask, user_shape, target, compute: np.dtype) -> Optional[np.ndar
     """
     if mask is None:
         return None
-    m = np.asarray(mask)
+    m = _asarray(mask, "mask")
     if m.dtype != np.bool_:
         if m.dtype.kind != "f" and m.dtype.name != "bfloat16":
             raise TypeError(f"mask.dtype (={m.dtype}) must be bool (True = may attend) or floating (added to "
@@ -304,7 +336,8 @@ def _check_mask(mask, user_shape, target, compute: np.dtype) -> Optional[np.ndar
     except ValueError:
         fits = False
     if not fits:
-        raise ValueError(f"mask.shape (={m.shape}) must broadcast to (..., Hq, Lq, Lk) = {tuple(user_shape)}")
+        axes = "(Lq, Lk)" if len(user_shape) == 2 else "(..., Hq, Lq, Lk)"
+        raise ValueError(f"mask.shape (={m.shape}) must broadcast to {axes} = {tuple(user_shape)}")
     if any(s % m.itemsize for s in m.strides):
         m = np.ascontiguousarray(m)
     return np.broadcast_to(m, user_shape).reshape(target) if len(user_shape) == 2 else np.broadcast_to(m, target)
@@ -314,18 +347,21 @@ def _check_lengths(lengths, name: str, batch_shape, limit: int, limit_name: str)
     """(B,) int64, C-contiguous."""
     if lengths is None:
         return None
-    a = np.asarray(lengths)
+    a = _asarray(lengths, name)
     if a.dtype.kind not in "iu":
-        raise TypeError(f"{name}.dtype (={a.dtype}) must be an integer type")
+        exact = _exact_numbers(lengths)
+        if exact is None:
+            raise TypeError(f"{name}.dtype (={a.dtype}) must be an integer type")
+        a = exact
     try:
         a = np.broadcast_to(a, batch_shape)
     except ValueError:
         raise ValueError(f"{name}.shape (={a.shape}) must broadcast to the batch shape q.shape[:-3] "
                          f"(={tuple(batch_shape)})") from None
-    bad = (a < 0) | (a > limit)
+    bad = np.asarray((a < 0) | (a > limit), dtype=bool)
     if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name}[{', '.join(map(str, where))}] (={a[where]}) must be in [0, {limit_name}={limit}]")
+        where = tuple(np.argwhere(bad)[0])
+        raise ValueError(f"{name}{_index_text(a, where)} (={_shown(a[where])}) must be in [0, {limit_name}={limit}]")
     return np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
 
 
@@ -356,19 +392,25 @@ def _check_alibi(slopes, batch_shape, hq: int, two_d: bool) -> Optional[np.ndarr
     """(B·Hq,) float64, C-contiguous."""
     if slopes is None:
         return None
-    a = np.asarray(slopes)
+    a = _asarray(slopes, "alibi_slopes")
     if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
-        raise TypeError(f"alibi_slopes.dtype (={a.dtype}) must be a real type")
+        exact = _exact_numbers(slopes, numbers.Real)
+        if exact is None:
+            raise TypeError(f"alibi_slopes.dtype (={a.dtype}) must be a real type")
+        a = exact  # ints beyond float range: caught as not finite below
     target = tuple(batch_shape) + (hq,)
     try:
         a = np.broadcast_to(a, target)
     except ValueError:
-        want = "()" if two_d else f"(Hq,) = ({hq},) or broadcast to (..., Hq) = {target}"
+        want = "() or (1,)" if two_d else f"(Hq,) = ({hq},) or broadcast to (..., Hq) = {target}"
         raise ValueError(f"alibi_slopes.shape (={np.shape(slopes)}) must be {want}") from None
-    a = np.ascontiguousarray(a.reshape(-1), dtype=np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError("alibi_slopes must be finite")
-    return a
+    flat = a.reshape(-1)
+    values = np.array([float(x) if abs(x) < 1e308 else math.inf for x in flat]) if a.dtype == object \
+        else np.asarray(flat, dtype=np.float64)
+    if not np.isfinite(values).all():
+        where = np.unravel_index(int(np.argmin(np.isfinite(values))), a.shape)
+        raise ValueError(f"alibi_slopes{_index_text(a, where)} (={_shown(a[where])}) must be finite")
+    return np.ascontiguousarray(values)
 
 
 def _check_causal(causal) -> int:

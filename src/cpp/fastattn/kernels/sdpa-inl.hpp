@@ -55,7 +55,7 @@ namespace FASTATTN_ISA {
 
 namespace {
 
-constexpr int64_t kQueryBlock = 32;  // query rows per task
+constexpr int64_t kQueryBlock = 64;  // query rows per task: K/V blocks are packed once per task
 constexpr int64_t kKeyBlock = 64;    // keys per streamed K/V block
 
 // 16-bit storage formats, computed in float32.
