@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -57,6 +58,12 @@ namespace {
 
 constexpr int64_t kQueryBlock = 64;  // query rows per task: K/V blocks are packed once per task
 constexpr int64_t kKeyBlock = 64;    // keys per streamed K/V block
+// Packed K/V of a whole (batch, kv head) are kept per thread and reused by the
+// next tasks on that head (its other query blocks, its GQA query heads), so a
+// key block is packed (and widened from 16 bits) once per thread instead of
+// once per query block. All threads' panels together stay within this budget;
+// a head whose panel does not fit is packed block by block as it streams.
+constexpr int64_t kPanelBudgetBytes = 8 << 20;
 
 // 16-bit storage formats, computed in float32.
 struct f16 {
@@ -73,6 +80,7 @@ struct Storage {  // float, double: stored as computed
     static T widen(S x) { return x; }
     static S narrow(T x) { return x; }
     static typename Vec<T>::reg load(const S* p) { return Vec<T>::load(p); }
+    static void store(S* p, typename Vec<T>::reg x) { Vec<T>::store(p, x); }
 };
 template <>
 struct Storage<f16> {
@@ -80,6 +88,7 @@ struct Storage<f16> {
     static T widen(f16 x) { return f16_to_f32(x.bits); }
     static f16 narrow(T x) { return f16{f32_to_f16(x)}; }
     static Vec<float>::reg load(const f16* p) { return Vec<float>::load_f16(reinterpret_cast<const uint16_t*>(p)); }
+    static void store(f16* p, Vec<float>::reg x) { Vec<float>::store_f16(reinterpret_cast<uint16_t*>(p), x); }
 };
 template <>
 struct Storage<bf16> {
@@ -87,6 +96,7 @@ struct Storage<bf16> {
     static T widen(bf16 x) { return bf16_to_f32(x.bits); }
     static bf16 narrow(T x) { return bf16{f32_to_bf16(x)}; }
     static Vec<float>::reg load(const bf16* p) { return Vec<float>::load_bf16(reinterpret_cast<const uint16_t*>(p)); }
+    static void store(bf16* p, Vec<float>::reg x) { Vec<float>::store_bf16(reinterpret_cast<uint16_t*>(p), x); }
 };
 
 int64_t clamp(int64_t x, int64_t lo, int64_t hi) { return std::max(lo, std::min(x, hi)); }
@@ -119,11 +129,18 @@ public:
 
     // Per-thread scratch: everything one task needs, allocated once per thread.
     struct Workspace {
-        std::vector<T> q_pack, k_pack, v_pack, row, scores, bias, key_index, acc, row_max, row_sum;
-        Workspace(int64_t d, int64_t dv_pad)
-            : q_pack(kQueryBlock * d),
-              k_pack(d * kKeyBlock),
-              v_pack(kKeyBlock * dv_pad),
+        // Packed key blocks: `slots` of them, one (slots = 1) or a whole panel.
+        // Left uninitialised: only the slots a task packs are ever touched.
+        std::unique_ptr<T[]> k_pack, v_pack;
+        std::vector<char> slot_ready, v_finite;  // per slot: packed; its V rows all finite
+        int64_t panel_owner = -1;                // b·hkv + h_kv whose panel the slots hold
+        std::vector<T> q_pack, row, scores, bias, key_index, acc, row_max, row_sum;
+        Workspace(int64_t d, int64_t dv_pad, int64_t slots)
+            : k_pack(new T[slots * d * kKeyBlock]),
+              v_pack(new T[slots * kKeyBlock * dv_pad]),
+              slot_ready(slots),
+              v_finite(slots),
+              q_pack(kQueryBlock * d),
               row(d),
               scores(kKeyBlock),
               bias(kKeyBlock),
@@ -133,7 +150,12 @@ public:
               row_sum(kQueryBlock) {}
     };
 
-    Workspace make_workspace() const { return Workspace(a_.d, dv_pad_); }
+    // A panel of every key block per thread when all threads' panels fit the budget.
+    Workspace make_workspace(int64_t threads) const {
+        const int64_t key_blocks = (a_.lk + kKeyBlock - 1) / kKeyBlock;
+        const int64_t panel_bytes = key_blocks * kKeyBlock * (a_.d + dv_pad_) * static_cast<int64_t>(sizeof(T));
+        return Workspace(a_.d, dv_pad_, panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1);
+    }
 
     // Tasks are numbered so that the most expensive query blocks (the last
     // ones, under causal masking) are handed out first.
@@ -168,16 +190,27 @@ public:
         if (live_rows > 0) {
             pack_rows(q, a_.q_strides.row, live_rows, a_.d, a_.d, ws.q_pack.data());
             const int64_t first = key_begin(blk.row0, blk), last = key_end(blk.row0 + live_rows - 1, blk);
+            const int64_t owner = blk.b * a_.hkv + h_kv;
             for (int64_t key0 = first / kKeyBlock * kKeyBlock; key0 < last; key0 += kKeyBlock) {
                 const int64_t keys = std::min(kKeyBlock, blk.kv_len - key0);
-                pack_keys_transposed(k + key0 * a_.k_strides.row, keys, ws);
-                pack_rows(v + key0 * a_.v_strides.row, a_.v_strides.row, keys, a_.dv, dv_pad_, ws.v_pack.data());
-                prepare_block(blk, key0, keys, ws);
+                // A mask that does not vary along the query axis (key padding)
+                // is read once per block; it also narrows the block to its
+                // unmasked keys, and a block it masks whole is skipped.
+                int64_t span_lo = 0, span_hi = keys;
+                if (has_mask_ && a_.mask.row == 0) {
+                    mask_bias(blk.mask, key0, 0, keys, ws.bias.data());
+                    while (span_lo < keys && ws.bias[span_lo] == neg_inf_) ++span_lo;
+                    while (span_hi > span_lo && ws.bias[span_hi - 1] == neg_inf_) --span_hi;
+                    if (span_lo == span_hi) continue;
+                }
+                const PackedBlock kv = packed_block(k, v, owner, key0, keys, ws);
+                if (a_.alibi_slopes)
+                    for (int64_t j = 0; j < kKeyBlock; ++j) ws.key_index[j] = static_cast<T>(key0 + j);
                 for (int64_t r = 0; r < live_rows; ++r) {
                     const int64_t i = blk.row0 + r;
-                    const int64_t lo = std::max<int64_t>(key_begin(i, blk) - key0, 0);
-                    const int64_t hi = std::min(key_end(i, blk) - key0, keys);
-                    if (lo < hi) update_row(r, i, lo, hi, key0, blk, ws);
+                    const int64_t lo = std::max(key_begin(i, blk) - key0, span_lo);
+                    const int64_t hi = std::min(key_end(i, blk) - key0, span_hi);
+                    if (lo < hi) update_row(r, i, lo, hi, key0, blk, kv, ws);
                 }
             }
         }
@@ -226,13 +259,40 @@ private:
         return blk.mask + i * a_.mask.row * mask_item_size();
     }
 
-    // Work shared by every row of the task for this key block.
-    void prepare_block(const Block& blk, int64_t key0, int64_t keys, Workspace& ws) const {
-        if (a_.alibi_slopes)
-            for (int64_t j = 0; j < kKeyBlock; ++j) ws.key_index[j] = static_cast<T>(key0 + j);
-        // A mask that does not vary along the query axis (key padding) is read
-        // once per block, not once per row.
-        if (has_mask_ && a_.mask.row == 0) mask_bias(blk.mask, key0, 0, keys, ws.bias.data());
+    struct PackedBlock {
+        const T* k;      // (d, kKeyBlock): k transposed
+        const T* v;      // (kKeyBlock, dv_pad)
+        bool v_finite;   // no NaN or inf among its values
+    };
+
+    // Key block key0 of the (batch, kv head) `owner`, packed: from this
+    // thread's panel when it already holds it, else packed now (into the panel
+    // slot, or into the single slot when there is no panel).
+    PackedBlock packed_block(const S* k, const S* v, int64_t owner, int64_t key0, int64_t keys,
+                             Workspace& ws) const {
+        const bool panel = ws.slot_ready.size() > 1;
+        const int64_t slot = panel ? key0 / kKeyBlock : 0;
+        T* k_pack = ws.k_pack.get() + slot * a_.d * kKeyBlock;
+        T* v_pack = ws.v_pack.get() + slot * kKeyBlock * dv_pad_;
+        if (panel && ws.panel_owner != owner) {
+            std::fill(ws.slot_ready.begin(), ws.slot_ready.end(), 0);
+            ws.panel_owner = owner;
+        }
+        if (!panel || !ws.slot_ready[slot]) {
+            pack_keys_transposed(k + key0 * a_.k_strides.row, keys, k_pack, ws.row.data());
+            pack_rows(v + key0 * a_.v_strides.row, a_.v_strides.row, keys, a_.dv, dv_pad_, v_pack);
+            ws.v_finite[slot] = all_finite(v_pack, keys * dv_pad_);
+            ws.slot_ready[slot] = 1;
+        }
+        return {k_pack, v_pack, ws.v_finite[slot] != 0};
+    }
+
+    static bool all_finite(const T* x, int64_t n) {
+        // x·0 is 0 for finite x and NaN for NaN or inf: one pass, no branches.
+        reg acc = V::zero();
+        const reg zero = V::zero();
+        for (int64_t i = 0; i < n; i += W) acc = V::add(acc, V::mul(V::load(x + i), zero));
+        return V::reduce_add(acc) == T(0);
     }
 
     // dst[c] = src[c] in the compute type.
@@ -260,14 +320,13 @@ private:
     // in the block, so the score kernel broadcasts q[c] against whole vectors
     // of keys. Missing keys (j >= keys) are zero: their scores are finite and
     // then masked, never NaN from uninitialised memory.
-    void pack_keys_transposed(const S* k, int64_t keys, Workspace& ws) const {
-        T* k_pack = ws.k_pack.data();
+    void pack_keys_transposed(const S* k, int64_t keys, T* k_pack, T* scratch_row) const {
         for (int64_t j = 0; j < keys; ++j) {
             const S* kj = k + j * a_.k_strides.row;
             const T* row = reinterpret_cast<const T*>(kj);
             if (!std::is_same<S, T>::value) {
-                widen_row(kj, a_.d, ws.row.data());
-                row = ws.row.data();
+                widen_row(kj, a_.d, scratch_row);
+                row = scratch_row;
             }
             for (int64_t c = 0; c < a_.d; ++c) k_pack[c * kKeyBlock + j] = row[c];
         }
@@ -317,12 +376,12 @@ private:
     // One key block's contribution to query row r (the online-softmax step);
     // keys [lo, hi) of the block are visible to it.
     void update_row(int64_t r, int64_t i, int64_t lo, int64_t hi, int64_t key0, const Block& blk,
-                    Workspace& ws) const {
+                    const PackedBlock& kv, Workspace& ws) const {
         T* scores = ws.scores.data();
         // Whole score vectors that hold visible keys, in steps of kScoreRegs.
         const int64_t v_begin = lo / W / kScoreRegs * kScoreRegs;
         const int64_t v_end = std::min(kKeyVecs, ((hi + W - 1) / W + kScoreRegs - 1) / kScoreRegs * kScoreRegs);
-        compute_scores(ws.q_pack.data() + r * a_.d, ws.k_pack.data(), v_begin, v_end, scores);
+        compute_scores(ws.q_pack.data() + r * a_.d, kv.k, v_begin, v_end, scores);
         shape_scores(i, lo, hi, key0, blk, v_begin, v_end, ws);
         // Invisible keys are overwritten, not added to, so a NaN in a key that
         // this row cannot see never reaches it.
@@ -347,15 +406,17 @@ private:
         ws.row_sum[r] = ws.row_sum[r] * alpha + V::reduce_add(sum);
         ws.row_max[r] = new_max;
         T* acc = ws.acc.data() + r * dv_pad_;
-        if (has_mask_)
-            accumulate_pv<true>(scores, lo, hi, alpha, ws.v_pack.data(), acc);
+        // Keys of weight exactly 0 inside [lo, hi) exist only under a mask;
+        // they are skipped only when a value there is not finite (0·NaN = NaN).
+        if (has_mask_ && !kv.v_finite)
+            accumulate_pv<true>(scores, lo, hi, alpha, kv.v, acc);
         else
-            accumulate_pv<false>(scores, lo, hi, alpha, ws.v_pack.data(), acc);
+            accumulate_pv<false>(scores, lo, hi, alpha, kv.v, acc);
     }
 
     // acc = acc·alpha + Σ_{lo <= j < hi} p_j·v_j, kOutRegs vectors of acc at a
-    // time. With a mask, keys of weight exactly 0 are skipped so that a NaN in
-    // a masked value row cannot leak in through 0·NaN.
+    // time; with kSkipZero, keys of weight exactly 0 are skipped so that a NaN
+    // in a masked value row cannot leak in through 0·NaN.
     template <bool kSkipZero>
     void accumulate_pv(const T* p, int64_t lo, int64_t hi, T alpha, const T* v_pack, T* acc) const {
         int64_t c = 0;
@@ -388,12 +449,9 @@ private:
             if (lse) *lse = Storage<S>::narrow(neg_inf_);
             return;
         }
+        const reg denom = V::set1(l);
         int64_t c = 0;
-        if (std::is_same<S, T>::value) {
-            const reg denom = V::set1(l);
-            for (; c + W <= a_.dv; c += W)
-                V::store(reinterpret_cast<T*>(out) + c, V::div(V::load(acc + c), denom));
-        }
+        for (; c + W <= a_.dv; c += W) Storage<S>::store(out + c, V::div(V::load(acc + c), denom));
         for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] / l);
         if (lse) *lse = Storage<S>::narrow(m + std::log(l));
     }
@@ -409,8 +467,9 @@ void forward_typed(const SdpaArgs& args) {
     const ForwardKernel<S> kernel(args);
     const int64_t tasks = kernel.num_tasks();
     std::atomic<bool> out_of_memory{false};
+    int64_t threads = 1;
 #ifdef _OPENMP
-    int64_t threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
+    threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
     threads = std::max<int64_t>(1, std::min(threads, tasks));
 #pragma omp parallel num_threads(static_cast<int>(threads)) if (threads > 1)
 #endif
@@ -418,7 +477,7 @@ void forward_typed(const SdpaArgs& args) {
         // No exception may leave an OpenMP region: catch, finish, rethrow below.
         typename ForwardKernel<S>::Workspace* ws = nullptr;
         try {
-            ws = new typename ForwardKernel<S>::Workspace(kernel.make_workspace());
+            ws = new typename ForwardKernel<S>::Workspace(kernel.make_workspace(threads));
         } catch (const std::bad_alloc&) {
             out_of_memory = true;
         }

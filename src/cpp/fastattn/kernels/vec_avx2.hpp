@@ -14,6 +14,7 @@
 //   add_bias(s, b) s + b, except -inf where b is -inf: a masked key's score is
 //                  -inf even when s is NaN, so NaN cannot leak past a mask
 //   load_f16/bf16  (float only) 16-bit floats widened to float32, exactly
+//   store_f16/bf16 (float only) narrowed with round to nearest even, NaN kept
 #pragma once
 
 #include <immintrin.h>
@@ -65,6 +66,21 @@ struct Vec<float> {
     static reg load_bf16(const uint16_t* p) {
         const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+    }
+    static void store_f16(uint16_t* p, reg x) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
+    static void store_bf16(uint16_t* p, reg x) {
+        // bits + 0x7fff + (bit 16) rounds to nearest even in the top half; a
+        // NaN instead gets its quiet bit set so that truncation keeps it NaN.
+        const __m256i bits = _mm256_castps_si256(x);
+        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+        const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
+        const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        const __m256i quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000));
+        const __m256i top = _mm256_srli_epi32(_mm256_blendv_epi8(rounded, quiet, nan), 16);
+        const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
     }
     static float reduce_add(reg x) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
