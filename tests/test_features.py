@@ -235,3 +235,27 @@ def test_random_feature_combinations(backend, problem):
         kind, shape = options["mask"]
         options["mask"] = rng.random(shape) < 0.7 if kind == "bool" else rng.standard_normal(shape)
     check(backend, q, k, v, **options)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_nan_propagates_to_exactly_the_rows_that_see_it(backend, rng, dtype):
+    # Whatever lane or block the NaN lands in, every row that sees it is NaN, every other row
+    # is untouched (vector max drops or keeps NaN by lane position; the kernel must not care).
+    q, k, v = qkv(rng, lq=130, lk=130, dtype=dtype, batch=(1,))
+    clean = fastattn.attention(q, k, v, causal=True, backend=backend)
+    for key in (0, 5, 63, 64, 100, 129):
+        bad = k.copy()
+        bad[0, 0, key, 3] = np.nan
+        out, lse = fastattn.attention(q, bad, v, causal=True, return_lse=True, backend=backend)
+        sees = np.arange(130) >= key  # causal: rows i >= key see key
+        for head in range(HQ // HKV):  # the query heads that share K/V head 0
+            assert np.isnan(np.asarray(out[0, head], np.float64))[sees].all(), key
+            assert np.isnan(np.asarray(lse[0, head], np.float64))[sees].all(), key
+            np.testing.assert_array_equal(out[0, head, ~sees], clean[0, head, ~sees])
+        np.testing.assert_array_equal(out[0, HQ // HKV:], clean[0, HQ // HKV:])  # other K/V heads
+    bad = q.copy()
+    bad[0, 1, 77, 0] = np.nan
+    out = fastattn.attention(bad, k, v, causal=True, backend=backend)
+    assert np.isnan(np.asarray(out[0, 1, 77], np.float64)).all()
+    out[0, 1, 77] = clean[0, 1, 77]
+    np.testing.assert_array_equal(out, clean)

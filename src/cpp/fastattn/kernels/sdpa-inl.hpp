@@ -287,6 +287,10 @@ private:
         return {k_pack, v_pack, ws.v_finite[slot] != 0};
     }
 
+    static bool has_nan(const T* x, int64_t n) {
+        return std::any_of(x, x + n, [](T e) { return e != e; });
+    }
+
     static bool all_finite(const T* x, int64_t n) {
         // x·0 is 0 for finite x and NaN for NaN or inf: one pass, no branches.
         reg acc = V::zero();
@@ -391,8 +395,15 @@ private:
         reg block_max = V::set1(neg_inf_);
         for (int64_t u = v_begin; u < v_end; ++u) block_max = V::max(block_max, V::load(scores + u * W));
         const T old_max = ws.row_max[r];
-        const T new_max = std::max(old_max, V::reduce_max(block_max));
-        if (new_max == neg_inf_) return;  // every visible score is -inf: nothing seen yet
+        const T block = V::reduce_max(block_max);
+        T new_max = std::max(old_max, block);
+        // Vector max may drop or keep a NaN depending on its lane, and
+        // std::max(-inf, NaN) is -inf: decide NaN explicitly, so that a NaN
+        // score always makes the row NaN instead of hiding the block.
+        if (block != block || (new_max == neg_inf_ && has_nan(scores + lo, hi - lo)))
+            new_max = std::numeric_limits<T>::quiet_NaN();
+        else if (new_max == neg_inf_)
+            return;  // every visible score is -inf: nothing seen yet
 
         // p_j = exp(s_j − m'); a NaN score makes p_j NaN, and the row NaN.
         const reg shift = V::set1(new_max);

@@ -58,10 +58,7 @@ struct Vec<float> {
         float32x2_t s = vadd_f32(vget_low_f32(x), vget_high_f32(x));
         return vget_lane_f32(vpadd_f32(s, s), 0);
     }
-    static float reduce_max(reg x) {
-        float32x2_t s = vmax_f32(vget_low_f32(x), vget_high_f32(x));
-        return vget_lane_f32(vpmax_f32(s, s), 0);
-    }
+    static float reduce_max(reg x) { return vmaxvq_f32(x); }
 };
 
 template <>
@@ -95,10 +92,7 @@ struct Vec<double> {
         return vbslq_f64(vceqq_f64(b, vdupq_n_f64(-__builtin_inf())), b, vaddq_f64(s, b));
     }
     static double reduce_add(reg x) { return vgetq_lane_f64(x, 0) + vgetq_lane_f64(x, 1); }
-    static double reduce_max(reg x) {
-        double a = vgetq_lane_f64(x, 0), b = vgetq_lane_f64(x, 1);
-        return a > b ? a : b;
-    }
+    static double reduce_max(reg x) { return vmaxvq_f64(x); }
 };
 
 }  // namespace neon
