@@ -1,4 +1,4 @@
-"""The README's usage example runs as written, so the README cannot drift from the code."""
+"""The README's examples run as written, so the README cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -10,11 +10,30 @@ import pytest
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_usage_example_runs():
+def section(text: str, title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert match, f"README has no '## {title}' section"
+    return match.group(1)
+
+
+def python_blocks(text: str):
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
     if not README.exists():
         pytest.skip("README.md is not beside the tests (installed elsewhere)")
-    match = re.search(r"## Usage\n\n```python\n(.*?)```", README.read_text(), re.S)
-    assert match, "README has no '## Usage' python block"
+    return README.read_text()
+
+
+def test_usage_and_option_examples_run(readme):
     namespace: dict = {}
-    exec(compile(match.group(1), str(README), "exec"), namespace)
+    for block in python_blocks(section(readme, "Usage")):
+        exec(compile(block, str(README), "exec"), namespace)
     assert namespace["out"].shape == (2, 8, 1024, 64) and namespace["lse"].shape == (2, 8, 1024)
+    blocks = python_blocks(section(readme, "Masks, padding, windows, ALiBi, softcap"))
+    assert len(blocks) >= 5
+    for block in blocks:  # each continues from the usage example's q, k, v
+        exec(compile(block, str(README), "exec"), namespace)
+        assert namespace["out"].shape == (2, 8, 1024, 64)
