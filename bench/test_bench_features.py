@@ -71,7 +71,7 @@ def test_half_precision_speed(benchmark, dtype):
         dtype = pytest.importorskip("ml_dtypes").bfloat16
     q, k, v = inputs(MEDIUM, dtype)
     run(benchmark, f"dtype {MEDIUM}", np.dtype(dtype).name, lambda: fastattn.attention(q, k, v),
-        baseline=np.dtype(dtype).name == "float32", rounds=5)
+        baseline=np.dtype(dtype).name == "float32", rounds=9)
 
 
 MEMORY_PROBE = """
