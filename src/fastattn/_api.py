@@ -127,8 +127,8 @@ def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = No
     lse = np.empty(call.out_shape[:-1], dtype=out.dtype) if return_lse else None
     lse3 = None if lse is None else lse.reshape(batch, hq, lq)
 
-    if out.size == 0 and lse3 is None or lse3 is not None and lse3.size == 0:
-        pass  # nothing to compute
+    if batch * hq * lq == 0 or dv == 0 and lse3 is None:
+        pass  # no query rows, or nothing asked of them (Dv = 0 still has an lse)
     elif lk == 0:
         out4.fill(0)  # no key to see: every row is fully masked
         if lse3 is not None:
