@@ -109,10 +109,13 @@ class ForwardKernel {
     static constexpr int64_t W = V::width;
     static_assert(kKeyBlock % W == 0, "a key block must be whole vectors");
     static constexpr int64_t kKeyVecs = kKeyBlock / W;
-    // Independent accumulators in the score micro-kernel: enough to hide FMA
-    // latency, few enough to stay in registers. kKeyVecs is a multiple of it.
-    static constexpr int64_t kScoreRegs = kKeyVecs < 8 ? kKeyVecs : 8;
-    static constexpr int64_t kOutRegs = 4;  // vectors of acc held across a P·V pass
+    // Register tiles of the two products: kTileRows query rows × kTileVecs
+    // vectors (of keys in q·kᵀ, of value columns in p·v). Each vector of K or
+    // V loaded feeds kTileRows rows' FMAs; the accumulators, the loaded
+    // vectors and a broadcast fit the ISA's register file (16 or 32).
+    static constexpr int64_t kTileVecs = V::registers >= 32 ? 4 : 2;
+    static constexpr int64_t kTileRows = V::registers >= 32 ? 6 : 4;
+    static_assert(kKeyVecs % kTileVecs == 0, "a key block must be whole tiles");
 
 public:
     explicit ForwardKernel(const SdpaArgs& a)
@@ -142,7 +145,7 @@ public:
               v_finite(slots),
               q_pack(kQueryBlock * d),
               row(d),
-              scores(kKeyBlock),
+              scores(kTileRows * kKeyBlock),
               bias(kKeyBlock),
               key_index(kKeyBlock),
               acc(kQueryBlock * dv_pad),
@@ -206,11 +209,18 @@ public:
                 const PackedBlock kv = packed_block(k, v, owner, key0, keys, ws);
                 if (a_.alibi_slopes)
                     for (int64_t j = 0; j < kKeyBlock; ++j) ws.key_index[j] = static_cast<T>(key0 + j);
-                for (int64_t r = 0; r < live_rows; ++r) {
-                    const int64_t i = blk.row0 + r;
-                    const int64_t lo = std::max(key_begin(i, blk) - key0, span_lo);
-                    const int64_t hi = std::min(key_end(i, blk) - key0, span_hi);
-                    if (lo < hi) update_row(r, i, lo, hi, key0, blk, kv, ws);
+                for (int64_t r0 = 0; r0 < live_rows; r0 += kTileRows) {
+                    const int64_t n = std::min(kTileRows, live_rows - r0);
+                    int64_t lo[kTileRows], hi[kTileRows];  // row r0 + r sees keys [lo[r], hi[r])
+                    for (int64_t r = 0; r < n; ++r) {
+                        const int64_t i = blk.row0 + r0 + r;
+                        lo[r] = std::max(key_begin(i, blk) - key0, span_lo);
+                        hi[r] = std::min(key_end(i, blk) - key0, span_hi);
+                    }
+                    if (n == kTileRows)
+                        update_rows<kTileRows>(r0, lo, hi, key0, blk, kv, ws);
+                    else
+                        for (int64_t r = 0; r < n; ++r) update_rows<1>(r0 + r, lo + r, hi + r, key0, blk, kv, ws);
                 }
             }
         }
@@ -338,25 +348,34 @@ private:
             std::fill(k_pack + c * kKeyBlock + keys, k_pack + (c + 1) * kKeyBlock, T(0));
     }
 
-    // scores[j] = scale·(q_row · k_j) for key vectors [v_begin, v_end).
-    void compute_scores(const T* q_row, const T* k_pack, int64_t v_begin, int64_t v_end, T* scores) const {
+    // scores[r][j] = scale·(q_r · k_j) for R rows and key vectors [v_begin, v_end).
+    // Each score's dot product runs over the features in order whatever R is,
+    // so a row's scores do not depend on the tile it was computed in.
+    template <int R>
+    void score_tile(const T* q_rows, const T* k_pack, int64_t v_begin, int64_t v_end, T* scores) const {
         const reg scale = V::set1(static_cast<T>(a_.scale));
-        for (int64_t v0 = v_begin; v0 < v_end; v0 += kScoreRegs) {
-            reg dot[kScoreRegs];
-            for (int64_t u = 0; u < kScoreRegs; ++u) dot[u] = V::zero();
+        for (int64_t v0 = v_begin; v0 < v_end; v0 += kTileVecs) {
+            reg dot[R][kTileVecs];
+            for (int r = 0; r < R; ++r)
+                for (int64_t n = 0; n < kTileVecs; ++n) dot[r][n] = V::zero();
             const T* kp = k_pack + v0 * W;
             for (int64_t c = 0; c < a_.d; ++c, kp += kKeyBlock) {
-                const reg qc = V::set1(q_row[c]);
-                for (int64_t u = 0; u < kScoreRegs; ++u) dot[u] = V::fma(qc, V::load(kp + u * W), dot[u]);
+                reg keys[kTileVecs];
+                for (int64_t n = 0; n < kTileVecs; ++n) keys[n] = V::load(kp + n * W);
+                for (int r = 0; r < R; ++r) {
+                    const reg qc = V::set1(q_rows[r * a_.d + c]);
+                    for (int64_t n = 0; n < kTileVecs; ++n) dot[r][n] = V::fma(qc, keys[n], dot[r][n]);
+                }
             }
-            for (int64_t u = 0; u < kScoreRegs; ++u) V::store(scores + (v0 + u) * W, V::mul(dot[u], scale));
+            for (int r = 0; r < R; ++r)
+                for (int64_t n = 0; n < kTileVecs; ++n)
+                    V::store(scores + r * kKeyBlock + (v0 + n) * W, V::mul(dot[r][n], scale));
         }
     }
 
     // Softcap, ALiBi and the mask, in the order of sdpa.hpp, on vectors [v_begin, v_end).
     void shape_scores(int64_t i, int64_t lo, int64_t hi, int64_t key0, const Block& blk, int64_t v_begin,
-                      int64_t v_end, Workspace& ws) const {
-        T* s = ws.scores.data();
+                      int64_t v_end, T* s, Workspace& ws) const {
         if (a_.softcap > 0) {
             const reg cap = V::set1(static_cast<T>(a_.softcap)), inv_cap = V::set1(static_cast<T>(1 / a_.softcap));
             for (int64_t u = v_begin; u < v_end; ++u)
@@ -377,77 +396,119 @@ private:
         }
     }
 
-    // One key block's contribution to query row r (the online-softmax step);
-    // keys [lo, hi) of the block are visible to it.
-    void update_row(int64_t r, int64_t i, int64_t lo, int64_t hi, int64_t key0, const Block& blk,
-                    const PackedBlock& kv, Workspace& ws) const {
+    // One key block's contribution to rows [r0, r0 + R) of the task; row
+    // r0 + r sees keys [lo[r], hi[r]) of the block (none when lo >= hi).
+    template <int R>
+    void update_rows(int64_t r0, const int64_t* lo, const int64_t* hi, int64_t key0, const Block& blk,
+                     const PackedBlock& kv, Workspace& ws) const {
+        int64_t first = kKeyBlock, last = 0;  // keys any row of the tile sees
+        for (int r = 0; r < R; ++r)
+            if (lo[r] < hi[r]) first = std::min(first, lo[r]), last = std::max(last, hi[r]);
+        if (first >= last) return;
+        const int64_t v_begin = first / W / kTileVecs * kTileVecs;
+        const int64_t v_end = std::min(kKeyVecs, ((last + W - 1) / W + kTileVecs - 1) / kTileVecs * kTileVecs);
         T* scores = ws.scores.data();
-        // Whole score vectors that hold visible keys, in steps of kScoreRegs.
-        const int64_t v_begin = lo / W / kScoreRegs * kScoreRegs;
-        const int64_t v_end = std::min(kKeyVecs, ((hi + W - 1) / W + kScoreRegs - 1) / kScoreRegs * kScoreRegs);
-        compute_scores(ws.q_pack.data() + r * a_.d, kv.k, v_begin, v_end, scores);
-        shape_scores(i, lo, hi, key0, blk, v_begin, v_end, ws);
+        score_tile<R>(ws.q_pack.data() + r0 * a_.d, kv.k, v_begin, v_end, scores);
+        T alpha[R];
+        for (int r = 0; r < R; ++r) {
+            T* p = scores + r * kKeyBlock;
+            if (lo[r] < hi[r]) {
+                alpha[r] = softmax_step(r0 + r, lo[r], hi[r], key0, blk, v_begin, v_end, p, ws);
+            } else {  // sees nothing here: contributes nothing, rescales nothing
+                std::fill(p + v_begin * W, p + v_end * W, T(0));
+                alpha[r] = T(1);
+            }
+        }
+        T* acc = ws.acc.data() + r0 * dv_pad_;
+        if (kv.v_finite) {
+            // Keys outside a row's own [lo, hi) have p = 0 exactly and finite
+            // values: they add exact zeros to that row.
+            pv_tile<R, false>(scores, first, last, alpha, kv.v, acc);
+            return;
+        }
+        // A NaN or inf value would leak into rows that cannot see its key
+        // through 0·NaN: one row at a time over the row's own keys, and under
+        // a mask (which leaves keys of weight 0 inside [lo, hi)) skipping zeros.
+        for (int r = 0; r < R; ++r) {
+            if (lo[r] >= hi[r]) continue;
+            T* p = scores + r * kKeyBlock;
+            if (has_mask_)
+                pv_tile<1, true>(p, lo[r], hi[r], alpha + r, kv.v, acc + r * dv_pad_);
+            else
+                pv_tile<1, false>(p, lo[r], hi[r], alpha + r, kv.v, acc + r * dv_pad_);
+        }
+    }
+
+    // The online-softmax step of task row r for one key block: shapes and
+    // masks its scores in s, turns them into p = exp(s − m') in place, updates
+    // m and l, and returns the factor alpha = exp(m − m') for the old acc.
+    T softmax_step(int64_t r, int64_t lo, int64_t hi, int64_t key0, const Block& blk, int64_t v_begin,
+                   int64_t v_end, T* s, Workspace& ws) const {
+        shape_scores(blk.row0 + r, lo, hi, key0, blk, v_begin, v_end, s, ws);
         // Invisible keys are overwritten, not added to, so a NaN in a key that
         // this row cannot see never reaches it.
-        std::fill(scores + v_begin * W, scores + lo, neg_inf_);
-        std::fill(scores + hi, scores + v_end * W, neg_inf_);
+        std::fill(s + v_begin * W, s + lo, neg_inf_);
+        std::fill(s + hi, s + v_end * W, neg_inf_);
 
         reg block_max = V::set1(neg_inf_);
-        for (int64_t u = v_begin; u < v_end; ++u) block_max = V::max(block_max, V::load(scores + u * W));
+        for (int64_t u = v_begin; u < v_end; ++u) block_max = V::max(block_max, V::load(s + u * W));
         const T old_max = ws.row_max[r];
         const T block = V::reduce_max(block_max);
         T new_max = std::max(old_max, block);
         // Vector max may drop or keep a NaN depending on its lane, and
         // std::max(-inf, NaN) is -inf: decide NaN explicitly, so that a NaN
         // score always makes the row NaN instead of hiding the block.
-        if (block != block || (new_max == neg_inf_ && has_nan(scores + lo, hi - lo)))
+        if (block != block || (new_max == neg_inf_ && has_nan(s + lo, hi - lo))) {
             new_max = std::numeric_limits<T>::quiet_NaN();
-        else if (new_max == neg_inf_)
-            return;  // every visible score is -inf: nothing seen yet
+        } else if (new_max == neg_inf_) {  // every visible score is -inf: nothing seen yet
+            std::fill(s + v_begin * W, s + v_end * W, T(0));
+            return T(1);
+        }
 
         // p_j = exp(s_j − m'); a NaN score makes p_j NaN, and the row NaN.
         const reg shift = V::set1(new_max);
         reg sum = V::zero();
         for (int64_t u = v_begin; u < v_end; ++u) {
-            const reg p = vexp<T>(V::sub(V::load(scores + u * W), shift));
-            V::store(scores + u * W, p);
+            const reg p = vexp<T>(V::sub(V::load(s + u * W), shift));
+            V::store(s + u * W, p);
             sum = V::add(sum, p);
         }
         const T alpha = std::exp(old_max - new_max);  // 0 on the first visible block
         ws.row_sum[r] = ws.row_sum[r] * alpha + V::reduce_add(sum);
         ws.row_max[r] = new_max;
-        T* acc = ws.acc.data() + r * dv_pad_;
-        // Keys of weight exactly 0 inside [lo, hi) exist only under a mask;
-        // they are skipped only when a value there is not finite (0·NaN = NaN).
-        if (has_mask_ && !kv.v_finite)
-            accumulate_pv<true>(scores, lo, hi, alpha, kv.v, acc);
-        else
-            accumulate_pv<false>(scores, lo, hi, alpha, kv.v, acc);
+        return alpha;
     }
 
-    // acc = acc·alpha + Σ_{lo <= j < hi} p_j·v_j, kOutRegs vectors of acc at a
-    // time; with kSkipZero, keys of weight exactly 0 are skipped so that a NaN
-    // in a masked value row cannot leak in through 0·NaN.
-    template <bool kSkipZero>
-    void accumulate_pv(const T* p, int64_t lo, int64_t hi, T alpha, const T* v_pack, T* acc) const {
+    // acc_r = acc_r·alpha_r + Σ_{lo <= j < hi} p_rj·v_j for R rows, a tile of
+    // value columns at a time; with kSkipZero (R = 1), keys of weight exactly
+    // 0 are skipped.
+    template <int R, bool kSkipZero>
+    void pv_tile(const T* p, int64_t lo, int64_t hi, const T* alpha, const T* v_pack, T* acc) const {
         int64_t c = 0;
-        for (; c + kOutRegs * W <= dv_pad_; c += kOutRegs * W)
-            accumulate_pv_cols<kOutRegs, kSkipZero>(p, lo, hi, alpha, v_pack + c, acc + c);
-        for (; c < dv_pad_; c += W) accumulate_pv_cols<1, kSkipZero>(p, lo, hi, alpha, v_pack + c, acc + c);
+        for (; c + kTileVecs * W <= dv_pad_; c += kTileVecs * W)
+            pv_cols<R, kTileVecs, kSkipZero>(p, lo, hi, alpha, v_pack + c, acc + c);
+        for (; c < dv_pad_; c += W) pv_cols<R, 1, kSkipZero>(p, lo, hi, alpha, v_pack + c, acc + c);
     }
 
-    template <int N, bool kSkipZero>
-    void accumulate_pv_cols(const T* p, int64_t lo, int64_t hi, T alpha, const T* v_pack, T* acc) const {
-        const reg scale = V::set1(alpha);
-        reg out[N];
-        for (int u = 0; u < N; ++u) out[u] = V::mul(V::load(acc + u * W), scale);
+    template <int R, int N, bool kSkipZero>
+    void pv_cols(const T* p, int64_t lo, int64_t hi, const T* alpha, const T* v_pack, T* acc) const {
+        static_assert(!kSkipZero || R == 1, "zero skipping is per row");
+        reg out[R][N];
+        for (int r = 0; r < R; ++r) {
+            const reg scale = V::set1(alpha[r]);
+            for (int n = 0; n < N; ++n) out[r][n] = V::mul(V::load(acc + r * dv_pad_ + n * W), scale);
+        }
         for (int64_t j = lo; j < hi; ++j) {
             if (kSkipZero && p[j] == T(0)) continue;
-            const reg pj = V::set1(p[j]);
-            const T* vj = v_pack + j * dv_pad_;
-            for (int u = 0; u < N; ++u) out[u] = V::fma(pj, V::load(vj + u * W), out[u]);
+            reg vals[N];
+            for (int n = 0; n < N; ++n) vals[n] = V::load(v_pack + j * dv_pad_ + n * W);
+            for (int r = 0; r < R; ++r) {
+                const reg pj = V::set1(p[r * kKeyBlock + j]);
+                for (int n = 0; n < N; ++n) out[r][n] = V::fma(pj, vals[n], out[r][n]);
+            }
         }
-        for (int u = 0; u < N; ++u) V::store(acc + u * W, out[u]);
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < N; ++n) V::store(acc + r * dv_pad_ + n * W, out[r][n]);
     }
 
     // out = acc / l and lse = m + log(l); a row that saw no key gives zeros

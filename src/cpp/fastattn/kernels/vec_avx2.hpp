@@ -31,6 +31,7 @@ template <>
 struct Vec<float> {
     using reg = __m256;
     static constexpr int width = 8;
+    static constexpr int registers = 16;  // vector registers, for sizing register tiles
 
     static reg zero() { return _mm256_setzero_ps(); }
     static reg set1(float x) { return _mm256_set1_ps(x); }
@@ -100,6 +101,7 @@ template <>
 struct Vec<double> {
     using reg = __m256d;
     static constexpr int width = 4;
+    static constexpr int registers = 16;  // vector registers, for sizing register tiles
 
     static reg zero() { return _mm256_setzero_pd(); }
     static reg set1(double x) { return _mm256_set1_pd(x); }

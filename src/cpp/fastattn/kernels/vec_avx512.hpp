@@ -16,6 +16,7 @@ template <>
 struct Vec<float> {
     using reg = __m512;
     static constexpr int width = 16;
+    static constexpr int registers = 32;  // vector registers, for sizing register tiles
 
     static reg zero() { return _mm512_setzero_ps(); }
     static reg set1(float x) { return _mm512_set1_ps(x); }
@@ -83,6 +84,7 @@ template <>
 struct Vec<double> {
     using reg = __m512d;
     static constexpr int width = 8;
+    static constexpr int registers = 32;  // vector registers, for sizing register tiles
 
     static reg zero() { return _mm512_setzero_pd(); }
     static reg set1(double x) { return _mm512_set1_pd(x); }

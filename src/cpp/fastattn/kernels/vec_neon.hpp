@@ -17,6 +17,7 @@ template <>
 struct Vec<float> {
     using reg = float32x4_t;
     static constexpr int width = 4;
+    static constexpr int registers = 32;  // vector registers, for sizing register tiles
 
     static reg zero() { return vdupq_n_f32(0.0f); }
     static reg set1(float x) { return vdupq_n_f32(x); }
@@ -65,6 +66,7 @@ template <>
 struct Vec<double> {
     using reg = float64x2_t;
     static constexpr int width = 2;
+    static constexpr int registers = 32;  // vector registers, for sizing register tiles
 
     static reg zero() { return vdupq_n_f64(0.0); }
     static reg set1(double x) { return vdupq_n_f64(x); }

@@ -16,6 +16,7 @@ template <class T>
 struct Vec {
     using reg = T;
     static constexpr int width = 1;
+    static constexpr int registers = 16;  // vector registers, for sizing register tiles
 
     static reg zero() { return T(0); }
     static reg set1(T x) { return x; }
