@@ -17,10 +17,21 @@ import numpy as np
 
 from . import _backend, _reference
 
-# Storage dtypes and the codes the C++ kernel knows them by. bfloat16 is ml_dtypes' (optional),
-# recognised by name so that ml_dtypes is never imported here.
-_DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+# Storage dtypes and the codes the C++ kernel knows them by, keyed by dtype object (dtype.name is
+# slow to compute on every call). bfloat16 is ml_dtypes' (optional): recognised by name the first
+# time it is seen, so that ml_dtypes is never imported here.
+_DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2}
+_BFLOAT16_CODE = 3
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _DTYPE_NAMES = "float32, float64, float16 or bfloat16"
+
+
+def _dtype_code(dtype: np.dtype) -> Optional[int]:
+    """The kernel's code for a supported, native-order storage dtype, else None."""
+    code = _DTYPE_CODES.get(dtype)
+    if code is None and dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype.isnative:
+        code = _DTYPE_CODES[dtype] = _BFLOAT16_CODE
+    return code
 _CAUSAL_MODES = {"upper_left": _reference.UPPER_LEFT, "lower_right": _reference.LOWER_RIGHT}
 _BACKENDS = ("auto", "cpp", "numpy")
 MAX_THREADS = 1024
@@ -108,7 +119,8 @@ def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = No
     backend : "auto" (C++ when built, else NumPy with a one-time warning), "cpp" (raises
         RuntimeError when the extension is unavailable) or "numpy".
     num_threads : None for the OpenMP default (honours ``OMP_NUM_THREADS``), or an int in
-        [1, 1024] for this call only. The result does not depend on it. Ignored by "numpy".
+        [1, 1024] for this call only; either is capped at the number of processors. The result
+        does not depend on it. Ignored by "numpy".
 
     Returns
     -------
@@ -155,12 +167,14 @@ def _forward_cpp(call: _Call, out4: np.ndarray, lse3: Optional[np.ndarray], thre
         if nb:
             index = np.indices(call.batch_shape, dtype=np.int64).reshape(nb, -1)
             mask_offsets = np.ascontiguousarray((index * np.array(strides[:nb], np.int64)[:, None]).sum(0))
+    # Positional, in the order of the binding's signature (src/cpp/bindings/module.cpp):
+    # pybind11 matching 19 keywords by name costs about 2 µs per call, a third of a tiny call.
     _backend._core.forward(
-        call.q, call.k, call.v, out4, lse3, dtype=_DTYPE_CODES[call.q.dtype.name], scale=opts.scale,
-        causal=opts.causal, num_threads=threads, mask=opts.mask, mask_kind=mask_kind,
-        mask_strides=mask_strides, mask_offsets=mask_offsets, q_lengths=opts.q_lengths,
-        kv_lengths=opts.kv_lengths, window_left=opts.window[0], window_right=opts.window[1],
-        alibi_slopes=opts.alibi_slopes, softcap=opts.softcap)
+        call.q, call.k, call.v, out4, lse3,
+        _dtype_code(call.q.dtype), opts.scale, opts.causal, threads,              # dtype .. num_threads
+        opts.mask, mask_kind, mask_strides, mask_offsets,                          # mask view
+        opts.q_lengths, opts.kv_lengths, opts.window[0], opts.window[1],           # positional rules
+        opts.alibi_slopes, opts.softcap)
 
 
 def _choose_backend(backend: str) -> bool:
@@ -219,9 +233,9 @@ def _as_float_array(x, name: str) -> np.ndarray:
     x = _asarray(x, name)
     if x.dtype == object and x.ndim == 0:  # None, or some other non-array object
         raise TypeError(f"{name} must be an array of {_DTYPE_NAMES}, got {type(x.item()).__name__}")
-    if x.dtype.name not in _DTYPE_CODES or not x.dtype.isnative:
+    if _dtype_code(x.dtype) is None:
         hint = ""
-        if x.dtype.name in _DTYPE_CODES:
+        if _dtype_code(x.dtype.newbyteorder("=")) is not None:
             hint = f"; convert with {name}.astype({name}.dtype.newbyteorder('='))"
         raise TypeError(f"{name}.dtype (={x.dtype.str if hint else x.dtype}) must be {_DTYPE_NAMES}{hint}")
     return x
@@ -266,13 +280,15 @@ def _normalise(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alib
 
     def as_4d(x: np.ndarray) -> np.ndarray:
         # A view whenever the batch dimensions can be merged (always for <= 4-D).
-        x4 = x.reshape((batch,) + heads + x.shape[-3 if q.ndim > 2 else -2:])
+        x4 = x if x.ndim == 4 else x.reshape((batch,) + heads + x.shape[-3 if q.ndim > 2 else -2:])
+        if x4.flags.c_contiguous:  # the common case, and always fine
+            return x4
         if x4.shape[-1] > 1 and x4.strides[-1] != x4.itemsize or any(s % x4.itemsize for s in x4.strides):
             x4 = np.ascontiguousarray(x4)  # the kernel needs unit stride along features
         return x4
 
     hq, lq, lk = (q.shape[-3] if q.ndim > 2 else 1), q.shape[-2], k.shape[-2]
-    compute = np.dtype(np.float64 if q.dtype == np.float64 else np.float32)
+    compute = _F64 if q.dtype == _F64 else _F32
     options = _reference.Options(
         scale=_check_scale(scale, d),
         causal=_check_causal(causal),

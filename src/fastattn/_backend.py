@@ -67,7 +67,8 @@ def show_config() -> dict:
 
     Keys: ``version``, ``backend`` ("cpp" or "numpy"), ``compiled_isas``, ``supported_isas``
     (compiled and runnable on this CPU), ``selected_isa``, ``openmp`` (bool), ``num_threads``
-    (what a call with ``num_threads=None`` uses), and ``import_error`` when the extension is missing.
+    (what a call with ``num_threads=None`` uses: ``OMP_NUM_THREADS`` or the OpenMP default, capped
+    at the number of processors), and ``import_error`` when the extension is missing.
     """
     config: dict = {"version": metadata.version("fastattn"), "backend": "cpp" if _core else "numpy"}
     if _core is not None:

@@ -141,7 +141,7 @@ py::array math_array(const std::string& fn, const py::array& x) {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastattn's C++ kernels (internal: use fastattn.attention)";
     m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
-          py::kw_only(), py::arg("dtype"), py::arg("scale"), py::arg("causal"), py::arg("num_threads"),
+          py::arg("dtype"), py::arg("scale"), py::arg("causal"), py::arg("num_threads"),
           py::arg("mask"), py::arg("mask_kind"), py::arg("mask_strides"), py::arg("mask_offsets"),
           py::arg("q_lengths"), py::arg("kv_lengths"), py::arg("window_left"), py::arg("window_right"),
           py::arg("alibi_slopes"), py::arg("softcap"));

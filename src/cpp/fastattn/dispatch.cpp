@@ -1,5 +1,6 @@
 // Runtime CPU dispatch and the checked entry point. Compiled with baseline
 // flags only: nothing here may execute an instruction the CPU might lack.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -141,9 +142,25 @@ void check_args(const SdpaArgs& a) {
     require(kind == MaskKind::none || (a.mask.data && a.mask.batch_offsets), "mask without data or batch offsets");
 }
 
+// The thread count a call runs with: the request, or the OpenMP default
+// (OMP_NUM_THREADS), capped at the processors available. More threads than
+// processors only add waiting (OpenMP threads spin at barriers while the
+// one they wait for has no core), and results never depend on the count.
+static int resolve_threads(int requested) {
+#ifdef _OPENMP
+    const int n = requested > 0 ? requested : omp_get_max_threads();
+    return std::max(1, std::min(n, omp_get_num_procs()));
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
 void sdpa_forward(const SdpaArgs& args) {
     check_args(args);
-    selected().load()->forward(args);
+    SdpaArgs resolved = args;
+    resolved.num_threads = resolve_threads(args.num_threads);
+    selected().load()->forward(resolved);
 }
 
 void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n) {
@@ -158,12 +175,6 @@ bool have_openmp() {
 #endif
 }
 
-int default_num_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+int default_num_threads() { return resolve_threads(0); }
 
 }  // namespace fastattn

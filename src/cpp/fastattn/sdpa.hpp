@@ -61,7 +61,9 @@ struct SdpaArgs {
     const double* alibi_slopes = nullptr;  // (batch, hq): adds -slope·|i + off - j|
     double softcap = 0.0;                  // > 0: scores -> softcap·tanh(scores / softcap)
     MaskView mask;
-    int num_threads = 0;  // 0: the OpenMP default (OMP_NUM_THREADS)
+    // 0: the OpenMP default (OMP_NUM_THREADS). Capped at the processors
+    // available: more threads than cores would only wait on each other.
+    int num_threads = 0;
 };
 // Order in which a score is formed: s = scale·q·k; softcap; + ALiBi; + additive
 // mask; then boolean mask, causal, window and lengths set it to -inf.
@@ -88,6 +90,6 @@ void select_isa(const std::string& name);
 
 // ---- threading -----------------------------------------------------------
 bool have_openmp();
-int default_num_threads();  // what num_threads = 0 would use
+int default_num_threads();  // what num_threads = 0 uses (capped at the processors)
 
 }  // namespace fastattn

@@ -539,10 +539,9 @@ void forward_typed(const SdpaArgs& args) {
     const ForwardKernel<S> kernel(args);
     const int64_t tasks = kernel.num_tasks();
     std::atomic<bool> out_of_memory{false};
-    int64_t threads = 1;
+    // sdpa_forward has resolved num_threads (>= 1, at most the processors).
+    const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(args.num_threads, tasks));
 #ifdef _OPENMP
-    threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
-    threads = std::max<int64_t>(1, std::min(threads, tasks));
 #pragma omp parallel num_threads(static_cast<int>(threads)) if (threads > 1)
 #endif
     {
