@@ -1,0 +1,570 @@
+"""Benchmark fastattn against torch's scaled_dot_product_attention, next to the machine's ceilings.
+
+Usage::
+
+    python -m fastattn.bench                      # the default table of shapes, float32
+    python -m fastattn.bench --quick              # a few tiny shapes: a smoke test, ~seconds
+    python -m fastattn.bench --no-numpy           # skip the (slow) NumPy backend
+    python -m fastattn.bench --threads 4          # num_threads for fastattn, torch.set_num_threads
+    python -m fastattn.bench --json results.json --plot throughput.png
+
+What it does, in order:
+
+1. Prints a header: fastattn's configuration (from ``fastattn.show_config()``), the CPU model,
+   the NumPy and torch versions and the thread counts.
+2. Measures two ceilings of this machine: float32 GEMM throughput (``numpy.matmul`` of two
+   2048x2048 matrices, GFLOP/s) and read bandwidth (``numpy.sum`` over a 1 GiB float32 array,
+   GB/s). ``numpy.sum`` runs on one thread, so the bandwidth is what one core can read, and
+   NumPy's BLAS picks its own thread count for the GEMM (``--threads`` does not change it).
+3. For each shape (B, Hq, Hkv, Lq, Lk, D), float32, runs the implementations: fastattn's C++
+   backend, fastattn's NumPy backend and torch's SDPA (each only when available). The output
+   of each one's first call is checked against torch's (or, without torch, against the
+   NumPy backend's) with a loose tolerance. Then each is timed in turn: a 0.2 s pause (so
+   the previous one's threads stop spinning), warm-up calls, then repeated calls (at least
+   5, and at least 0.5 s in all, at most 10000), keeping the median.
+4. Prints one progress line per shape as it finishes, then Markdown tables: time and
+   GFLOP/s per implementation, the ratio torch time / fastattn C++ time (> 1: fastattn is
+   faster) and, for decode shapes (Lq = 1), the bandwidth achieved reading K and V and its
+   fraction of the measured read bandwidth.
+5. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
+   (``--plot FILE``, default ``fastattn-bench.png``; ``--no-plot`` to skip) of GFLOP/s
+   against L for the square non-causal B=1 H=8 D=64 shapes, with the GEMM ceiling dashed.
+
+FLOPs per call are 4·B·Hq·Lq·Lk·D (two matrix products), halved for causal when Lq = Lk.
+The exit status is 1 when an output check failed, else 0.
+
+torch and matplotlib are optional: without them their parts are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+import fastattn
+
+FLOAT32_BYTES = 4
+IMPLEMENTATION_LABELS = {"cpp": "fastattn C++", "numpy": "fastattn NumPy", "torch": "torch SDPA"}
+IMPLEMENTATION_COLORS = {"cpp": "C0", "numpy": "C1", "torch": "C2"}  # the same in every plot
+DEFAULT_PLOT_PATH = "fastattn-bench.png"
+
+# Output checks: both sides compute in float32, so they agree to ~1e-6; this only catches bugs.
+CHECK_RTOL = 1e-3
+CHECK_ATOL = 1e-4
+
+# (B, Hq, Hkv, Lq, Lk, D); each runs non-causal and causal.
+DEFAULT_PREFILL_SHAPES = [
+    (1, 8, 8, 512, 512, 64),
+    (1, 8, 8, 1024, 1024, 64),
+    (1, 8, 8, 2048, 2048, 64),
+    (1, 8, 8, 4096, 4096, 64),
+    (4, 12, 12, 1024, 1024, 64),
+    (1, 8, 8, 2048, 2048, 128),
+    (1, 1, 1, 16, 16, 16),
+]
+# One query row per sequence against a KV cache; non-causal only.
+DEFAULT_DECODE_SHAPES = [
+    (8, 32, 32, 1, 4096, 128),
+    (8, 32, 8, 1, 4096, 128),  # GQA: 4 query heads per KV head
+]
+
+QUICK_PREFILL_SHAPES = [(1, 8, 8, 32, 32, 64), (1, 8, 8, 64, 64, 64)]
+QUICK_DECODE_SHAPES = [(2, 4, 2, 1, 256, 32)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to time each implementation and how big the ceiling measurements are."""
+
+    min_repeats: int = 5
+    min_seconds: float = 0.5
+    max_repeats: int = 10_000
+    settle_seconds: float = 0.2  # pause before each timing: see time_calls
+    warmup_seconds: float = 0.05
+    gemm_size: int = 2048
+    read_mib: int = 1024
+
+
+DEFAULT_SETTINGS = Settings()
+QUICK_SETTINGS = Settings(min_seconds=0.02, settle_seconds=0.1, warmup_seconds=0.02,
+                          gemm_size=512, read_mib=64)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One attention shape, float32, with Dv = D."""
+
+    batch: int
+    hq: int
+    hkv: int
+    lq: int
+    lk: int
+    d: int
+    causal: bool = False
+
+    @property
+    def is_decode(self) -> bool:
+        return self.lq == 1
+
+    @property
+    def flops(self) -> float:
+        flops = 4.0 * self.batch * self.hq * self.lq * self.lk * self.d
+        if self.causal and self.lq == self.lk:
+            flops /= 2
+        return flops
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of K and V that one call has to read."""
+        return FLOAT32_BYTES * self.batch * self.hkv * self.lk * 2 * self.d
+
+    @property
+    def label(self) -> str:
+        heads = f"H{self.hq}" if self.hq == self.hkv else f"H{self.hq}/{self.hkv}"
+        length = f"L{self.lq}" if self.lq == self.lk else f"Lq{self.lq} Lk{self.lk}"
+        return f"B{self.batch} {heads} {length} D{self.d}" + (" causal" if self.causal else "")
+
+
+def build_cases(prefill_shapes, decode_shapes) -> List[Case]:
+    """Each prefill shape non-causal then causal, followed by the decode shapes (non-causal)."""
+    cases = [Case(*shape, causal=causal) for shape in prefill_shapes for causal in (False, True)]
+    cases += [Case(*shape) for shape in decode_shapes]
+    return cases
+
+
+def is_plot_case(row: dict) -> bool:
+    """The series the PNG shows: square, non-causal, B=1, H=8 (no GQA), D=64."""
+    return (not row["causal"] and row["lq"] == row["lk"] > 1 and row["batch"] == 1
+            and row["hq"] == row["hkv"] == 8 and row["d"] == 64)
+
+
+# ----------------------------------------------------------------------------- environment
+
+def import_torch(threads: Optional[int]):
+    """torch, with its thread count set when --threads was given; None (with a note) if absent."""
+    try:
+        import torch
+    except ImportError:
+        print("note: torch is not installed; skipping torch SDPA", flush=True)
+        return None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch
+
+
+def fastattn_config() -> dict:
+    """fastattn.show_config()'s dict, without letting it print."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fastattn.show_config()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else whatever platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def describe_machine(config: dict, torch, threads: Optional[int]) -> dict:
+    return {
+        "fastattn": config["version"],
+        "fastattn_config": config,
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "fastattn_threads": threads if threads is not None else config["num_threads"],
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+    }
+
+
+def print_header(machine: dict) -> None:
+    config = machine["fastattn_config"]
+    if config["backend"] == "cpp":
+        backend = (f"C++ backend, ISA {config['selected_isa']} "
+                   f"(compiled: {', '.join(config['compiled_isas'])}; "
+                   f"this CPU: {', '.join(config['supported_isas'])}), "
+                   f"OpenMP {'on' if config['openmp'] else 'off'}")
+    else:
+        backend = f"NumPy backend only ({config.get('import_error')})"
+    torch_threads = machine["torch_threads"] if machine["torch"] else "-"
+    print("# fastattn benchmark")
+    print(f"fastattn  {machine['fastattn']}, {backend}")
+    print(f"CPU       {machine['cpu']} ({machine['logical_cpus']} logical CPUs)")
+    print(f"versions  Python {machine['python']}, NumPy {machine['numpy']}, "
+          f"torch {machine['torch'] or 'not installed'}")
+    print(f"threads   fastattn {machine['fastattn_threads']}, torch {torch_threads}, "
+          f"NumPy BLAS its own default")
+    print(flush=True)
+
+
+def available_implementations(config: dict, torch, include_numpy: bool) -> List[str]:
+    impls = []
+    if config["backend"] == "cpp":
+        impls.append("cpp")
+    else:
+        print("note: fastattn's C++ extension is not available; skipping fastattn C++", flush=True)
+    if include_numpy:
+        impls.append("numpy")
+    if torch is not None:
+        impls.append("torch")
+    return impls
+
+
+# ----------------------------------------------------------------------------- timing
+
+def warm_up(fn: Callable[[], object], seconds: float) -> None:
+    """Call fn at least once and for at least `seconds`."""
+    start = time.perf_counter()
+    fn()
+    while time.perf_counter() - start < seconds:
+        fn()
+
+
+def time_calls(fn: Callable[[], object], settings: Settings) -> dict:
+    """Median wall time of fn() over adaptive repeats, after a pause and a warm-up.
+
+    The pause lets the thread pools of whatever ran before (OpenBLAS, torch's OpenMP) stop
+    busy-waiting, which otherwise steals cores from fn for ~0.1 s; the warm-up then wakes
+    fn's own threads and caches.
+    """
+    time.sleep(settings.settle_seconds)
+    warm_up(fn, settings.warmup_seconds)
+    times: List[float] = []
+    total = 0.0
+    while len(times) < settings.min_repeats or (
+            total < settings.min_seconds and len(times) < settings.max_repeats):
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        total += elapsed
+    return {"median_s": statistics.median(times), "repeats": len(times), "total_s": total}
+
+
+def measure_gemm_gflops(settings: Settings) -> dict:
+    """float32 numpy.matmul throughput on two n x n matrices."""
+    n = settings.gemm_size
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    timing = time_calls(lambda: np.matmul(a, b, out=c), settings)
+    return {"gemm_size": n, "gemm_median_s": timing["median_s"],
+            "gemm_gflops": 2.0 * n ** 3 / timing["median_s"] / 1e9}
+
+
+def measure_read_bandwidth(settings: Settings) -> dict:
+    """GB/s of numpy.sum over one float32 array of settings.read_mib MiB (one thread)."""
+    nbytes = settings.read_mib * 2 ** 20
+    array = np.ones(nbytes // FLOAT32_BYTES, dtype=np.float32)  # allocated and touched once
+    timing = time_calls(array.sum, settings)
+    del array
+    return {"read_bytes": nbytes, "read_median_s": timing["median_s"],
+            "read_bandwidth_gbs": nbytes / timing["median_s"] / 1e9}
+
+
+def measure_ceilings(settings: Settings) -> dict:
+    print("Measuring the ceilings ...", flush=True)
+    ceilings = {**measure_gemm_gflops(settings), **measure_read_bandwidth(settings)}
+    n, mib = ceilings["gemm_size"], settings.read_mib
+    print(f"GEMM ceiling:   {ceilings['gemm_gflops']:.1f} GFLOP/s "
+          f"(float32 numpy.matmul {n}x{n}, median)")
+    print(f"read bandwidth: {ceilings['read_bandwidth_gbs']:.1f} GB/s "
+          f"(numpy.sum over {mib} MiB float32, one thread, median)")
+    print(flush=True)
+    return ceilings
+
+
+# ----------------------------------------------------------------------------- one case
+
+def make_inputs(case: Case, seed: int = 0):
+    """q, k, v ~ N(0, 1), float32."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((case.batch, case.hq, case.lq, case.d), dtype=np.float32)
+    k = rng.standard_normal((case.batch, case.hkv, case.lk, case.d), dtype=np.float32)
+    v = rng.standard_normal((case.batch, case.hkv, case.lk, case.d), dtype=np.float32)
+    return q, k, v
+
+
+def make_torch_runner(torch, q, k, v, causal: bool) -> Callable[[], object]:
+    """A call of torch's SDPA on zero-copy views of q, k, v (built here, outside the timing)."""
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def run():
+        with torch.inference_mode():
+            return sdpa(tq, tk, tv, is_causal=causal, **gqa)
+
+    return run
+
+
+def make_runner(impl: str, q, k, v, causal: bool, threads: Optional[int], torch):
+    if impl == "cpp":
+        return lambda: fastattn.attention(q, k, v, causal=causal, backend="cpp", num_threads=threads)
+    if impl == "numpy":
+        return lambda: fastattn.attention(q, k, v, causal=causal, backend="numpy")
+    return make_torch_runner(torch, q, k, v, causal)
+
+
+def check_outputs(outputs: Dict[str, np.ndarray]) -> dict:
+    """Compare each output with torch's (else the NumPy backend's); max abs differences."""
+    reference = "torch" if "torch" in outputs else "numpy" if "numpy" in outputs else None
+    check: dict = {"reference": reference, "max_abs_diff": {}, "ok": True}
+    if reference is None or len(outputs) < 2:
+        check["reference"] = None
+        return check
+    want = outputs[reference]
+    for impl, got in outputs.items():
+        if impl == reference:
+            continue
+        check["max_abs_diff"][impl] = float(np.max(np.abs(got - want)))
+        if not np.allclose(got, want, rtol=CHECK_RTOL, atol=CHECK_ATOL):
+            check["ok"] = False
+    return check
+
+
+def summarize_timing(case: Case, timing: dict, ceilings: dict) -> dict:
+    result = dict(timing, gflops=case.flops / timing["median_s"] / 1e9)
+    if case.is_decode:
+        bandwidth = case.kv_bytes / timing["median_s"] / 1e9
+        result["bandwidth_gbs"] = bandwidth
+        result["bandwidth_fraction"] = bandwidth / ceilings["read_bandwidth_gbs"]
+    return result
+
+
+def run_case(case: Case, impls: List[str], settings: Settings, threads: Optional[int],
+             torch, ceilings: dict) -> dict:
+    """Warm up and check each implementation, then time each; one result row."""
+    q, k, v = make_inputs(case)
+    runners = {impl: make_runner(impl, q, k, v, case.causal, threads, torch) for impl in impls}
+    outputs = {impl: np.asarray(runner()) for impl, runner in runners.items()}  # first calls
+    check = check_outputs(outputs)
+    del outputs
+    results = {impl: summarize_timing(case, time_calls(runner, settings), ceilings)
+               for impl, runner in runners.items()}
+    row = dict(asdict(case), label=case.label, flops=case.flops, kv_bytes=case.kv_bytes,
+               check=check, results=results, torch_over_cpp=None)
+    if "torch" in results and "cpp" in results:
+        row["torch_over_cpp"] = results["torch"]["median_s"] / results["cpp"]["median_s"]
+    return row
+
+
+# ----------------------------------------------------------------------------- output
+
+def format_ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
+
+
+def format_check(check: dict) -> str:
+    if check["reference"] is None:
+        return "-"
+    worst = max(check["max_abs_diff"].values())
+    return f"{'ok' if check['ok'] else 'FAIL'} {worst:.0e}"
+
+
+def progress_line(index: int, count: int, row: dict) -> str:
+    parts = [f"[{index:>2}/{count}] {row['label']:<28}"]
+    for impl, result in row["results"].items():
+        parts.append(f"{impl} {format_ms(result['median_s'])} ms ({result['gflops']:.1f} GFLOP/s)")
+    if row["torch_over_cpp"] is not None:
+        parts.append(f"torch/cpp {row['torch_over_cpp']:.2f}")
+    parts.append(f"check {format_check(row['check'])}")
+    return "  ".join(parts)
+
+
+def markdown_table(headers: List[str], rows: List[List[str]]) -> str:
+    """A Markdown table, columns padded to line up; the first column left-aligned, others right."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells):
+        padded = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
+    return "\n".join([line(headers), rule] + [line(r) for r in rows])
+
+
+def throughput_table(rows: List[dict], impls: List[str]) -> str:
+    headers = ["case"]
+    for impl in impls:
+        headers += [f"{impl} ms", f"{impl} GFLOP/s"]
+    if "cpp" in impls and "torch" in impls:
+        headers.append("torch/cpp")
+    headers.append("check (max abs diff)")
+    body = []
+    for row in rows:
+        cells = [row["label"]]
+        for impl in impls:
+            result = row["results"][impl]
+            cells += [format_ms(result["median_s"]), f"{result['gflops']:.1f}"]
+        if "cpp" in impls and "torch" in impls:
+            cells.append(f"{row['torch_over_cpp']:.2f}")
+        cells.append(format_check(row["check"]))
+        body.append(cells)
+    return markdown_table(headers, body)
+
+
+def decode_table(rows: List[dict], impls: List[str]) -> str:
+    headers = ["case", "K+V MiB"]
+    for impl in impls:
+        headers += [f"{impl} GB/s", f"{impl} % of read BW"]
+    body = []
+    for row in rows:
+        cells = [row["label"], f"{row['kv_bytes'] / 2 ** 20:.1f}"]
+        for impl in impls:
+            result = row["results"][impl]
+            cells += [f"{result['bandwidth_gbs']:.1f}", f"{100 * result['bandwidth_fraction']:.0f}%"]
+        body.append(cells)
+    return markdown_table(headers, body)
+
+
+def print_tables(rows: List[dict], impls: List[str], ceilings: dict) -> None:
+    print()
+    ratio_note = "; torch/cpp > 1: fastattn is faster" if {"cpp", "torch"} <= set(impls) else ""
+    print(f"## Throughput (float32; median time; FLOPs = 4·B·Hq·Lq·Lk·D, halved for causal"
+          f"{ratio_note})")
+    print()
+    print(throughput_table(rows, impls))
+    decode_rows = [row for row in rows if row["lq"] == 1]
+    if decode_rows:
+        print()
+        print(f"## Decode bandwidth (bytes of K and V read / time; "
+              f"read bandwidth {ceilings['read_bandwidth_gbs']:.1f} GB/s, one thread)")
+        print()
+        print(decode_table(decode_rows, impls))
+    print(flush=True)
+
+
+def write_json(path: str, report: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {path}", flush=True)
+
+
+def write_plot(path: str, rows: List[dict], impls: List[str], ceilings: dict, machine: dict) -> None:
+    """GFLOP/s against L for the plot series, one line per implementation, GEMM ceiling dashed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("note: matplotlib is not installed; no plot (pip install matplotlib)", flush=True)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = sorted((row for row in rows if is_plot_case(row)), key=lambda row: row["lq"])
+    if not series:
+        print("note: no square non-causal B=1 H=8 D=64 shapes were run; no plot", flush=True)
+        return
+    lengths = [row["lq"] for row in series]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    for impl in impls:
+        ax.plot(lengths, [row["results"][impl]["gflops"] for row in series], marker="o",
+                label=IMPLEMENTATION_LABELS[impl], color=IMPLEMENTATION_COLORS[impl])
+    n = ceilings["gemm_size"]
+    ax.axhline(ceilings["gemm_gflops"], linestyle="--", color="gray",
+               label=f"float32 GEMM ceiling (numpy.matmul {n}x{n})")
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ax.set_xticks(lengths)
+    ax.set_xticklabels([str(length) for length in lengths])
+    ax.set_ylim(0, 1.1 * max(ax.get_ylim()[1], ceilings["gemm_gflops"]))  # room above the ceiling
+    ax.set_xlabel("sequence length L (Lq = Lk)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title("Attention throughput, float32, non-causal, B=1 H=8 D=64\n"
+                 f"{machine['cpu']}, fastattn threads: {machine['fastattn_threads']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below, clear of the lines
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}", flush=True)
+
+
+# ----------------------------------------------------------------------------- main
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m fastattn.bench",
+        description="Time fastattn (C++ and NumPy backends) and torch SDPA over a table of "
+                    "float32 shapes, next to this machine's GEMM and read-bandwidth ceilings.")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few tiny shapes and small ceiling measurements (a smoke test)")
+    parser.add_argument("--no-numpy", action="store_true",
+                        help="skip fastattn's NumPy backend (slow on the larger shapes)")
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="num_threads for fastattn and torch.set_num_threads(N)")
+    parser.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help=f"write the throughput plot here (default {DEFAULT_PLOT_PATH}; "
+                             "needs matplotlib)")
+    parser.add_argument("--no-plot", action="store_true", help="write no plot")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    settings = QUICK_SETTINGS if args.quick else DEFAULT_SETTINGS
+    cases = (build_cases(QUICK_PREFILL_SHAPES, QUICK_DECODE_SHAPES) if args.quick
+             else build_cases(DEFAULT_PREFILL_SHAPES, DEFAULT_DECODE_SHAPES))
+
+    torch = import_torch(args.threads)
+    config = fastattn_config()
+    impls = available_implementations(config, torch, include_numpy=not args.no_numpy)
+    machine = describe_machine(config, torch, args.threads)
+    print_header(machine)
+
+    ceilings = measure_ceilings(settings)
+
+    rows = []
+    for index, case in enumerate(cases, start=1):
+        row = run_case(case, impls, settings, args.threads, torch, ceilings)
+        print(progress_line(index, len(cases), row), flush=True)
+        rows.append(row)
+
+    print_tables(rows, impls, ceilings)
+    failed = [row["label"] for row in rows if not row["check"]["ok"]]
+    if failed:
+        print(f"OUTPUT CHECK FAILED (rtol {CHECK_RTOL}, atol {CHECK_ATOL}): {', '.join(failed)}")
+
+    elapsed = time.perf_counter() - started
+    if args.json:
+        report = {"machine": machine, "settings": asdict(settings), "implementations": impls,
+                  "ceilings": ceilings, "rows": rows, "elapsed_s": elapsed}
+        write_json(args.json, report)
+    if not args.no_plot:
+        write_plot(args.plot or DEFAULT_PLOT_PATH, rows, impls, ceilings, machine)
+    print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
