@@ -259,3 +259,19 @@ def test_nan_propagates_to_exactly_the_rows_that_see_it(backend, rng, dtype):
     assert np.isnan(np.asarray(out[0, 1, 77], np.float64)).all()
     out[0, 1, 77] = clean[0, 1, 77]
     np.testing.assert_array_equal(out, clean)
+
+
+@pytest.mark.parametrize("lq", [1, 3, 16])
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_decode_shapes_fold_query_heads(backend, rng, lq, causal):
+    # Few query rows per head: the kernel folds the query heads that share a K/V head into one
+    # task. Per-head masks, slopes and per-sequence lengths must still reach the right rows.
+    q = rng.standard_normal((3, 8, lq, 16)).astype(np.float32)
+    k = rng.standard_normal((3, 2, 150, 16)).astype(np.float32)
+    v = rng.standard_normal((3, 2, 150, 12)).astype(np.float32)
+    mask = rng.random((3, 8, lq, 150)) < 0.8
+    slopes = rng.random((3, 8))
+    for options in ({}, {"mask": mask}, {"mask": mask[:, :, :1]}, {"alibi_slopes": slopes},
+                    {"kv_lengths": [150, 70, 1], "q_lengths": [lq, max(lq - 1, 0), 1]},
+                    {"window": (20, 5), "mask": np.where(mask[:1, :, :, :], 0.0, -np.inf)}):
+        check(backend, q, k, v, causal=causal, **options)

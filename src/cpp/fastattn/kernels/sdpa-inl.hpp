@@ -121,14 +121,26 @@ public:
     explicit ForwardKernel(const SdpaArgs& a)
         : a_(a),
           dv_pad_((a.dv + W - 1) / W * W),
-          q_blocks_((a.lq + kQueryBlock - 1) / kQueryBlock),
           group_(a.hq / a.hkv),
+          rows_per_head_(std::min(a.lq, kQueryBlock)),
+          heads_per_task_(heads_per_task(group_, rows_per_head_)),
+          q_blocks_((a.lq + rows_per_head_ - 1) / rows_per_head_),
           // Causal is the window's right edge at the diagonal.
           window_right_(a.causal != Causal::none ? 0 : a.window_right),
           has_mask_(a.mask.kind != MaskKind::none),
           neg_inf_(-std::numeric_limits<T>::infinity()) {}
 
-    int64_t num_tasks() const { return a_.batch * a_.hq * q_blocks_; }
+    int64_t num_tasks() const { return a_.batch * (a_.hq / heads_per_task_) * q_blocks_; }
+
+    // When a head has too few query rows to fill a task (decoding: Lq = 1),
+    // a task takes several query heads that share one K/V head, so that their
+    // rows fill the register tiles and the K/V panel is packed once for them.
+    static int64_t heads_per_task(int64_t group, int64_t rows_per_head) {
+        int64_t heads = 1;
+        for (int64_t g = 1; g <= group; ++g)
+            if (group % g == 0 && g * rows_per_head <= kQueryBlock) heads = g;
+        return heads;
+    }
 
     // Per-thread scratch: everything one task needs, allocated once per thread.
     struct Workspace {
@@ -138,6 +150,10 @@ public:
         std::vector<char> slot_ready, v_finite;  // per slot: packed; its V rows all finite
         int64_t panel_owner = -1;                // b·hkv + h_kv whose panel the slots hold
         std::vector<T> q_pack, row, scores, bias, key_index, acc, row_max, row_sum;
+        // Per task row: its query position, its head's ALiBi slope and mask.
+        std::vector<int64_t> row_pos;
+        std::vector<T> row_slope;
+        std::vector<const char*> row_mask;
         Workspace(int64_t d, int64_t dv_pad, int64_t slots)
             : k_pack(new T[slots * d * kKeyBlock]),
               v_pack(new T[slots * kKeyBlock * dv_pad]),
@@ -150,7 +166,10 @@ public:
               key_index(kKeyBlock),
               acc(kQueryBlock * dv_pad),
               row_max(kQueryBlock),
-              row_sum(kQueryBlock) {}
+              row_sum(kQueryBlock),
+              row_pos(kQueryBlock),
+              row_slope(kQueryBlock),
+              row_mask(kQueryBlock) {}
     };
 
     // A panel of every key block per thread when all threads' panels fit the budget.
@@ -160,83 +179,100 @@ public:
         return Workspace(a_.d, dv_pad_, panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1);
     }
 
-    // Tasks are numbered so that the most expensive query blocks (the last
-    // ones, under causal masking) are handed out first.
+    // A task is rows [row0, row0 + rows) of query heads [h0, h0 + heads_per_task_)
+    // of one batch entry. Tasks are numbered so that the most expensive query
+    // blocks (the last ones, under causal masking) are handed out first.
     void run_task(int64_t task, Workspace& ws) const {
-        const int64_t bh = task / q_blocks_;
+        const int64_t head_groups = a_.hq / heads_per_task_;
+        const int64_t bg = task / q_blocks_;
         const int64_t q_block = q_blocks_ - 1 - task % q_blocks_;
         Block blk;
-        blk.b = bh / a_.hq;
-        blk.h = bh % a_.hq;
-        blk.row0 = q_block * kQueryBlock;
-        const int64_t h_kv = blk.h / group_;
-        const int64_t rows = std::min(kQueryBlock, a_.lq - blk.row0);
+        blk.b = bg / head_groups;
+        const int64_t h0 = bg % head_groups * heads_per_task_;
+        const int64_t h_kv = h0 / group_;
+        const int64_t row0 = q_block * rows_per_head_;
+        const int64_t rows = std::min(rows_per_head_, a_.lq - row0);
         blk.q_len = a_.q_lengths ? a_.q_lengths[blk.b] : a_.lq;
         blk.kv_len = a_.kv_lengths ? a_.kv_lengths[blk.b] : a_.lk;
         blk.diag_off = a_.causal == Causal::lower_right ? blk.kv_len - blk.q_len : 0;
-        blk.slope = a_.alibi_slopes ? static_cast<T>(a_.alibi_slopes[blk.b * a_.hq + blk.h]) : T(0);
-        if (has_mask_)
-            blk.mask = static_cast<const char*>(a_.mask.data) +
-                       (a_.mask.batch_offsets[blk.b] + blk.h * a_.mask.head) * mask_item_size();
 
-        const S* q = static_cast<const S*>(a_.q) + blk.b * a_.q_strides.batch + blk.h * a_.q_strides.head +
-                     blk.row0 * a_.q_strides.row;
-        const S* k = static_cast<const S*>(a_.k) + blk.b * a_.k_strides.batch + h_kv * a_.k_strides.head;
-        const S* v = static_cast<const S*>(a_.v) + blk.b * a_.v_strides.batch + h_kv * a_.v_strides.head;
-
+        // The task's live rows, head by head: rows at or past q_lengths[b] are
+        // padding and finish as zeros with lse = -inf.
+        const int64_t rows_live = clamp(blk.q_len - row0, 0, rows);
+        int64_t live = 0, first = blk.kv_len, last = 0;  // live rows; keys any of them sees
+        for (int64_t h = h0; h < h0 + heads_per_task_ && rows_live > 0; ++h) {
+            const S* q = static_cast<const S*>(a_.q) + blk.b * a_.q_strides.batch + h * a_.q_strides.head +
+                         row0 * a_.q_strides.row;
+            pack_rows(q, a_.q_strides.row, rows_live, a_.d, a_.d, ws.q_pack.data() + live * a_.d);
+            const T slope = a_.alibi_slopes ? static_cast<T>(a_.alibi_slopes[blk.b * a_.hq + h]) : T(0);
+            const char* mask = has_mask_ ? static_cast<const char*>(a_.mask.data) +
+                                               (a_.mask.batch_offsets[blk.b] + h * a_.mask.head) * mask_item_size()
+                                         : nullptr;
+            for (int64_t i = row0; i < row0 + rows_live; ++i, ++live) {
+                ws.row_pos[live] = i;
+                ws.row_slope[live] = slope;
+                ws.row_mask[live] = mask;
+            }
+            first = std::min(first, key_begin(row0, blk));  // both ends grow with i
+            last = std::max(last, key_end(row0 + rows_live - 1, blk));
+        }
         std::fill(ws.row_max.begin(), ws.row_max.end(), neg_inf_);
         std::fill(ws.row_sum.begin(), ws.row_sum.end(), T(0));
         std::fill(ws.acc.begin(), ws.acc.end(), T(0));
-        // Rows at or past q_lengths[b] are padding: they keep m = -inf and so
-        // finish as zeros with lse = -inf.
-        const int64_t live_rows = clamp(blk.q_len - blk.row0, 0, rows);
-        if (live_rows > 0) {
-            pack_rows(q, a_.q_strides.row, live_rows, a_.d, a_.d, ws.q_pack.data());
-            const int64_t first = key_begin(blk.row0, blk), last = key_end(blk.row0 + live_rows - 1, blk);
-            const int64_t owner = blk.b * a_.hkv + h_kv;
-            for (int64_t key0 = first / kKeyBlock * kKeyBlock; key0 < last; key0 += kKeyBlock) {
-                const int64_t keys = std::min(kKeyBlock, blk.kv_len - key0);
-                // A mask that does not vary along the query axis (key padding)
-                // is read once per block; it also narrows the block to its
-                // unmasked keys, and a block it masks whole is skipped.
-                int64_t span_lo = 0, span_hi = keys;
-                if (has_mask_ && a_.mask.row == 0) {
-                    mask_bias(blk.mask, key0, 0, keys, ws.bias.data());
-                    while (span_lo < keys && ws.bias[span_lo] == neg_inf_) ++span_lo;
-                    while (span_hi > span_lo && ws.bias[span_hi - 1] == neg_inf_) --span_hi;
-                    if (span_lo == span_hi) continue;
+
+        const S* k = static_cast<const S*>(a_.k) + blk.b * a_.k_strides.batch + h_kv * a_.k_strides.head;
+        const S* v = static_cast<const S*>(a_.v) + blk.b * a_.v_strides.batch + h_kv * a_.v_strides.head;
+        const int64_t owner = blk.b * a_.hkv + h_kv;
+        // A mask that varies neither along the query axis nor across this
+        // task's heads (key padding) is read once per block; it also narrows
+        // the block to its unmasked keys, and a block it masks whole is skipped.
+        const bool shared_mask = has_mask_ && a_.mask.row == 0 && (a_.mask.head == 0 || heads_per_task_ == 1);
+        for (int64_t key0 = first / kKeyBlock * kKeyBlock; live > 0 && key0 < last; key0 += kKeyBlock) {
+            const int64_t keys = std::min(kKeyBlock, blk.kv_len - key0);
+            int64_t span_lo = 0, span_hi = keys;
+            if (shared_mask) {
+                mask_bias(ws.row_mask[0], key0, 0, keys, ws.bias.data());
+                while (span_lo < keys && ws.bias[span_lo] == neg_inf_) ++span_lo;
+                while (span_hi > span_lo && ws.bias[span_hi - 1] == neg_inf_) --span_hi;
+                if (span_lo == span_hi) continue;
+            }
+            const PackedBlock kv = packed_block(k, v, owner, key0, keys, ws);
+            if (a_.alibi_slopes)
+                for (int64_t j = 0; j < kKeyBlock; ++j) ws.key_index[j] = static_cast<T>(key0 + j);
+            for (int64_t r0 = 0; r0 < live; r0 += kTileRows) {
+                const int64_t n = std::min(kTileRows, live - r0);
+                int64_t lo[kTileRows], hi[kTileRows];  // row r0 + r sees keys [lo[r], hi[r])
+                for (int64_t r = 0; r < n; ++r) {
+                    const int64_t i = ws.row_pos[r0 + r];
+                    lo[r] = std::max(key_begin(i, blk) - key0, span_lo);
+                    hi[r] = std::min(key_end(i, blk) - key0, span_hi);
                 }
-                const PackedBlock kv = packed_block(k, v, owner, key0, keys, ws);
-                if (a_.alibi_slopes)
-                    for (int64_t j = 0; j < kKeyBlock; ++j) ws.key_index[j] = static_cast<T>(key0 + j);
-                for (int64_t r0 = 0; r0 < live_rows; r0 += kTileRows) {
-                    const int64_t n = std::min(kTileRows, live_rows - r0);
-                    int64_t lo[kTileRows], hi[kTileRows];  // row r0 + r sees keys [lo[r], hi[r])
-                    for (int64_t r = 0; r < n; ++r) {
-                        const int64_t i = blk.row0 + r0 + r;
-                        lo[r] = std::max(key_begin(i, blk) - key0, span_lo);
-                        hi[r] = std::min(key_end(i, blk) - key0, span_hi);
-                    }
-                    if (n == kTileRows)
-                        update_rows<kTileRows>(r0, lo, hi, key0, blk, kv, ws);
-                    else
-                        for (int64_t r = 0; r < n; ++r) update_rows<1>(r0 + r, lo + r, hi + r, key0, blk, kv, ws);
-                }
+                if (n == kTileRows)
+                    update_rows<kTileRows>(r0, lo, hi, key0, blk, shared_mask, kv, ws);
+                else
+                    for (int64_t r = 0; r < n; ++r)
+                        update_rows<1>(r0 + r, lo + r, hi + r, key0, blk, shared_mask, kv, ws);
             }
         }
 
-        S* out = static_cast<S*>(a_.out) + ((blk.b * a_.hq + blk.h) * a_.lq + blk.row0) * a_.dv;
-        S* lse = a_.lse ? static_cast<S*>(a_.lse) + (blk.b * a_.hq + blk.h) * a_.lq + blk.row0 : nullptr;
-        for (int64_t r = 0; r < rows; ++r) finish_row(r, ws, out + r * a_.dv, lse ? lse + r : nullptr);
+        // Live rows were numbered head by head, the same order as here.
+        for (int64_t h = h0, r = 0; h < h0 + heads_per_task_; ++h) {
+            const int64_t first_row = (blk.b * a_.hq + h) * a_.lq + row0;
+            S* out = static_cast<S*>(a_.out) + first_row * a_.dv;
+            S* lse = a_.lse ? static_cast<S*>(a_.lse) + first_row : nullptr;
+            for (int64_t i = 0; i < rows; ++i) {
+                const bool is_live = i < rows_live;
+                finish_row(is_live ? r : -1, ws, out + i * a_.dv, lse ? lse + i : nullptr);
+                r += is_live;
+            }
+        }
     }
 
 private:
-    // What one task knows about its (batch, head, query block).
+    // What one task knows about its sequence.
     struct Block {
-        int64_t b = 0, h = 0, row0 = 0;
+        int64_t b = 0;
         int64_t q_len = 0, kv_len = 0, diag_off = 0;  // this sequence's lengths and diagonal
-        T slope = 0;                                   // ALiBi slope of this head
-        const char* mask = nullptr;                    // mask of this (batch, head), row 0, key 0
     };
 
     // Query row i sees keys [key_begin(i), key_end(i)), clamped to [0, kv_len].
@@ -265,8 +301,9 @@ private:
         }
     }
 
-    const char* mask_row(const Block& blk, int64_t i) const {
-        return blk.mask + i * a_.mask.row * mask_item_size();
+    // The mask row of task row r.
+    const char* mask_row(int64_t r, const Workspace& ws) const {
+        return ws.row_mask[r] + ws.row_pos[r] * a_.mask.row * mask_item_size();
     }
 
     struct PackedBlock {
@@ -374,15 +411,16 @@ private:
     }
 
     // Softcap, ALiBi and the mask, in the order of sdpa.hpp, on vectors [v_begin, v_end).
-    void shape_scores(int64_t i, int64_t lo, int64_t hi, int64_t key0, const Block& blk, int64_t v_begin,
-                      int64_t v_end, T* s, Workspace& ws) const {
+    void shape_scores(int64_t r, int64_t lo, int64_t hi, int64_t key0, const Block& blk, bool shared_mask,
+                      int64_t v_begin, int64_t v_end, T* s, Workspace& ws) const {
         if (a_.softcap > 0) {
             const reg cap = V::set1(static_cast<T>(a_.softcap)), inv_cap = V::set1(static_cast<T>(1 / a_.softcap));
             for (int64_t u = v_begin; u < v_end; ++u)
                 V::store(s + u * W, V::mul(cap, vtanh<T>(V::mul(V::load(s + u * W), inv_cap))));
         }
         if (a_.alibi_slopes) {  // s -= slope·|i + off − j|
-            const reg pos = V::set1(static_cast<T>(i + blk.diag_off)), neg_slope = V::set1(-blk.slope);
+            const reg pos = V::set1(static_cast<T>(ws.row_pos[r] + blk.diag_off));
+            const reg neg_slope = V::set1(-ws.row_slope[r]);
             for (int64_t u = v_begin; u < v_end; ++u) {
                 const reg dist = V::abs(V::sub(pos, V::load(ws.key_index.data() + u * W)));
                 V::store(s + u * W, V::fma(neg_slope, dist, V::load(s + u * W)));
@@ -390,7 +428,7 @@ private:
         }
         if (has_mask_) {
             T* bias = ws.bias.data();
-            if (a_.mask.row != 0) mask_bias(mask_row(blk, i), key0, lo, hi, bias);
+            if (!shared_mask) mask_bias(mask_row(r, ws), key0, lo, hi, bias);
             for (int64_t u = v_begin; u < v_end; ++u)
                 V::store(s + u * W, V::add_bias(V::load(s + u * W), V::load(bias + u * W)));
         }
@@ -400,7 +438,7 @@ private:
     // r0 + r sees keys [lo[r], hi[r]) of the block (none when lo >= hi).
     template <int R>
     void update_rows(int64_t r0, const int64_t* lo, const int64_t* hi, int64_t key0, const Block& blk,
-                     const PackedBlock& kv, Workspace& ws) const {
+                     bool shared_mask, const PackedBlock& kv, Workspace& ws) const {
         int64_t first = kKeyBlock, last = 0;  // keys any row of the tile sees
         for (int r = 0; r < R; ++r)
             if (lo[r] < hi[r]) first = std::min(first, lo[r]), last = std::max(last, hi[r]);
@@ -413,7 +451,7 @@ private:
         for (int r = 0; r < R; ++r) {
             T* p = scores + r * kKeyBlock;
             if (lo[r] < hi[r]) {
-                alpha[r] = softmax_step(r0 + r, lo[r], hi[r], key0, blk, v_begin, v_end, p, ws);
+                alpha[r] = softmax_step(r0 + r, lo[r], hi[r], key0, blk, shared_mask, v_begin, v_end, p, ws);
             } else {  // sees nothing here: contributes nothing, rescales nothing
                 std::fill(p + v_begin * W, p + v_end * W, T(0));
                 alpha[r] = T(1);
@@ -442,9 +480,9 @@ private:
     // The online-softmax step of task row r for one key block: shapes and
     // masks its scores in s, turns them into p = exp(s − m') in place, updates
     // m and l, and returns the factor alpha = exp(m − m') for the old acc.
-    T softmax_step(int64_t r, int64_t lo, int64_t hi, int64_t key0, const Block& blk, int64_t v_begin,
-                   int64_t v_end, T* s, Workspace& ws) const {
-        shape_scores(blk.row0 + r, lo, hi, key0, blk, v_begin, v_end, s, ws);
+    T softmax_step(int64_t r, int64_t lo, int64_t hi, int64_t key0, const Block& blk, bool shared_mask,
+                   int64_t v_begin, int64_t v_end, T* s, Workspace& ws) const {
+        shape_scores(r, lo, hi, key0, blk, shared_mask, v_begin, v_end, s, ws);
         // Invisible keys are overwritten, not added to, so a NaN in a key that
         // this row cannot see never reaches it.
         std::fill(s + v_begin * W, s + lo, neg_inf_);
@@ -513,9 +551,10 @@ private:
 
     // out = acc / l and lse = m + log(l); a row that saw no key gives zeros
     // and lse = -inf (never 0/0 = NaN).
+    // r < 0: a padding row (past q_lengths[b]).
     void finish_row(int64_t r, const Workspace& ws, S* out, S* lse) const {
-        const T m = ws.row_max[r], l = ws.row_sum[r];
-        const T* acc = ws.acc.data() + r * dv_pad_;
+        const T m = r < 0 ? neg_inf_ : ws.row_max[r], l = r < 0 ? T(0) : ws.row_sum[r];
+        const T* acc = ws.acc.data() + std::max<int64_t>(r, 0) * dv_pad_;
         if (m == neg_inf_) {
             std::fill(out, out + a_.dv, Storage<S>::narrow(T(0)));
             if (lse) *lse = Storage<S>::narrow(neg_inf_);
@@ -529,7 +568,7 @@ private:
     }
 
     const SdpaArgs& a_;
-    const int64_t dv_pad_, q_blocks_, group_, window_right_;
+    const int64_t dv_pad_, group_, rows_per_head_, heads_per_task_, q_blocks_, window_right_;
     const bool has_mask_;
     const T neg_inf_;
 };
