@@ -14,6 +14,17 @@
 // nothing overflows however large the logits are. Extra memory per thread is
 // O(kQueryBlock·(D + Dv) + kKeyBlock·(D + Dv)), never O(Lq·Lk).
 //
+// How the work is cut (all in ForwardKernel below):
+//   task       up to kQueryBlock query rows of one batch entry: one head's
+//              block of rows, or, when a head has fewer rows (decoding), the
+//              rows of several query heads that share one K/V head (GQA).
+//   key block  kKeyBlock keys; K is packed transposed and V padded, into a
+//              per-thread panel of the (batch, K/V head) that later tasks on
+//              the same head reuse (packed_block).
+//   tile       kTileRows rows × kTileVecs vectors of FMA accumulators: each
+//              loaded vector of K or V feeds every row of the tile
+//              (score_tile, pv_tile); softmax_step is per row in between.
+//
 // Positional rules (causal, window, lengths) give each query row one interval
 // of visible keys [key_begin(i), key_end(i)); both ends grow with i, so a task
 // streams only the key blocks its rows can see: causal skips the blocks above
@@ -23,8 +34,9 @@
 // float16 and bfloat16 inputs are widened to float32 while a block is packed
 // and computed in float32; the output is rounded back once per element.
 //
-// Each row's arithmetic depends only on the block sizes, never on which thread
-// runs it, so results are bitwise independent of the thread count.
+// Each row's arithmetic depends only on the key blocks, never on which thread
+// runs it or which rows share its task or tile (extra terms a tile adds to a
+// row are exact zeros), so results are bitwise independent of the thread count.
 
 #include <algorithm>
 #include <atomic>
