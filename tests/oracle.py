@@ -43,7 +43,9 @@ def oracle(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_l
     pos = i + (kv_len - q_len if causal == "lower_right" else 0)  # query i's key position: i + off
     if alibi_slopes is not None:
         slopes = np.broadcast_to(np.asarray(alibi_slopes, np.float64), batch_shape + (q.shape[-3],))
-        scores = scores - slopes[..., None, None].astype(dtype) * np.abs(pos - j)
+        # The distance in `dtype` too: float32 times an int64 array would promote to float64
+        # and make the naive float32 baseline unrealistically exact.
+        scores = scores - slopes[..., None, None].astype(dtype) * np.abs(pos - j).astype(dtype)
     if mask is not None:
         m = np.asarray(mask)
         if two_d:
