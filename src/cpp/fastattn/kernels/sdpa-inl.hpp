@@ -214,7 +214,7 @@ public:
         // The task's live rows, head by head: rows at or past q_lengths[b] are
         // padding and finish as zeros with lse = -inf.
         const int64_t rows_live = clamp(blk.q_len - row0, 0, rows);
-        int64_t live = 0, first = blk.kv_len, last = 0;  // live rows; keys any of them sees
+        int64_t live = 0;
         for (int64_t h = h0; h < h0 + heads_per_task_ && rows_live > 0; ++h) {
             const S* q = static_cast<const S*>(a_.q) + blk.b * a_.q_strides.batch + h * a_.q_strides.head +
                          row0 * a_.q_strides.row;
@@ -228,9 +228,10 @@ public:
                 ws.row_slope[live] = slope;
                 ws.row_mask[live] = mask;
             }
-            first = std::min(first, key_begin(row0, blk));  // both ends grow with i
-            last = std::max(last, key_end(row0 + rows_live - 1, blk));
         }
+        // Keys any live row sees: every head has the same rows, and both ends grow with i.
+        const int64_t first = rows_live > 0 ? key_begin(row0, blk) : 0;
+        const int64_t last = rows_live > 0 ? key_end(row0 + rows_live - 1, blk) : 0;
         std::fill(ws.row_max.begin(), ws.row_max.end(), neg_inf_);
         std::fill(ws.row_sum.begin(), ws.row_sum.end(), T(0));
         std::fill(ws.acc.begin(), ws.acc.end(), T(0));
