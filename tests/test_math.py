@@ -42,6 +42,30 @@ def test_exp_special_values(isa, dtype, lo, hi):
     np.testing.assert_allclose(got[5:], np.exp(x[5:].astype(np.float64)), rtol=2 * np.finfo(dtype).eps)
 
 
+# exp2 is the kernel's softmax exp: exact 0 below 2^lo, accurate from there to 2^hi.
+EXP2_RANGES = [(np.float32, -125.0, 127.0), (np.float64, -1021.0, 1023.0)]
+
+
+@pytest.mark.parametrize("dtype, lo, hi", EXP2_RANGES)
+def test_exp2_accuracy(isa, dtype, lo, hi):
+    x = np.concatenate([np.linspace(lo, hi, 200_001), np.linspace(-1, 1, 100_001), [0.0, -0.0]]).astype(dtype)
+    got = kernel("exp2", x)
+    assert got.dtype == dtype
+    assert float(ulp_error(got, x, np.exp2).max()) <= 2  # measured: see math-inl.hpp
+
+
+@pytest.mark.parametrize("dtype, lo, hi", EXP2_RANGES)
+def test_exp2_special_values(isa, dtype, lo, hi):
+    below = np.nextafter(dtype(lo), dtype(-np.inf))
+    x = np.array([-np.inf, below, -1e30, np.nan, 0.0, 1.0, lo] + [0.5] * 12, dtype=dtype)  # odd length: tail path
+    got = kernel("exp2", x)
+    assert got[0] == 0 and got[1] == 0 and got[2] == 0  # below the range: exactly 0, so masked scores vanish
+    assert np.isnan(got[3])  # NaN propagates
+    assert got[4] == 1 and got[5] == 2
+    assert got[6] == np.exp2(dtype(lo))  # the bound itself is a normal number, exactly
+    np.testing.assert_allclose(got[7:], np.exp2(x[7:].astype(np.float64)), rtol=2 * np.finfo(dtype).eps)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tanh_accuracy(isa, dtype):
     tiny = np.geomspace(1e-30, 1, 2001)

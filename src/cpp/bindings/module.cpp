@@ -17,6 +17,7 @@
 
 namespace py = pybind11;
 using fastattn::DType;
+using fastattn::MathFn;
 
 namespace {
 
@@ -128,10 +129,18 @@ py::array math_array(const std::string& fn, const py::array& x) {
         dtype = DType::f64;
     else
         throw py::type_error("x must be float32 or float64");
-    if (fn != "exp" && fn != "tanh") fail("fn must be 'exp' or 'tanh'");
+    MathFn f = MathFn::exp;
+    if (fn == "exp")
+        f = MathFn::exp;
+    else if (fn == "exp2")
+        f = MathFn::exp2;
+    else if (fn == "tanh")
+        f = MathFn::tanh;
+    else
+        fail("fn must be 'exp', 'exp2' or 'tanh'");
     if (!(x.flags() & py::array::c_style)) fail("x must be C-contiguous");
     py::array y(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-    fastattn::math_array(fn == "exp" ? fastattn::MathFn::exp : fastattn::MathFn::tanh, dtype, x.data(),
+    fastattn::math_array(f, dtype, x.data(),
                          y.mutable_data(), x.size());
     return y;
 }
@@ -146,7 +155,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("q_lengths"), py::arg("kv_lengths"), py::arg("window_left"), py::arg("window_right"),
           py::arg("alibi_slopes"), py::arg("softcap"));
     m.def("math", &math_array, py::arg("fn"), py::arg("x"),
-          "exp or tanh with the selected ISA's vectorised kernel implementation");
+          "exp, exp2 or tanh with the selected ISA's vectorised kernel implementation");
     m.def("compiled_isas", &fastattn::compiled_isas);
     m.def("supported_isas", &fastattn::supported_isas);
     m.def("selected_isa", &fastattn::selected_isa);

@@ -75,9 +75,9 @@ void check_args(const SdpaArgs& args);
 // Checks args, then runs the kernel of the selected ISA.
 void sdpa_forward(const SdpaArgs& args);
 
-// y[i] = f(x[i]) with the selected ISA's vectorised exp or tanh (the ones the
-// kernel uses); float32 or float64 arrays of n elements. For accuracy tests.
-enum class MathFn : int { exp = 0, tanh = 1 };
+// y[i] = f(x[i]) with the selected ISA's vectorised exp2, exp or tanh (exp2 is
+// the kernel's softmax exp, tanh its softcap, exp inside tanh); float32 or float64 arrays of n elements. For accuracy tests.
+enum class MathFn : int { exp = 0, tanh = 1, exp2 = 2 };
 void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n);
 
 // ---- runtime ISA dispatch ------------------------------------------------

@@ -11,7 +11,16 @@
 //     l'   = l·exp(m − m')   + Σ_block exp(s_j − m')
 //     acc' = acc·exp(m − m') + Σ_block exp(s_j − m')·v_j
 // At the end out = acc / l and lse = m + log(l). Every exponent is <= 0, so
-// nothing overflows however large the logits are. Extra memory per thread is
+// nothing overflows however large the logits are.
+//
+// q is multiplied by the scale once, when it is packed, so the score tile
+// needs no multiply; and p = exp(x), x = s − m <= 0, is computed as
+// 2^(x·log2(e)) by vexp2, without exp's two-part ln2 reduction. Rounding
+// x·log2(e) costs p a relative |x|·eps/2, largest where p = e^x is smallest,
+// so each term's error stays below ~0.2 eps of the row's largest term.
+// (Scores themselves stay in natural units: in log2 units a score of
+// magnitude 100 would be rounded at 144, an extra rounding naive attention
+// does not have.) Extra memory per thread is
 // O(kQueryBlock·(D + Dv) + kKeyBlock·(D + Dv)), never O(Lq·Lk).
 //
 // How the work is cut (all in ForwardKernel below):
@@ -23,7 +32,8 @@
 //              the same head reuse (packed_block).
 //   tile       kTileRows rows × kTileVecs vectors of FMA accumulators: each
 //              loaded vector of K or V feeds every row of the tile
-//              (score_tile, pv_tile); softmax_step is per row in between.
+//              (score_tile, pv_tile); softmax_tile is in between, its rows
+//              interleaved so that their dependency chains overlap.
 //
 // Positional rules (causal, window, lengths) give each query row one interval
 // of visible keys [key_begin(i), key_end(i)); both ends grow with i, so a task
@@ -70,6 +80,7 @@ namespace {
 
 constexpr int64_t kQueryBlock = 60;  // query rows per task: a multiple of the register tile's 6 rows
 constexpr int64_t kKeyBlock = 64;    // keys per streamed K/V block
+constexpr double kLog2e = 1.4426950408889634074;
 // Packed K/V of a whole (batch, kv head) are kept per thread and reused by the
 // next tasks on that head (its other query blocks, its GQA query heads), so a
 // key block is packed (and widened from 16 bits) once per thread instead of
@@ -143,6 +154,7 @@ public:
           // Causal is the window's right edge at the diagonal.
           window_right_(a.causal != Causal::none ? 0 : a.window_right),
           has_mask_(a.mask.kind != MaskKind::none),
+          q_scale_(static_cast<T>(a.scale)),
           neg_inf_(-std::numeric_limits<T>::infinity()) {}
 
     int64_t num_tasks() const { return a_.batch * (a_.hq / heads_per_task_) * q_blocks_; }
@@ -218,7 +230,9 @@ public:
         for (int64_t h = h0; h < h0 + heads_per_task_ && rows_live > 0; ++h) {
             const S* q = static_cast<const S*>(a_.q) + blk.b * a_.q_strides.batch + h * a_.q_strides.head +
                          row0 * a_.q_strides.row;
-            pack_rows(q, a_.q_strides.row, rows_live, a_.d, a_.d, ws.q_pack.data() + live * a_.d);
+            T* q_rows = ws.q_pack.data() + live * a_.d;
+            pack_rows(q, a_.q_strides.row, rows_live, a_.d, a_.d, q_rows);
+            scale_in_place(q_rows, rows_live * a_.d, q_scale_);
             const T slope = a_.alibi_slopes ? static_cast<T>(a_.alibi_slopes[blk.b * a_.hq + h]) : T(0);
             const char* mask = has_mask_ ? static_cast<const char*>(a_.mask.data) +
                                                (a_.mask.batch_offsets[blk.b] + h * a_.mask.head) * mask_item_size()
@@ -369,6 +383,10 @@ private:
         for (; c < n; ++c) dst[c] = Storage<S>::widen(src[c]);
     }
 
+    static void scale_in_place(T* x, int64_t n, T factor) {
+        for (int64_t i = 0; i < n; ++i) x[i] *= factor;
+    }
+
     // dst[r][c] = src[r·row_stride + c] for c < cols, zero up to padded_cols.
     static void pack_rows(const S* src, int64_t row_stride, int64_t rows, int64_t cols, int64_t padded_cols,
                           T* dst) {
@@ -397,12 +415,11 @@ private:
             std::fill(k_pack + c * kKeyBlock + keys, k_pack + (c + 1) * kKeyBlock, T(0));
     }
 
-    // scores[r][j] = scale·(q_r · k_j) for R rows and key vectors [v_begin, v_end).
+    // scores[r][j] = q_r · k_j for R rows (packed times the scale) and key vectors [v_begin, v_end).
     // Each score's dot product runs over the features in order whatever R is,
     // so a row's scores do not depend on the tile it was computed in.
     template <int R>
     void score_tile(const T* q_rows, const T* k_pack, int64_t v_begin, int64_t v_end, T* scores) const {
-        const reg scale = V::set1(static_cast<T>(a_.scale));
         for (int64_t v0 = v_begin; v0 < v_end; v0 += kTileVecs) {
             reg dot[R][kTileVecs];
             for (int r = 0; r < R; ++r)
@@ -418,7 +435,7 @@ private:
             }
             for (int r = 0; r < R; ++r)
                 for (int64_t n = 0; n < kTileVecs; ++n)
-                    V::store(scores + r * kKeyBlock + (v0 + n) * W, V::mul(dot[r][n], scale));
+                    V::store(scores + r * kKeyBlock + (v0 + n) * W, dot[r][n]);
         }
     }
 
@@ -475,15 +492,7 @@ private:
         T* scores = ws.scores.data();
         score_tile<R>(ws.q_pack.data() + r0 * a_.d, kv.k, v_begin, v_end, scores);
         T alpha[R];
-        for (int r = 0; r < R; ++r) {
-            T* p = scores + r * kKeyBlock;
-            if (lo[r] < hi[r]) {
-                alpha[r] = softmax_step(r0 + r, lo[r], hi[r], key0, blk, shared_mask, v_begin, v_end, p, ws);
-            } else {  // sees nothing here: contributes nothing, rescales nothing
-                std::fill(p + v_begin * W, p + v_end * W, T(0));
-                alpha[r] = T(1);
-            }
-        }
+        softmax_tile<R>(r0, lo, hi, key0, blk, shared_mask, v_begin, v_end, scores, alpha, ws);
         T* acc = ws.acc.data() + r0 * dv_pad_;
         if (kv.v_finite) {
             // Keys outside a row's own [lo, hi) have p = 0 exactly and finite
@@ -504,44 +513,78 @@ private:
         }
     }
 
-    // The online-softmax step of task row r for one key block: shapes and
-    // masks its scores in s, turns them into p = exp(s − m') in place, updates
-    // m and l, and returns the factor alpha = exp(m − m') for the old acc.
-    T softmax_step(int64_t r, int64_t lo, int64_t hi, int64_t key0, const Block& blk, bool shared_mask,
-                   int64_t v_begin, int64_t v_end, T* s, Workspace& ws) const {
-        shape_scores(r, lo, hi, key0, blk, shared_mask, v_begin, v_end, s, ws);
-        // Invisible keys are overwritten, not added to, so a NaN in a key that
-        // this row cannot see never reaches it.
-        std::fill(s + v_begin * W, s + lo, neg_inf_);
-        std::fill(s + hi, s + v_end * W, neg_inf_);
-
-        reg block_max = V::set1(neg_inf_);
-        for (int64_t u = v_begin; u < v_end; ++u) block_max = V::max(block_max, V::load(s + u * W));
-        const T old_max = ws.row_max[r];
-        const T block = V::reduce_max(block_max);
-        T new_max = std::max(old_max, block);
-        // Vector max may drop or keep a NaN depending on its lane, and
-        // std::max(-inf, NaN) is -inf: decide NaN explicitly, so that a NaN
-        // score always makes the row NaN instead of hiding the block.
-        if (block != block || (new_max == neg_inf_ && has_nan(s + lo, hi - lo))) {
-            new_max = std::numeric_limits<T>::quiet_NaN();
-        } else if (new_max == neg_inf_) {  // every visible score is -inf: nothing seen yet
-            std::fill(s + v_begin * W, s + v_end * W, T(0));
-            return T(1);
+    // The online-softmax step of task rows [r0, r0 + R) for one key block:
+    // shapes and masks each row's scores, turns them into p = exp(s − m') in
+    // place, updates m and l, and sets alpha[r] = exp(m − m') for the old acc.
+    // A row that sees nothing here gets p = 0 and alpha = 1. The rows are
+    // independent; each pass runs over all of them so their chains overlap.
+    template <int R>
+    void softmax_tile(int64_t r0, const int64_t* lo, const int64_t* hi, int64_t key0, const Block& blk,
+                      bool shared_mask, int64_t v_begin, int64_t v_end, T* scores, T* alpha, Workspace& ws) const {
+        bool live[R];
+        for (int r = 0; r < R; ++r) {
+            T* s = scores + r * kKeyBlock;
+            live[r] = lo[r] < hi[r];
+            if (!live[r]) {
+                std::fill(s + v_begin * W, s + v_end * W, T(0));
+                continue;
+            }
+            shape_scores(r0 + r, lo[r], hi[r], key0, blk, shared_mask, v_begin, v_end, s, ws);
+            // Invisible keys are overwritten, not added to, so a NaN in a key
+            // that this row cannot see never reaches it.
+            std::fill(s + v_begin * W, s + lo[r], neg_inf_);
+            std::fill(s + hi[r], s + v_end * W, neg_inf_);
         }
 
-        // p_j = exp(s_j − m'); a NaN score makes p_j NaN, and the row NaN.
-        const reg shift = V::set1(new_max);
-        reg sum = V::zero();
-        for (int64_t u = v_begin; u < v_end; ++u) {
-            const reg p = vexp<T>(V::sub(V::load(s + u * W), shift));
-            V::store(s + u * W, p);
-            sum = V::add(sum, p);
+        reg block_max[R];
+        for (int r = 0; r < R; ++r) block_max[r] = V::set1(neg_inf_);
+        for (int64_t u = v_begin; u < v_end; ++u)
+            for (int r = 0; r < R; ++r) block_max[r] = V::max(block_max[r], V::load(scores + r * kKeyBlock + u * W));
+
+        T shift[R], decay[R];  // the new maximum, and old − new maximum
+        for (int r = 0; r < R; ++r) {
+            alpha[r] = T(1);
+            decay[r] = T(0);
+            if (!live[r]) continue;
+            T* s = scores + r * kKeyBlock;
+            const T old_max = ws.row_max[r0 + r];
+            const T block = V::reduce_max(block_max[r]);
+            T new_max = std::max(old_max, block);
+            // Vector max may drop or keep a NaN depending on its lane, and
+            // std::max(-inf, NaN) is -inf: decide NaN explicitly, so that a NaN
+            // score always makes the row NaN instead of hiding the block.
+            if (block != block || (new_max == neg_inf_ && has_nan(s + lo[r], hi[r] - lo[r]))) {
+                new_max = std::numeric_limits<T>::quiet_NaN();
+            } else if (new_max == neg_inf_) {  // every visible score is -inf: nothing seen yet
+                std::fill(s + v_begin * W, s + v_end * W, T(0));
+                live[r] = false;
+                continue;
+            }
+            shift[r] = new_max;
+            decay[r] = old_max - new_max;  // -inf on the first visible block: alpha = 0
+            ws.row_max[r0 + r] = new_max;
         }
-        const T alpha = std::exp(old_max - new_max);  // 0 on the first visible block
-        ws.row_sum[r] = ws.row_sum[r] * alpha + V::reduce_add(sum);
-        ws.row_max[r] = new_max;
-        return alpha;
+        const reg log2e = V::set1(static_cast<T>(kLog2e));
+        for (int r = 0; r < R; r += W) {  // alpha = exp(decay), a vector at a time
+            T lanes[W] = {};
+            std::copy(decay + r, decay + std::min<int>(R, r + W), lanes);
+            V::store(lanes, vexp2<T>(V::mul(V::load(lanes), log2e)));
+            std::copy(lanes, lanes + std::min<int>(R - r, W), alpha + r);
+        }
+
+        // p_j = exp(s_j − m') = 2^((s_j − m')·log2(e)); a NaN score makes p_j NaN, and the row NaN.
+        for (int r = 0; r < R; ++r) {
+            if (!live[r]) continue;
+            T* s = scores + r * kKeyBlock;
+            const reg m = V::set1(shift[r]);
+            reg sum = V::zero();
+            for (int64_t u = v_begin; u < v_end; ++u) {
+                const reg p = vexp2<T>(V::mul(V::sub(V::load(s + u * W), m), log2e));
+                V::store(s + u * W, p);
+                sum = V::add(sum, p);
+            }
+            ws.row_sum[r0 + r] = ws.row_sum[r0 + r] * alpha[r] + V::reduce_add(sum);
+        }
     }
 
     // acc_r = acc_r·alpha_r + Σ_{lo <= j < hi} p_rj·v_j for R rows, a tile of
@@ -597,6 +640,7 @@ private:
     const SdpaArgs& a_;
     const int64_t dv_pad_, group_, rows_per_head_, heads_per_task_, q_blocks_, window_right_;
     const bool has_mask_;
+    const T q_scale_;  // q is packed times the scale
     const T neg_inf_;
 };
 
@@ -632,7 +676,9 @@ template <class T>
 void math_typed(MathFn fn, const T* x, T* y, int64_t n) {
     using V = Vec<T>;
     constexpr int64_t W = V::width;
-    auto f = [fn](typename V::reg r) { return fn == MathFn::tanh ? vtanh<T>(r) : vexp<T>(r); };
+    auto f = [fn](typename V::reg r) {
+        return fn == MathFn::tanh ? vtanh<T>(r) : fn == MathFn::exp2 ? vexp2<T>(r) : vexp<T>(r);
+    };
     int64_t i = 0;
     for (; i + W <= n; i += W) V::store(y + i, f(V::load(x + i)));
     if (i < n) {
