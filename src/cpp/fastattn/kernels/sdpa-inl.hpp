@@ -206,26 +206,16 @@ public:
         return Workspace(a_.d, dv_pad_, panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1);
     }
 
-    // A task is rows [row0, row0 + rows) of query heads [h0, h0 + heads_per_task_)
-    // of one batch entry. Tasks are numbered so that the most expensive query
-    // blocks (the last ones, under causal masking) are handed out first.
-    void run_task(int64_t task, Workspace& ws) const {
-        const int64_t head_groups = a_.hq / heads_per_task_;
-        const int64_t bg = task / q_blocks_;
-        const int64_t q_block = q_blocks_ - 1 - task % q_blocks_;
-        Block blk;
-        blk.b = bg / head_groups;
-        const int64_t h0 = bg % head_groups * heads_per_task_;
+    // Computes the rows task_rows(task) names.
+    //
+    // With splits > 1 (flash-decoding, see forward_typed) the task streams only
+    // its share `split` of its key blocks and leaves its rows' partial
+    // (max, sum, acc) in `partial` for merge_splits; else it writes its rows.
+    void run_task(int64_t task, Workspace& ws, int64_t split = 0, int64_t splits = 1, T* partial = nullptr) const {
+        const TaskRows t = task_rows(task);
+        const Block& blk = t.blk;
+        const int64_t h0 = t.h0, row0 = t.row0, rows_live = t.rows_live;
         const int64_t h_kv = h0 / group_;
-        const int64_t row0 = q_block * rows_per_head_;
-        const int64_t rows = std::min(rows_per_head_, a_.lq - row0);
-        blk.q_len = a_.q_lengths ? a_.q_lengths[blk.b] : a_.lq;
-        blk.kv_len = a_.kv_lengths ? a_.kv_lengths[blk.b] : a_.lk;
-        blk.diag_off = a_.causal == Causal::lower_right ? blk.kv_len - blk.q_len : 0;
-
-        // The task's live rows, head by head: rows at or past q_lengths[b] are
-        // padding and finish as zeros with lse = -inf.
-        const int64_t rows_live = clamp(blk.q_len - row0, 0, rows);
         int64_t live = 0;
         for (int64_t h = h0; h < h0 + heads_per_task_ && rows_live > 0; ++h) {
             const S* q = static_cast<const S*>(a_.q) + blk.b * a_.q_strides.batch + h * a_.q_strides.head +
@@ -244,8 +234,13 @@ public:
             }
         }
         // Keys any live row sees: every head has the same rows, and both ends grow with i.
-        const int64_t first = rows_live > 0 ? key_begin(row0, blk) : 0;
-        const int64_t last = rows_live > 0 ? key_end(row0 + rows_live - 1, blk) : 0;
+        int64_t first = rows_live > 0 ? key_begin(row0, blk) : 0;
+        int64_t last = rows_live > 0 ? key_end(row0 + rows_live - 1, blk) : 0;
+        if (splits > 1 && first < last) {  // this split's contiguous share of the key blocks
+            const int64_t block0 = first / kKeyBlock, blocks = (last + kKeyBlock - 1) / kKeyBlock - block0;
+            first = std::max(first, (block0 + blocks * split / splits) * kKeyBlock);
+            last = std::min(last, (block0 + blocks * (split + 1) / splits) * kKeyBlock);
+        }
         std::fill(ws.row_max.begin(), ws.row_max.end(), neg_inf_);
         std::fill(ws.row_sum.begin(), ws.row_sum.end(), T(0));
         std::fill(ws.acc.begin(), ws.acc.end(), T(0));
@@ -281,17 +276,55 @@ public:
             }
         }
 
-        // Live rows were numbered head by head, the same order as here.
-        for (int64_t h = h0, r = 0; h < h0 + heads_per_task_; ++h) {
-            const int64_t first_row = (blk.b * a_.hq + h) * a_.lq + row0;
-            S* out = static_cast<S*>(a_.out) + first_row * a_.dv;
-            S* lse = a_.lse ? static_cast<S*>(a_.lse) + first_row : nullptr;
-            for (int64_t i = 0; i < rows; ++i) {
-                const bool is_live = i < rows_live;
-                finish_row(is_live ? r : -1, ws, out + i * a_.dv, lse ? lse + i : nullptr);
-                r += is_live;
-            }
+        if (splits == 1) {
+            write_rows(t, ws.row_max.data(), ws.row_sum.data(), ws.acc.data());
+            return;
         }
+        T* part = partial + split * partial_size();
+        std::copy(ws.row_max.begin(), ws.row_max.begin() + live, part);
+        std::copy(ws.row_sum.begin(), ws.row_sum.begin() + live, part + kQueryBlock);
+        std::copy(ws.acc.begin(), ws.acc.begin() + live * dv_pad_, part + 2 * kQueryBlock);
+    }
+
+    // The scratch one split of one task leaves: max and sum of up to
+    // kQueryBlock rows, then their accumulators.
+    int64_t partial_size() const { return kQueryBlock * (2 + dv_pad_); }
+
+    // Combines the `splits` partial states of `task` (each over a disjoint key
+    // range) by the same rescaling identity as the block loop:
+    //     m = max_s m_s,  l = Σ_s l_s·exp(m_s − m),  acc = Σ_s acc_s·exp(m_s − m),
+    // splits in order, so the result depends only on the split count. A NaN
+    // maximum in any split makes the row NaN, as in one pass.
+    void merge_splits(int64_t task, int64_t splits, const T* partial, Workspace& ws) const {
+        const TaskRows t = task_rows(task);
+        const int64_t live = t.rows_live * heads_per_task_;
+        for (int64_t r = 0; r < live; ++r) {
+            T m = neg_inf_;
+            bool nan = false;
+            for (int64_t sp = 0; sp < splits; ++sp) {
+                const T m_s = partial[sp * partial_size() + r];
+                nan |= m_s != m_s;
+                m = std::max(m, m_s);
+            }
+            if (nan) m = std::numeric_limits<T>::quiet_NaN();
+            T l = 0;
+            T* acc = ws.acc.data() + r * dv_pad_;
+            std::fill(acc, acc + dv_pad_, T(0));
+            if (m != neg_inf_) {  // else no split saw a key: the row stays empty
+                for (int64_t sp = 0; sp < splits; ++sp) {
+                    const T* part = partial + sp * partial_size();
+                    const T w = std::exp(part[r] - m);  // 0 for a split that saw nothing
+                    l += part[kQueryBlock + r] * w;
+                    const T* acc_s = part + 2 * kQueryBlock + r * dv_pad_;
+                    const reg wv = V::set1(w);
+                    for (int64_t c = 0; c < dv_pad_; c += W)
+                        V::store(acc + c, V::fma(V::load(acc_s + c), wv, V::load(acc + c)));
+                }
+            }
+            ws.row_max[r] = m;
+            ws.row_sum[r] = l;
+        }
+        write_rows(t, ws.row_max.data(), ws.row_sum.data(), ws.acc.data());
     }
 
 private:
@@ -300,6 +333,49 @@ private:
         int64_t b = 0;
         int64_t q_len = 0, kv_len = 0, diag_off = 0;  // this sequence's lengths and diagonal
     };
+
+    // Which rows a task owns: rows [row0, row0 + rows) of query heads
+    // [h0, h0 + heads_per_task_) of batch entry blk.b; rows at or past
+    // q_lengths[b] are padding (rows_live <= rows) and finish as zeros with
+    // lse = -inf. Tasks are numbered so that the most expensive query blocks
+    // (the last ones, under causal masking) are handed out first.
+    struct TaskRows {
+        Block blk;
+        int64_t h0 = 0, row0 = 0, rows = 0, rows_live = 0;
+    };
+    TaskRows task_rows(int64_t task) const {
+        const int64_t head_groups = a_.hq / heads_per_task_;
+        const int64_t bg = task / q_blocks_;
+        const int64_t q_block = q_blocks_ - 1 - task % q_blocks_;
+        TaskRows t;
+        t.blk.b = bg / head_groups;
+        t.h0 = bg % head_groups * heads_per_task_;
+        t.row0 = q_block * rows_per_head_;
+        t.rows = std::min(rows_per_head_, a_.lq - t.row0);
+        t.blk.q_len = a_.q_lengths ? a_.q_lengths[t.blk.b] : a_.lq;
+        t.blk.kv_len = a_.kv_lengths ? a_.kv_lengths[t.blk.b] : a_.lk;
+        t.blk.diag_off = a_.causal == Causal::lower_right ? t.blk.kv_len - t.blk.q_len : 0;
+        t.rows_live = clamp(t.blk.q_len - t.row0, 0, t.rows);
+        return t;
+    }
+
+    // Writes the task's rows from their final (max, sum, acc), live rows
+    // numbered head by head as run_task packs them.
+    void write_rows(const TaskRows& t, const T* row_max, const T* row_sum, const T* acc) const {
+        for (int64_t h = t.h0, r = 0; h < t.h0 + heads_per_task_; ++h) {
+            const int64_t first_row = (t.blk.b * a_.hq + h) * a_.lq + t.row0;
+            S* out = static_cast<S*>(a_.out) + first_row * a_.dv;
+            S* lse = a_.lse ? static_cast<S*>(a_.lse) + first_row : nullptr;
+            for (int64_t i = 0; i < t.rows; ++i) {
+                const bool is_live = i < t.rows_live;
+                if (is_live)
+                    finish_row(row_max[r], row_sum[r], acc + r * dv_pad_, out + i * a_.dv, lse ? lse + i : nullptr);
+                else
+                    finish_row(neg_inf_, T(0), acc, out + i * a_.dv, lse ? lse + i : nullptr);
+                r += is_live;
+            }
+        }
+    }
 
     // Query row i sees keys [key_begin(i), key_end(i)), clamped to [0, kv_len].
     int64_t key_begin(int64_t i, const Block& blk) const {
@@ -621,10 +697,7 @@ private:
 
     // out = acc / l and lse = m + log(l); a row that saw no key gives zeros
     // and lse = -inf (never 0/0 = NaN).
-    // r < 0: a padding row (past q_lengths[b]).
-    void finish_row(int64_t r, const Workspace& ws, S* out, S* lse) const {
-        const T m = r < 0 ? neg_inf_ : ws.row_max[r], l = r < 0 ? T(0) : ws.row_sum[r];
-        const T* acc = ws.acc.data() + std::max<int64_t>(r, 0) * dv_pad_;
+    void finish_row(T m, T l, const T* acc, S* out, S* lse) const {
         if (m == neg_inf_) {
             std::fill(out, out + a_.dv, Storage<S>::narrow(T(0)));
             if (lse) *lse = Storage<S>::narrow(neg_inf_);
@@ -644,13 +717,34 @@ private:
     const T neg_inf_;
 };
 
+// Flash-decoding: when there are fewer tasks than threads (decoding a few
+// sequences, Lq = 1), each task's key range is cut into `splits` contiguous
+// shares run as separate work items, and their partial states are merged
+// afterwards. Only for long key ranges: each share keeps at least
+// kMinSplitBlocks key blocks, so the merge stays small next to the streaming.
+// The split count depends on the thread count, so on this path the rounding
+// (not the maths) depends on it; everywhere else results are bitwise
+// independent of the thread count.
+constexpr int64_t kMinSplitBlocks = 4;
+
+int64_t kv_splits(int64_t tasks, int64_t threads, int64_t lk) {
+    if (tasks <= 0 || tasks >= threads) return 1;
+    const int64_t by_threads = (threads + tasks - 1) / tasks;
+    const int64_t by_length = (lk + kKeyBlock - 1) / kKeyBlock / kMinSplitBlocks;
+    return std::max<int64_t>(1, std::min(by_threads, by_length));
+}
+
 template <class S>
 void forward_typed(const SdpaArgs& args) {
+    using T = typename Storage<S>::T;
     const ForwardKernel<S> kernel(args);
     const int64_t tasks = kernel.num_tasks();
-    std::atomic<bool> out_of_memory{false};
     // sdpa_forward has resolved num_threads (>= 1, at most the processors).
-    const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(args.num_threads, tasks));
+    const int64_t splits = kv_splits(tasks, args.num_threads, args.lk);
+    const int64_t items = tasks * splits;
+    const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(args.num_threads, items));
+    std::vector<T> partial(splits > 1 ? items * kernel.partial_size() : 0);
+    std::atomic<bool> out_of_memory{false};
 #ifdef _OPENMP
 #pragma omp parallel num_threads(static_cast<int>(threads)) if (threads > 1)
 #endif
@@ -665,8 +759,15 @@ void forward_typed(const SdpaArgs& args) {
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t task = 0; task < tasks; ++task)
-            if (ws) kernel.run_task(task, *ws);
+        for (int64_t item = 0; item < items; ++item)
+            if (ws) kernel.run_task(item / splits, *ws, item % splits, splits, partial.data() + item / splits * splits * kernel.partial_size());
+        if (splits > 1) {  // after the loop's barrier: every split is done
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t task = 0; task < tasks; ++task)
+                if (ws) kernel.merge_splits(task, splits, partial.data() + task * splits * kernel.partial_size(), *ws);
+        }
         delete ws;
     }
     if (out_of_memory) throw std::bad_alloc();
