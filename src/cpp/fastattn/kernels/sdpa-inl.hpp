@@ -181,29 +181,31 @@ public:
         std::vector<int64_t> row_pos;
         std::vector<T> row_slope;
         std::vector<const char*> row_mask;
-        Workspace(int64_t d, int64_t dv_pad, int64_t slots)
+        // rows: the most query rows a task has (<= kQueryBlock; a tiny call has fewer).
+        Workspace(int64_t d, int64_t dv_pad, int64_t slots, int64_t rows)
             : k_pack(new T[slots * d * kKeyBlock]),
               v_pack(new T[slots * kKeyBlock * dv_pad]),
               slot_ready(slots),
               v_finite(slots),
-              q_pack(kQueryBlock * d),
+              q_pack(rows * d),
               row(d),
               scores(kTileRows * kKeyBlock),
               bias(kKeyBlock),
               key_index(kKeyBlock),
-              acc(kQueryBlock * dv_pad),
-              row_max(kQueryBlock),
-              row_sum(kQueryBlock),
-              row_pos(kQueryBlock),
-              row_slope(kQueryBlock),
-              row_mask(kQueryBlock) {}
+              acc(rows * dv_pad),
+              row_max(rows),
+              row_sum(rows),
+              row_pos(rows),
+              row_slope(rows),
+              row_mask(rows) {}
     };
 
     // A panel of every key block per thread when all threads' panels fit the budget.
     Workspace make_workspace(int64_t threads) const {
         const int64_t key_blocks = (a_.lk + kKeyBlock - 1) / kKeyBlock;
         const int64_t panel_bytes = key_blocks * kKeyBlock * (a_.d + dv_pad_) * static_cast<int64_t>(sizeof(T));
-        return Workspace(a_.d, dv_pad_, panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1);
+        return Workspace(a_.d, dv_pad_, panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1,
+                         rows_per_head_ * heads_per_task_);
     }
 
     // Computes the rows task_rows(task) names.
@@ -241,9 +243,9 @@ public:
             first = std::max(first, (block0 + blocks * split / splits) * kKeyBlock);
             last = std::min(last, (block0 + blocks * (split + 1) / splits) * kKeyBlock);
         }
-        std::fill(ws.row_max.begin(), ws.row_max.end(), neg_inf_);
-        std::fill(ws.row_sum.begin(), ws.row_sum.end(), T(0));
-        std::fill(ws.acc.begin(), ws.acc.end(), T(0));
+        std::fill(ws.row_max.begin(), ws.row_max.begin() + live, neg_inf_);
+        std::fill(ws.row_sum.begin(), ws.row_sum.begin() + live, T(0));
+        std::fill(ws.acc.begin(), ws.acc.begin() + live * dv_pad_, T(0));
 
         const S* k = static_cast<const S*>(a_.k) + blk.b * a_.k_strides.batch + h_kv * a_.k_strides.head;
         const S* v = static_cast<const S*>(a_.v) + blk.b * a_.v_strides.batch + h_kv * a_.v_strides.head;
@@ -745,10 +747,9 @@ void forward_typed(const SdpaArgs& args) {
     const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(args.num_threads, items));
     std::vector<T> partial(splits > 1 ? items * kernel.partial_size() : 0);
     std::atomic<bool> out_of_memory{false};
-#ifdef _OPENMP
-#pragma omp parallel num_threads(static_cast<int>(threads)) if (threads > 1)
-#endif
-    {
+    // One thread's share of the work items, then (after the loop's barrier:
+    // every split is done) of the merges.
+    auto work = [&] {
         // No exception may leave an OpenMP region: catch, finish, rethrow below.
         typename ForwardKernel<S>::Workspace* ws = nullptr;
         try {
@@ -756,19 +757,29 @@ void forward_typed(const SdpaArgs& args) {
         } catch (const std::bad_alloc&) {
             out_of_memory = true;
         }
+        T* partial_data = partial.data();
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t item = 0; item < items; ++item)
-            if (ws) kernel.run_task(item / splits, *ws, item % splits, splits, partial.data() + item / splits * splits * kernel.partial_size());
-        if (splits > 1) {  // after the loop's barrier: every split is done
+            if (ws) kernel.run_task(item / splits, *ws, item % splits, splits,
+                                    partial_data + item / splits * splits * kernel.partial_size());
+        if (splits > 1) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
             for (int64_t task = 0; task < tasks; ++task)
-                if (ws) kernel.merge_splits(task, splits, partial.data() + task * splits * kernel.partial_size(), *ws);
+                if (ws) kernel.merge_splits(task, splits, partial_data + task * splits * kernel.partial_size(), *ws);
         }
         delete ws;
+    };
+    if (threads == 1) {
+        work();  // no OpenMP team for one thread: a tiny call's fixed cost matters
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(threads))
+#endif
+        work();
     }
     if (out_of_memory) throw std::bad_alloc();
 }

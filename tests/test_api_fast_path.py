@@ -1,0 +1,66 @@
+"""attention()'s fast path for plain calls (_api._plain_forward) computes exactly what the general
+path computes, is taken for plain calls only, and leaves every error to the general path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastattn
+from fastattn import _api, _backend
+
+pytestmark = pytest.mark.skipif(not _backend.cpp_available(), reason="the fast path is C++ only")
+
+
+def _inputs(rng, dtype, hq=4, hkv=2, lq=33, lk=70, d=16, dv=24):
+    q = rng.standard_normal((2, hq, lq, d)).astype(dtype)
+    k = rng.standard_normal((2, hkv, lk, d)).astype(dtype)
+    v = rng.standard_normal((2, hkv, lk, dv)).astype(dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [None, 0.3])
+@pytest.mark.parametrize("return_lse", [False, True])
+@pytest.mark.parametrize("num_threads", [None, 1])
+def test_fast_path_equals_general_path(isa, rng, dtype, causal, scale, return_lse, num_threads):
+    q, k, v = _inputs(rng, dtype)
+    kw = dict(causal=causal, scale=scale, return_lse=return_lse, num_threads=num_threads)
+    fast = fastattn.attention(q, k, v, **kw)
+    # out= and an unbounded window change nothing but send the call down the general path.
+    general = fastattn.attention(q, k, v, out=np.empty((2, 4, 33, 24), dtype), window=(None, None), **kw)
+    for a, b in zip(fast if return_lse else (fast,), general if return_lse else (general,)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_plain_calls_skip_normalise(isa, rng, monkeypatch):
+    q, k, v = _inputs(rng, np.float32)
+    want = fastattn.attention(q, k, v, causal=True)
+
+    def fail(*args):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(_api, "_normalise", fail)
+    np.testing.assert_array_equal(fastattn.attention(q, k, v, causal=True), want)
+    for not_plain in ({"causal": "lower_right"}, {"kv_lengths": [70, 70]}, {"scale": 1}):
+        with pytest.raises(AssertionError, match="general path"):
+            fastattn.attention(q, k, v, **not_plain)
+    with pytest.raises(AssertionError, match="general path"):
+        fastattn.attention(q[..., ::-1, :], k, v)  # not C-contiguous
+    with pytest.raises(AssertionError, match="general path"):
+        fastattn.attention(q.astype(np.float16), k.astype(np.float16), v.astype(np.float16))
+
+
+def test_errors_still_named_by_the_general_path(isa, rng):
+    q, k, v = _inputs(rng, np.float32)
+    with pytest.raises(ValueError, match=r"num_threads \(=0\)"):
+        fastattn.attention(q, k, v, num_threads=0)
+    with pytest.raises(TypeError, match="return_lse must be a bool"):
+        fastattn.attention(q, k, v, return_lse=1)
+    with pytest.raises(ValueError, match=r"scale \(=nan\) must be finite"):
+        fastattn.attention(q, k, v, scale=float("nan"))
+    with pytest.raises(ValueError, match=r"q.shape\[-3\] \(=4\) must be a multiple of k.shape\[-3\] \(=3\)"):
+        fastattn.attention(q, k[:, :1].repeat(3, 1), v[:, :1].repeat(3, 1))
+    with pytest.raises(TypeError, match="causal must be a bool or a str"):
+        fastattn.attention(q, k, v, causal=1)
