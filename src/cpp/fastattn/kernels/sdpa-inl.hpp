@@ -79,7 +79,7 @@ namespace FASTATTN_ISA {
 namespace {
 
 constexpr int64_t kQueryBlock = 60;  // query rows per task: a multiple of the register tile's 6 rows
-constexpr int64_t kKeyBlock = 64;    // keys per streamed K/V block
+constexpr int64_t kKeyBlock = 128;   // keys per streamed K/V block
 constexpr double kLog2e = 1.4426950408889634074;
 // Packed K/V of a whole (batch, kv head) are kept per thread and reused by the
 // next tasks on that head (its other query blocks, its GQA query heads), so a
@@ -188,7 +188,7 @@ public:
               slot_ready(slots),
               v_finite(slots),
               q_pack(rows * d),
-              row(d),
+              row(std::max(d, dv_pad)),
               scores(kTileRows * kKeyBlock),
               bias(kKeyBlock),
               key_index(kKeyBlock),
@@ -411,8 +411,8 @@ private:
     }
 
     struct PackedBlock {
-        const T* k;      // (d, kKeyBlock): k transposed
-        const T* v;      // (kKeyBlock, dv_pad)
+        const T* k;      // k transposed, in panels: pack_keys_transposed
+        const T* v;      // column panels of (kKeyBlock, dv_pad): pack_values
         bool v_finite;   // no NaN or inf among its values
     };
 
@@ -431,8 +431,8 @@ private:
         }
         if (!panel || !ws.slot_ready[slot]) {
             pack_keys_transposed(k + key0 * a_.k_strides.row, keys, k_pack, ws.row.data());
-            pack_rows(v + key0 * a_.v_strides.row, a_.v_strides.row, keys, a_.dv, dv_pad_, v_pack);
-            ws.v_finite[slot] = all_finite(v_pack, keys * dv_pad_);
+            pack_values(v + key0 * a_.v_strides.row, keys, v_pack, ws.row.data());
+            ws.v_finite[slot] = all_finite(v_pack, kKeyBlock * dv_pad_);
             ws.slot_ready[slot] = 1;
         }
         return {k_pack, v_pack, ws.v_finite[slot] != 0};
@@ -475,23 +475,54 @@ private:
         }
     }
 
-    // k_pack[c][j] = k[j][c]: a row of k_pack holds one feature of every key
-    // in the block, so the score kernel broadcasts q[c] against whole vectors
-    // of keys. Missing keys (j >= keys) are zero: their scores are finite and
-    // then masked, never NaN from uninitialised memory.
+    // K transposed, in panels of one register tile's keys (kTileKeys):
+    // k_pack[g][c][w] = k[g·kTileKeys + w][c]. The score kernel broadcasts
+    // q[c] against the whole vectors of keys at k_pack[g][c], and walks a panel
+    // front to back, contiguously (a plain [c][j] layout would stride by the
+    // block's width, and at D = 128 its lines would fight over a few L1 sets).
+    // Missing keys (j >= keys) are zero: their scores are finite and then
+    // masked, never NaN from uninitialised memory.
+    static constexpr int64_t kTileKeys = kTileVecs * W;
     void pack_keys_transposed(const S* k, int64_t keys, T* k_pack, T* scratch_row) const {
-        for (int64_t j = 0; j < keys; ++j) {
+        for (int64_t j = 0; j < kKeyBlock; ++j) {
+            T* dst = k_pack + j / kTileKeys * a_.d * kTileKeys + j % kTileKeys;
+            if (j >= keys) {
+                for (int64_t c = 0; c < a_.d; ++c) dst[c * kTileKeys] = T(0);
+                continue;
+            }
             const S* kj = k + j * a_.k_strides.row;
             const T* row = reinterpret_cast<const T*>(kj);
             if (!std::is_same<S, T>::value) {
                 widen_row(kj, a_.d, scratch_row);
                 row = scratch_row;
             }
-            for (int64_t c = 0; c < a_.d; ++c) k_pack[c * kKeyBlock + j] = row[c];
+            for (int64_t c = 0; c < a_.d; ++c) dst[c * kTileKeys] = row[c];
         }
-        for (int64_t c = 0; c < a_.d; ++c)
-            std::fill(k_pack + c * kKeyBlock + keys, k_pack + (c + 1) * kKeyBlock, T(0));
     }
+
+    // V in column panels, the p·v kernel's tiles (kTileKeys columns, then
+    // single vectors): the panel of columns [c0, c0 + width) starts at
+    // v_pack + c0·kKeyBlock and holds those columns of every key, key after
+    // key, so the kernel walks it contiguously. Columns past Dv and keys past
+    // `keys` are zero.
+    void pack_values(const S* v, int64_t keys, T* v_pack, T* scratch_row) const {
+        for (int64_t j = 0; j < kKeyBlock; ++j) {
+            if (j < keys) {
+                widen_row(v + j * a_.v_strides.row, a_.dv, scratch_row);
+                std::fill(scratch_row + a_.dv, scratch_row + dv_pad_, T(0));
+            } else {
+                std::fill(scratch_row, scratch_row + dv_pad_, T(0));
+            }
+            for (int64_t c0 = 0; c0 < dv_pad_;) {
+                const int64_t width = panel_width(c0);
+                std::copy(scratch_row + c0, scratch_row + c0 + width, v_pack + c0 * kKeyBlock + j * width);
+                c0 += width;
+            }
+        }
+    }
+
+    // The width of the V panel (and p·v tile) that starts at column c0.
+    int64_t panel_width(int64_t c0) const { return c0 + kTileKeys <= dv_pad_ ? kTileKeys : W; }
 
     // scores[r][j] = q_r · k_j for R rows (packed times the scale) and key vectors [v_begin, v_end).
     // Each score's dot product runs over the features in order whatever R is,
@@ -502,8 +533,8 @@ private:
             reg dot[R][kTileVecs];
             for (int r = 0; r < R; ++r)
                 for (int64_t n = 0; n < kTileVecs; ++n) dot[r][n] = V::zero();
-            const T* kp = k_pack + v0 * W;
-            for (int64_t c = 0; c < a_.d; ++c, kp += kKeyBlock) {
+            const T* kp = k_pack + v0 / kTileVecs * a_.d * kTileKeys;  // its panel
+            for (int64_t c = 0; c < a_.d; ++c, kp += kTileKeys) {
                 reg keys[kTileVecs];
                 for (int64_t n = 0; n < kTileVecs; ++n) keys[n] = V::load(kp + n * W);
                 for (int r = 0; r < R; ++r) {
@@ -670,10 +701,12 @@ private:
     // 0 are skipped.
     template <int R, bool kSkipZero>
     void pv_tile(const T* p, int64_t lo, int64_t hi, const T* alpha, const T* v_pack, T* acc) const {
-        int64_t c = 0;
-        for (; c + kTileVecs * W <= dv_pad_; c += kTileVecs * W)
-            pv_cols<R, kTileVecs, kSkipZero>(p, lo, hi, alpha, v_pack + c, acc + c);
-        for (; c < dv_pad_; c += W) pv_cols<R, 1, kSkipZero>(p, lo, hi, alpha, v_pack + c, acc + c);
+        for (int64_t c = 0; c < dv_pad_; c += panel_width(c)) {
+            if (panel_width(c) == kTileKeys)
+                pv_cols<R, kTileVecs, kSkipZero>(p, lo, hi, alpha, v_pack + c * kKeyBlock, acc + c);
+            else
+                pv_cols<R, 1, kSkipZero>(p, lo, hi, alpha, v_pack + c * kKeyBlock, acc + c);
+        }
     }
 
     template <int R, int N, bool kSkipZero>
@@ -687,7 +720,7 @@ private:
         for (int64_t j = lo; j < hi; ++j) {
             if (kSkipZero && p[j] == T(0)) continue;
             reg vals[N];
-            for (int n = 0; n < N; ++n) vals[n] = V::load(v_pack + j * dv_pad_ + n * W);
+            for (int n = 0; n < N; ++n) vals[n] = V::load(v_pack + j * N * W + n * W);  // panel rows are N vectors
             for (int r = 0; r < R; ++r) {
                 const reg pj = V::set1(p[r * kKeyBlock + j]);
                 for (int n = 0; n < N; ++n) out[r][n] = V::fma(pj, vals[n], out[r][n]);
