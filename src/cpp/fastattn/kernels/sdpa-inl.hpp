@@ -79,7 +79,7 @@ namespace FASTATTN_ISA {
 namespace {
 
 constexpr int64_t kQueryBlock = 60;  // query rows per task: a multiple of the register tile's 6 rows
-constexpr int64_t kKeyBlock = 128;   // keys per streamed K/V block
+constexpr int64_t kKeyBlock = 256;   // keys per streamed K/V block
 constexpr double kLog2e = 1.4426950408889634074;
 // Packed K/V of a whole (batch, kv head) are kept per thread and reused by the
 // next tasks on that head (its other query blocks, its GQA query heads), so a
@@ -432,7 +432,10 @@ private:
         if (!panel || !ws.slot_ready[slot]) {
             pack_keys_transposed(k + key0 * a_.k_strides.row, keys, k_pack, ws.row.data());
             pack_values(v + key0 * a_.v_strides.row, keys, v_pack, ws.row.data());
-            ws.v_finite[slot] = all_finite(v_pack, kKeyBlock * dv_pad_);
+            bool finite = true;  // over the packed keys of each panel
+            for (int64_t c0 = 0; c0 < dv_pad_; c0 += panel_width(c0))
+                finite = finite && all_finite(v_pack + c0 * kKeyBlock, keys * panel_width(c0));
+            ws.v_finite[slot] = finite;
             ws.slot_ready[slot] = 1;
         }
         return {k_pack, v_pack, ws.v_finite[slot] != 0};
@@ -480,11 +483,12 @@ private:
     // q[c] against the whole vectors of keys at k_pack[g][c], and walks a panel
     // front to back, contiguously (a plain [c][j] layout would stride by the
     // block's width, and at D = 128 its lines would fight over a few L1 sets).
-    // Missing keys (j >= keys) are zero: their scores are finite and then
-    // masked, never NaN from uninitialised memory.
+    // Missing keys (j >= keys) up to the end of the last panel are zero: their
+    // scores are finite and then masked, never NaN from uninitialised memory;
+    // panels past that are never read.
     static constexpr int64_t kTileKeys = kTileVecs * W;
     void pack_keys_transposed(const S* k, int64_t keys, T* k_pack, T* scratch_row) const {
-        for (int64_t j = 0; j < kKeyBlock; ++j) {
+        for (int64_t j = 0; j < (keys + kTileKeys - 1) / kTileKeys * kTileKeys; ++j) {
             T* dst = k_pack + j / kTileKeys * a_.d * kTileKeys + j % kTileKeys;
             if (j >= keys) {
                 for (int64_t c = 0; c < a_.d; ++c) dst[c * kTileKeys] = T(0);
@@ -503,16 +507,12 @@ private:
     // V in column panels, the p·v kernel's tiles (kTileKeys columns, then
     // single vectors): the panel of columns [c0, c0 + width) starts at
     // v_pack + c0·kKeyBlock and holds those columns of every key, key after
-    // key, so the kernel walks it contiguously. Columns past Dv and keys past
-    // `keys` are zero.
+    // key, so the kernel walks it contiguously. Columns past Dv are zero; keys
+    // past `keys` are left out (p·v reads keys below a row's end only).
     void pack_values(const S* v, int64_t keys, T* v_pack, T* scratch_row) const {
-        for (int64_t j = 0; j < kKeyBlock; ++j) {
-            if (j < keys) {
-                widen_row(v + j * a_.v_strides.row, a_.dv, scratch_row);
-                std::fill(scratch_row + a_.dv, scratch_row + dv_pad_, T(0));
-            } else {
-                std::fill(scratch_row, scratch_row + dv_pad_, T(0));
-            }
+        std::fill(scratch_row + a_.dv, scratch_row + dv_pad_, T(0));
+        for (int64_t j = 0; j < keys; ++j) {
+            widen_row(v + j * a_.v_strides.row, a_.dv, scratch_row);
             for (int64_t c0 = 0; c0 < dv_pad_;) {
                 const int64_t width = panel_width(c0);
                 std::copy(scratch_row + c0, scratch_row + c0 + width, v_pack + c0 * kKeyBlock + j * width);
