@@ -200,11 +200,14 @@ public:
               row_mask(rows) {}
     };
 
-    // A panel of every key block per thread when all threads' panels fit the budget.
+    // A panel of every key block per thread when all threads' panels fit the
+    // budget and a K/V head serves more than one task; else (decoding without
+    // GQA sharing) one block, which stays in L2 instead of writing a copy of K/V.
     Workspace make_workspace(int64_t threads) const {
         const int64_t key_blocks = (a_.lk + kKeyBlock - 1) / kKeyBlock;
         const int64_t panel_bytes = key_blocks * kKeyBlock * (a_.d + dv_pad_) * static_cast<int64_t>(sizeof(T));
-        return Workspace(a_.d, dv_pad_, panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1,
+        const bool reused = q_blocks_ > 1 || group_ / heads_per_task_ > 1;
+        return Workspace(a_.d, dv_pad_, reused && panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1,
                          rows_per_head_ * heads_per_task_);
     }
 
