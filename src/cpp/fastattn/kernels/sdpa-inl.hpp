@@ -306,7 +306,7 @@ public:
     // Combines the `splits` partial states of `task` (each over a disjoint key
     // range) by the same rescaling identity as the block loop:
     //     m = max_s m_s,  l = Σ_s l_s·exp(m_s − m),  acc = Σ_s acc_s·exp(m_s − m),
-    // splits in order, so the result depends only on the split count. A NaN
+    // splits in order, so the result depends only on the shape. A NaN
     // maximum in any split makes the row NaN, as in one pass.
     void merge_splits(int64_t task, int64_t splits, const T* partial, Workspace& ws) const {
         const TaskRows t = task_rows(task);
@@ -849,21 +849,21 @@ private:
     const T neg_inf_;
 };
 
-// Flash-decoding: when there are fewer tasks than threads (decoding a few
-// sequences, Lq = 1), each task's key range is cut into `splits` contiguous
-// shares run as separate work items, and their partial states are merged
-// afterwards. Only for long key ranges: each share keeps at least
-// kMinSplitBlocks key blocks, so the merge stays small next to the streaming.
-// The split count depends on the thread count, so on this path the rounding
-// (not the maths) depends on it; everywhere else results are bitwise
-// independent of the thread count.
-constexpr int64_t kMinSplitBlocks = 4;
+// Flash-decoding: when a call has few tasks (decoding a few sequences,
+// Lq = 1), each task's key range is cut into `splits` contiguous shares run
+// as separate work items, so that every thread has work, and their partial
+// states are merged afterwards. The split count depends on the shape only,
+// never on the thread count, so results stay bitwise independent of it:
+// enough shares for kSplitItems work items, each of at least kMinSplitBlocks
+// key blocks so that the merge stays small next to the streaming.
+constexpr int64_t kSplitItems = 32;
+constexpr int64_t kMinSplitBlocks = 2;
 
-int64_t kv_splits(int64_t tasks, int64_t threads, int64_t lk) {
-    if (tasks <= 0 || tasks >= threads) return 1;
-    const int64_t by_threads = (threads + tasks - 1) / tasks;
+int64_t kv_splits(int64_t tasks, int64_t lk) {
+    if (tasks <= 0 || tasks >= kSplitItems) return 1;
+    const int64_t by_items = (kSplitItems + tasks - 1) / tasks;
     const int64_t by_length = (lk + kKeyBlock - 1) / kKeyBlock / kMinSplitBlocks;
-    return std::max<int64_t>(1, std::min(by_threads, by_length));
+    return std::max<int64_t>(1, std::min(by_items, by_length));
 }
 
 template <class S>
@@ -872,7 +872,7 @@ void forward_typed(const SdpaArgs& args) {
     const ForwardKernel<S> kernel(args);
     const int64_t tasks = kernel.num_tasks();
     // sdpa_forward has resolved num_threads (>= 1, at most the processors).
-    const int64_t splits = kv_splits(tasks, args.num_threads, args.lk);
+    const int64_t splits = kv_splits(tasks, args.lk);
     const int64_t items = tasks * splits;
     const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(args.num_threads, items));
     std::vector<T> partial(splits > 1 ? items * kernel.partial_size() : 0);
