@@ -20,33 +20,42 @@
 // so each term's error stays below ~0.2 eps of the row's largest term.
 // (Scores themselves stay in natural units: in log2 units a score of
 // magnitude 100 would be rounded at 144, an extra rounding naive attention
-// does not have.) Extra memory per thread is
-// O(kQueryBlock·(D + Dv) + kKeyBlock·(D + Dv)), never O(Lq·Lk).
+// does not have.)
 //
 // How the work is cut (all in ForwardKernel below):
 //   task       up to kQueryBlock query rows of one batch entry: one head's
 //              block of rows, or, when a head has fewer rows (decoding), the
 //              rows of several query heads that share one K/V head (GQA).
-//   key block  kKeyBlock keys; K is packed transposed and V padded, into a
-//              per-thread panel of the (batch, K/V head) that later tasks on
-//              the same head reuse (packed_block).
+//   key block  kKeyBlock keys. K is packed transposed and V in column panels,
+//              each panel one register tile wide and walked contiguously
+//              (packed_block); a thread keeps the packed blocks of a whole
+//              (batch, K/V head) while later tasks on that head reuse them.
+//              Decoding tasks (<= kDirectMaxRows rows, their K/V head read by
+//              no other task) skip packing and read K/V in place (direct_).
 //   tile       kTileRows rows × kTileVecs vectors of FMA accumulators: each
 //              loaded vector of K or V feeds every row of the tile
 //              (score_tile, pv_tile); softmax_tile is in between, its rows
 //              interleaved so that their dependency chains overlap.
+//   split      when a call has few tasks, each task's key blocks are shared
+//              out as several work items whose partial states are merged
+//              (flash-decoding: kv_splits, merge_splits).
 //
 // Positional rules (causal, window, lengths) give each query row one interval
 // of visible keys [key_begin(i), key_end(i)); both ends grow with i, so a task
 // streams only the key blocks its rows can see: causal skips the blocks above
 // the diagonal, a window costs O(L·window). Masks and ALiBi are read inside the
-// block loop; nothing of size Lq×Lk is ever built.
+// block loop; nothing of size Lq×Lk is ever built. Extra memory per thread is
+// O(kQueryBlock·(D + Dv) + kKeyBlock·(D + Dv)), plus the K/V panels within
+// kPanelBudgetBytes for all threads together, never O(Lq·Lk).
 //
 // float16 and bfloat16 inputs are widened to float32 while a block is packed
-// and computed in float32; the output is rounded back once per element.
+// (or, in direct mode, as it is read) and computed in float32; the output is
+// rounded back once per element.
 //
-// Each row's arithmetic depends only on the key blocks, never on which thread
-// runs it or which rows share its task or tile (extra terms a tile adds to a
-// row are exact zeros), so results are bitwise independent of the thread count.
+// Each row's arithmetic depends only on the key blocks and the shape (the
+// split count included), never on which thread runs it or which rows share
+// its task or tile (extra terms a tile adds to a row are exact zeros), so
+// results are bitwise independent of the thread count.
 
 #include <algorithm>
 #include <atomic>
@@ -677,7 +686,7 @@ private:
         T shift[R], decay[R];  // the new maximum, and old − new maximum
         for (int r = 0; r < R; ++r) {
             alpha[r] = T(1);
-            decay[r] = T(0);
+            decay[r] = shift[r] = T(0);
             if (!live[r]) continue;
             T* s = scores + r * kKeyBlock;
             const T old_max = ws.row_max[r0 + r];
