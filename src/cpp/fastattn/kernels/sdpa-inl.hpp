@@ -163,12 +163,13 @@ public:
           group_(a.hq / a.hkv),
           rows_per_head_(std::min(a.lq, kQueryBlock)),
           heads_per_task_(heads_per_task(group_, rows_per_head_)),
+          task_rows_(rows_per_head_ * heads_per_task_),
           q_blocks_((a.lq + rows_per_head_ - 1) / rows_per_head_),
           // Causal is the window's right edge at the diagonal.
           window_right_(a.causal != Causal::none ? 0 : a.window_right),
           has_mask_(a.mask.kind != MaskKind::none),
           q_scale_(static_cast<T>(a.scale)),
-          direct_(q_blocks_ == 1 && group_ == heads_per_task_ && rows_per_head_ * heads_per_task_ <= kDirectMaxRows),
+          direct_(q_blocks_ == 1 && group_ == heads_per_task_ && task_rows_ <= kDirectMaxRows),
           neg_inf_(-std::numeric_limits<T>::infinity()) {}
 
     int64_t num_tasks() const { return a_.batch * (a_.hq / heads_per_task_) * q_blocks_; }
@@ -222,8 +223,7 @@ public:
         const int64_t panel_bytes = key_blocks * kKeyBlock * (a_.d + dv_pad_) * static_cast<int64_t>(sizeof(T));
         const bool reused = q_blocks_ > 1 || group_ / heads_per_task_ > 1;
         const int64_t slots = direct_ ? 0 : reused && panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1;
-        return Workspace(a_.d, dv_pad_, slots,
-                         rows_per_head_ * heads_per_task_);
+        return Workspace(a_.d, dv_pad_, slots, task_rows_);
     }
 
     // Computes the rows task_rows(task) names.
@@ -304,13 +304,13 @@ public:
         }
         T* part = partial + split * partial_size();
         std::copy(ws.row_max.begin(), ws.row_max.begin() + live, part);
-        std::copy(ws.row_sum.begin(), ws.row_sum.begin() + live, part + kQueryBlock);
-        std::copy(ws.acc.begin(), ws.acc.begin() + live * dv_pad_, part + 2 * kQueryBlock);
+        std::copy(ws.row_sum.begin(), ws.row_sum.begin() + live, part + task_rows_);
+        std::copy(ws.acc.begin(), ws.acc.begin() + live * dv_pad_, part + 2 * task_rows_);
     }
 
     // The scratch one split of one task leaves: max and sum of up to
-    // kQueryBlock rows, then their accumulators.
-    int64_t partial_size() const { return kQueryBlock * (2 + dv_pad_); }
+    // task_rows_ rows, then their accumulators.
+    int64_t partial_size() const { return task_rows_ * (2 + dv_pad_); }
 
     // Combines the `splits` partial states of `task` (each over a disjoint key
     // range) by the same rescaling identity as the block loop:
@@ -336,8 +336,8 @@ public:
                 for (int64_t sp = 0; sp < splits; ++sp) {
                     const T* part = partial + sp * partial_size();
                     const T w = std::exp(part[r] - m);  // 0 for a split that saw nothing
-                    l += part[kQueryBlock + r] * w;
-                    const T* acc_s = part + 2 * kQueryBlock + r * dv_pad_;
+                    l += part[task_rows_ + r] * w;
+                    const T* acc_s = part + 2 * task_rows_ + r * dv_pad_;
                     const reg wv = V::set1(w);
                     for (int64_t c = 0; c < dv_pad_; c += W)
                         V::store(acc + c, V::fma(V::load(acc_s + c), wv, V::load(acc + c)));
@@ -851,7 +851,9 @@ private:
     }
 
     const SdpaArgs& a_;
-    const int64_t dv_pad_, group_, rows_per_head_, heads_per_task_, q_blocks_, window_right_;
+    const int64_t dv_pad_, group_, rows_per_head_, heads_per_task_;
+    const int64_t task_rows_;  // the most query rows a task has: rows_per_head_·heads_per_task_
+    const int64_t q_blocks_, window_right_;
     const bool has_mask_;
     const T q_scale_;  // q is packed times the scale
     const bool direct_;  // decoding: few rows per task, nothing to share: K/V read in place
