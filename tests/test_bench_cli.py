@@ -23,6 +23,7 @@ def test_quick_bench_writes_json_and_plot(tmp_path):
         assert row["results"], row["label"]
         for result in row["results"].values():
             assert result["median_s"] > 0 and result["repeats"] >= 5
+            assert result["gemm_fraction"] > 0
     assert "| case" in completed.stdout  # the Markdown table
 
     # The plot is written exactly when matplotlib can be imported (it is optional).

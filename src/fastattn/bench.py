@@ -22,8 +22,8 @@ What it does, in order:
    NumPy backend's) with a loose tolerance. Then each is timed in turn: a 0.2 s pause (so
    the previous one's threads stop spinning), warm-up calls, then repeated calls (at least
    5, and at least 0.5 s in all, at most 10000), keeping the median.
-4. Prints one progress line per shape as it finishes, then Markdown tables: time and
-   GFLOP/s per implementation, the ratio torch time / fastattn C++ time (> 1: fastattn is
+4. Prints one progress line per shape as it finishes, then Markdown tables: time,
+   GFLOP/s and its fraction of the GEMM ceiling per implementation, the ratio torch time / fastattn C++ time (> 1: fastattn is
    faster) and, for decode shapes (Lq = 1), the bandwidth achieved reading K and V and its
    fraction of the measured read bandwidth.
 5. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
@@ -345,6 +345,7 @@ def check_outputs(outputs: Dict[str, np.ndarray]) -> dict:
 
 def summarize_timing(case: Case, timing: dict, ceilings: dict) -> dict:
     result = dict(timing, gflops=case.flops / timing["median_s"] / 1e9)
+    result["gemm_fraction"] = result["gflops"] / ceilings["gemm_gflops"]
     if case.is_decode:
         bandwidth = case.kv_bytes / timing["median_s"] / 1e9
         result["bandwidth_gbs"] = bandwidth
@@ -408,7 +409,7 @@ def markdown_table(headers: List[str], rows: List[List[str]]) -> str:
 def throughput_table(rows: List[dict], impls: List[str]) -> str:
     headers = ["case"]
     for impl in impls:
-        headers += [f"{impl} ms", f"{impl} GFLOP/s"]
+        headers += [f"{impl} ms", f"{impl} GFLOP/s", f"{impl} % GEMM"]
     if "cpp" in impls and "torch" in impls:
         headers.append("torch/cpp")
     headers.append("check (max abs diff)")
@@ -417,7 +418,7 @@ def throughput_table(rows: List[dict], impls: List[str]) -> str:
         cells = [row["label"]]
         for impl in impls:
             result = row["results"][impl]
-            cells += [format_ms(result["median_s"]), f"{result['gflops']:.1f}"]
+            cells += [format_ms(result["median_s"]), f"{result['gflops']:.1f}", f"{100 * result['gemm_fraction']:.0f}%"]
         if "cpp" in impls and "torch" in impls:
             cells.append(f"{row['torch_over_cpp']:.2f}")
         cells.append(format_check(row["check"]))
@@ -442,8 +443,8 @@ def decode_table(rows: List[dict], impls: List[str]) -> str:
 def print_tables(rows: List[dict], impls: List[str], ceilings: dict) -> None:
     print()
     ratio_note = "; torch/cpp > 1: fastattn is faster" if {"cpp", "torch"} <= set(impls) else ""
-    print(f"## Throughput (float32; median time; FLOPs = 4·B·Hq·Lq·Lk·D, halved for causal"
-          f"{ratio_note})")
+    print(f"## Throughput (float32; median time; FLOPs = 4·B·Hq·Lq·Lk·D, halved for causal; "
+          f"% GEMM: of the {ceilings['gemm_gflops']:.0f} GFLOP/s GEMM ceiling{ratio_note})")
     print()
     print(throughput_table(rows, impls))
     decode_rows = [row for row in rows if row["lq"] == 1]
