@@ -278,7 +278,7 @@ def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
     threads = _check_num_threads(num_threads)
     out = np.empty((batch, hq, lq, dv), dtype)
     lse = np.empty((batch, hq, lq), dtype) if return_lse else None
-    _backend._core.forward(q, k, v, out, lse, 0 if dtype == _F32 else 1, scale,
+    _backend._core.forward(q, k, v, out, lse, _DTYPE_CODES[dtype], scale,
                            _reference.UPPER_LEFT if causal else _reference.NO_CAUSAL, threads, *_NO_OPTIONS)
     return (out, lse) if return_lse else out
 

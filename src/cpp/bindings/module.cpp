@@ -130,18 +130,15 @@ py::array math_array(const std::string& fn, const py::array& x) {
     else
         throw py::type_error("x must be float32 or float64");
     MathFn f = MathFn::exp;
-    if (fn == "exp")
-        f = MathFn::exp;
-    else if (fn == "exp2")
+    if (fn == "exp2")
         f = MathFn::exp2;
     else if (fn == "tanh")
         f = MathFn::tanh;
-    else
+    else if (fn != "exp")
         fail("fn must be 'exp', 'exp2' or 'tanh'");
     if (!(x.flags() & py::array::c_style)) fail("x must be C-contiguous");
     py::array y(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-    fastattn::math_array(f, dtype, x.data(),
-                         y.mutable_data(), x.size());
+    fastattn::math_array(f, dtype, x.data(), y.mutable_data(), x.size());
     return y;
 }
 
