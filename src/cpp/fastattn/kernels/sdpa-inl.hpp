@@ -226,7 +226,8 @@ public:
         return Workspace(a_.d, dv_pad_, slots, task_rows_);
     }
 
-    // Computes the rows task_rows(task) names.
+    // Computes the rows of task_rows(task): packs their queries, streams the
+    // key blocks they can see, and writes out and lse.
     //
     // With splits > 1 (flash-decoding, see forward_typed) the task streams only
     // its share `split` of its key blocks and leaves its rows' partial
