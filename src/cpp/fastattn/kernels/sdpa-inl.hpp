@@ -283,7 +283,7 @@ public:
                 if (span_lo == span_hi) continue;
             }
             const PackedBlock kv = direct_ ? PackedBlock{nullptr, nullptr, false, k + key0 * a_.k_strides.row,
-                                                         v + key0 * a_.v_strides.row, keys}
+                                                         v + key0 * a_.v_strides.row}
                                            : packed_block(k, v, owner, key0, keys, ws);
             if (a_.alibi_slopes)
                 for (int64_t j = 0; j < kKeyBlock; ++j) ws.key_index[j] = static_cast<T>(key0 + j);
@@ -435,11 +435,10 @@ private:
         const T* k;      // k transposed, in panels: pack_keys_transposed
         const T* v;      // column panels of (kKeyBlock, dv_pad): pack_values
         bool v_finite;   // no NaN or inf among its values
-        // In direct mode (direct_) nothing is packed: the block's keys
-        // [0, keys) are read where they are, from these first rows.
+        // In direct mode (direct_) nothing is packed: the block's keys are
+        // read where they are, from these first rows.
         const S* k_src = nullptr;
         const S* v_src = nullptr;
-        int64_t keys = 0;
     };
 
     // Key block key0 of the (batch, kv head) `owner`, packed: from this
