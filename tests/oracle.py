@@ -12,9 +12,10 @@ import numpy as np
 F32_TO_F64_EPS = np.finfo(np.float64).eps / np.finfo(np.float32).eps
 
 
-def oracle(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_lengths=None, window=None,
-           alibi_slopes=None, softcap=None, dtype=np.float64):
-    """(out, lse) computed in `dtype` (float64: the oracle; float32: the naive baseline).
+def _scores(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_lengths=None, window=None,
+            alibi_slopes=None, softcap=None, dtype=np.float64):
+    """The full score matrix (-inf where invisible), d(softcap)/ds (or None), the inputs in
+    `dtype` with K/V heads repeated for GQA, and whether the call was 2-D.
 
     Every rule is applied to the full (..., Hq, Lq, Lk) score matrix, in the documented order:
     softcap, ALiBi, additive mask; then boolean mask, causal, window, lengths give -inf.
@@ -30,8 +31,10 @@ def oracle(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_l
     lq, lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = 1 / np.sqrt(d) if scale is None else scale
     scores = (q @ np.swapaxes(k, -1, -2)) * dtype(scale)
+    cap_grad = None
     if softcap is not None:
-        scores = softcap * np.tanh(scores / softcap)
+        capped = np.tanh(scores / softcap)
+        scores, cap_grad = softcap * capped, 1 - capped * capped
 
     def per_sequence(lengths, full):  # -> batch_shape + (1, 1, 1)
         value = np.broadcast_to(full if lengths is None else np.asarray(lengths), batch_shape)
@@ -63,8 +66,13 @@ def oracle(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_l
         visible = visible & (j >= pos - left)
     if right is not None:
         visible = visible & (j <= pos + right)
-    scores = np.where(visible, scores, -np.inf)
+    return np.where(visible, scores, -np.inf), cap_grad, (q, k, v), two_d
 
+
+def oracle(q, k, v, *, dtype=np.float64, **options):
+    """(out, lse) computed in `dtype` (float64: the oracle; float32: the naive baseline)."""
+    scores, _, (q, k, v), two_d = _scores(q, k, v, dtype=dtype, **options)
+    lk = k.shape[-2]
     m = scores.max(axis=-1, keepdims=True) if lk else np.full(scores.shape[:-1] + (1,), -np.inf, dtype)
     empty = np.isneginf(m)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -75,6 +83,36 @@ def oracle(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_l
     if two_d:
         out, lse = out[0], lse[0]
     return out, lse
+
+
+def oracle_grads(q, k, v, dout, *, dtype=np.float64, **options):
+    """(dq, dk, dv) of sum(dout ∘ attention(q, k, v)) in `dtype`, from the full matrices and
+    the textbook softmax Jacobian: dS = P ∘ (dP − rowsum(P ∘ dP)). (The kernels use
+    rowsum(dout ∘ out) instead: the same number, computed differently.)"""
+    hkv = np.shape(k)[-3] if np.ndim(k) > 2 else 1
+    scores, cap_grad, (q, k, v), two_d = _scores(q, k, v, dtype=dtype, **options)
+    dout = np.asarray(dout).astype(dtype)
+    if two_d:
+        dout = dout[None]
+    scale = 1 / np.sqrt(q.shape[-1]) if options.get("scale") is None else options["scale"]
+    m = scores.max(axis=-1, keepdims=True) if scores.shape[-1] else np.full(scores.shape[:-1] + (1,), -np.inf)
+    empty = np.isneginf(m)
+    p = np.exp(scores - np.where(empty, 0, m))
+    with np.errstate(invalid="ignore"):
+        p = np.where(empty, 0, p / p.sum(axis=-1, keepdims=True))
+    dp = dout @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
+    if cap_grad is not None:
+        ds = ds * cap_grad
+    dq = (ds @ k) * dtype(scale)
+    dk = (np.swapaxes(ds, -1, -2) @ q) * dtype(scale)
+    dv = np.swapaxes(p, -1, -2) @ dout
+
+    def per_kv_head(g):  # sum the query heads of each GQA group
+        return g.reshape(g.shape[:-3] + (hkv, -1) + g.shape[-2:]).sum(axis=-3)
+
+    dk, dv = per_kv_head(dk), per_kv_head(dv)
+    return (dq[0], dk[0], dv[0]) if two_d else (dq, dk, dv)
 
 
 def max_err(a, b) -> float:

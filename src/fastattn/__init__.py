@@ -4,7 +4,7 @@
 the extension is built, and a NumPy implementation of the same contract otherwise.
 """
 
-from ._api import attention
+from ._api import attention, attention_backward
 from ._backend import get_isa, set_isa, show_config
 
 try:
@@ -14,4 +14,4 @@ try:
 except Exception:  # pragma: no cover - running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["attention", "get_isa", "set_isa", "show_config", "__version__"]
+__all__ = ["attention", "attention_backward", "get_isa", "set_isa", "show_config", "__version__"]

@@ -157,7 +157,99 @@ def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = No
     return (out, lse) if return_lse else out
 
 
+def attention_backward(dout, q, k, v, out, lse, /, *, causal: Causal = False, scale: Optional[float] = None,
+                       mask=None, kv_lengths=None, q_lengths=None,
+                       window: Optional[Tuple[Optional[int], Optional[int]]] = None, alibi_slopes=None,
+                       softcap: Optional[float] = None, backend: str = "auto", num_threads: Optional[int] = None):
+    """Gradients ``(dq, dk, dv)`` of ``attention`` for the upstream gradient ``dout``.
+
+    ``out, lse = attention(q, k, v, return_lse=True, **options)`` must come from the forward
+    call with the same q, k, v and options, which are passed again here. The kernel recomputes
+    the attention weights block by block from ``lse`` (FlashAttention-2), so no Lq×Lk matrix
+    is stored by either pass::
+
+        P = exp(s − lse)        D_i = Σ_c dout_ic·out_ic       dS = P ∘ (dout·vᵀ − D)
+        dv = Pᵀ·dout            dq = scale·dS·k                dk = scale·dSᵀ·q
+
+    (with ``dS ∘ (1 − tanh²(s₀ / softcap))`` under a softcap). GQA: dk and dv are summed over
+    the query heads of each group. Gradients are with respect to q, k and v only; masks,
+    lengths and ALiBi slopes are constants. A query row that sees no key gets dq = 0 and
+    contributes nothing to dk, dv.
+
+    Parameters
+    ----------
+    dout : array of out's shape and q's dtype: the gradient of the loss with respect to out.
+    q, k, v : as for ``attention``.
+    out : the forward output, shape (..., Hq, Lq, Dv), q's dtype.
+    lse : the forward's log-sum-exp, shape (..., Hq, Lq), q's dtype, float32 or float64. For
+        float16/bfloat16 inputs an lse rounded to 16 bits costs the gradients about that
+        relative precision; pass it as float32 (``lse.astype(np.float32)`` does not restore
+        it, so compute it in float32, e.g. by a float32 forward) for more.
+    causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap, backend,
+    num_threads : as for ``attention``. The C++ kernel splits the work so that no two threads
+        write the same gradient rows: no atomics, and results are bitwise the same for every
+        thread count.
+
+    Returns
+    -------
+    (dq, dk, dv), new arrays of the shapes of q, k, v in q's dtype.
+    """
+    use_cpp = _choose_backend(backend)
+    call = _normalise(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap)
+    threads = _check_num_threads(num_threads)
+    batch, hq, lq, d = call.q.shape
+    hkv, lk, dv_cols = call.k.shape[1], call.k.shape[2], call.v.shape[3]
+    dtype = call.q.dtype
+    compute = _F64 if dtype == _F64 else _F32
+    dout4 = _check_same_as_out(dout, "dout", call).reshape(batch, hq, lq, dv_cols)
+    out4 = _check_same_as_out(out, "out", call).reshape(batch, hq, lq, dv_cols)
+    lse3 = _check_lse(lse, call.out_shape[:-1], dtype, compute).reshape(batch, hq, lq)
+
+    grads = tuple(np.empty(np.shape(x), dtype) for x in (q, k, v))
+    dq4, dk4, dv4 = (g.reshape(x.shape) for g, x in zip(grads, (call.q, call.k, call.v)))
+    if batch * hq * lq == 0 or lk == 0 or dv_cols == 0:
+        for g in grads:  # no query row sees a key, or no value column: every weight is constant
+            g.fill(0)
+    elif use_cpp:
+        _backward_cpp(call, dout4, out4, lse3, dq4, dk4, dv4, threads)
+    else:
+        _reference.backward(dout4, call.q, call.k, call.v, out4, lse3, dq4, dk4, dv4, call.options)
+    return grads
+
+
+def _check_same_as_out(x, name: str, call: _Call) -> np.ndarray:
+    """dout or out: an array of the forward output's shape and q's dtype, C-contiguous."""
+    x = _as_float_array(x, name)
+    if x.dtype != call.q.dtype:
+        raise TypeError(f"{name}.dtype (={x.dtype}) must equal q.dtype (={call.q.dtype})")
+    if x.shape != call.out_shape:
+        raise ValueError(f"{name}.shape (={x.shape}) must be the output's shape {call.out_shape}")
+    return np.ascontiguousarray(x)
+
+
+def _check_lse(lse, shape, dtype: np.dtype, compute: np.dtype) -> np.ndarray:
+    """The forward's lse, C-contiguous in the compute dtype."""
+    a = _as_float_array(lse, "lse")
+    if a.dtype not in (dtype, _F32, _F64):
+        raise TypeError(f"lse.dtype (={a.dtype}) must be q.dtype (={dtype}), float32 or float64")
+    if a.shape != tuple(shape):
+        raise ValueError(f"lse.shape (={a.shape}) must be {tuple(shape)}, the output's shape without Dv")
+    return np.ascontiguousarray(a, dtype=compute)
+
+
+def _backward_cpp(call: _Call, dout4, out4, lse3, dq4, dk4, dv4, threads: int) -> None:
+    _backend._core.backward(dout4, out4, lse3, dq4, dk4, dv4, call.q, call.k, call.v,
+                            *_option_args(call, threads))
+
+
 def _forward_cpp(call: _Call, out4: np.ndarray, lse3: Optional[np.ndarray], threads: int) -> None:
+    _backend._core.forward(call.q, call.k, call.v, out4, lse3, *_option_args(call, threads))
+
+
+def _option_args(call: _Call, threads: int) -> tuple:
+    """The binding's arguments from `dtype` to `softcap`, positional, in the order of its signature
+    (src/cpp/bindings/module.cpp): pybind11 matching 19 keywords by name costs about 2 µs per
+    call, a third of a tiny call. (_NO_OPTIONS below is the tail for a call without options.)"""
     opts = call.options
     mask_kind, mask_strides, mask_offsets = 0, (0, 0, 0), None
     if opts.mask is not None:
@@ -172,15 +264,10 @@ def _forward_cpp(call: _Call, out4: np.ndarray, lse3: Optional[np.ndarray], thre
         if nb:
             index = np.indices(call.batch_shape, dtype=np.int64).reshape(nb, -1)
             mask_offsets = np.ascontiguousarray((index * np.array(strides[:nb], np.int64)[:, None]).sum(0))
-    # Positional, in the order of the binding's signature (src/cpp/bindings/module.cpp):
-    # pybind11 matching 19 keywords by name costs about 2 µs per call, a third of a tiny call.
-    # (_NO_OPTIONS below is the same tail for a call without options.)
-    _backend._core.forward(
-        call.q, call.k, call.v, out4, lse3,
-        _dtype_code(call.q.dtype), opts.scale, opts.causal, threads,              # dtype .. num_threads
-        opts.mask, mask_kind, mask_strides, mask_offsets,                          # mask view
-        opts.q_lengths, opts.kv_lengths, opts.window[0], opts.window[1],           # positional rules
-        opts.alibi_slopes, opts.softcap)
+    return (_dtype_code(call.q.dtype), opts.scale, opts.causal, threads,              # dtype .. num_threads
+            opts.mask, mask_kind, mask_strides, mask_offsets,                          # mask view
+            opts.q_lengths, opts.kv_lengths, opts.window[0], opts.window[1],           # positional rules
+            opts.alibi_slopes, opts.softcap)
 
 
 # The arguments of _core.forward from `mask` to `softcap` for a call without those options.

@@ -32,71 +32,150 @@ class Options(NamedTuple):
     softcap: float = 0.0  # 0 = off
 
 
-def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
-            opts: Options) -> None:
-    batch, hq, lq, d = q.shape
-    hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
-    group = hq // hkv
-    compute = np.float64 if q.dtype == np.float64 else np.float32
-    # GQA without copying K/V: the query heads of one group share a broadcast K/V head.
-    # (float16/bfloat16 K/V are converted to float32 here; the C++ kernel does it per block.)
-    q_g = q.reshape(batch, hkv, group, lq, d)
-    k_t = k[:, :, None].swapaxes(-1, -2).astype(compute, copy=False)  # (B, Hkv, 1, D, Lk)
-    v_g = v[:, :, None].astype(compute, copy=False)  # (B, Hkv, 1, Lk, Dv)
-    # In p @ v a key of weight 0 would still spread a NaN of its value row (0·NaN = NaN) to rows
-    # that cannot see it. The kernel skips such keys; here NaN is put back only where a key of
-    # nonzero weight carries it.
-    v_nan = np.isnan(v_g)
-    if v_nan.any():
-        v_g, v_nan = np.where(v_nan, 0, v_g), v_nan.astype(compute)
-    else:
-        v_nan = None
-    out_g = out.reshape(batch, hkv, group, lq, dv)
-    lse_g = None if lse is None else lse.reshape(batch, hkv, group, lq)
+class _Scores:
+    """What every chunk of query rows needs to form its scores, prepared once per call.
 
-    q_len = np.full(batch, lq) if opts.q_lengths is None else opts.q_lengths
-    kv_len = np.full(batch, lk) if opts.kv_lengths is None else opts.kv_lengths
-    # The diagonal of every positional rule: query i is at key position i + off (DESIGN.md).
-    diag_off = kv_len - q_len if opts.causal == LOWER_RIGHT else np.zeros(batch, dtype=np.int64)
-    left, right = opts.window
-    if opts.causal != NO_CAUSAL:
-        right = 0  # causal is the window's right edge at the diagonal
-    keys = np.arange(lk)
-    slopes = None if opts.alibi_slopes is None else opts.alibi_slopes.reshape(batch, hkv, group, 1, 1)
+    GQA without copying K/V: the query heads of one group share a broadcast K/V head.
+    (float16/bfloat16 K/V are converted to float32 here; the C++ kernel does it per block.)
+    """
 
-    rows_per_chunk = max(1, _SCORE_BUDGET // max(1, batch * hq * lk))
-    for row0 in range(0, lq, rows_per_chunk):
-        row1 = min(lq, row0 + rows_per_chunk)
+    def __init__(self, q: np.ndarray, k: np.ndarray, opts: Options):
+        batch, hq, lq, d = q.shape
+        hkv, lk = k.shape[1], k.shape[2]
+        self.group = group = hq // hkv
+        self.compute = compute = np.float64 if q.dtype == np.float64 else np.float32
+        self.q_g = q.reshape(batch, hkv, group, lq, d)
+        self.k_t = k[:, :, None].swapaxes(-1, -2).astype(compute, copy=False)  # (B, Hkv, 1, D, Lk)
+        self.opts = opts
+        q_len = np.full(batch, lq) if opts.q_lengths is None else opts.q_lengths
+        self.kv_len = np.full(batch, lk) if opts.kv_lengths is None else opts.kv_lengths
+        # The diagonal of every positional rule: query i is at key position i + off (DESIGN.md).
+        self.diag_off = self.kv_len - q_len if opts.causal == LOWER_RIGHT else np.zeros(batch, dtype=np.int64)
+        self.q_len = q_len
+        left, right = opts.window
+        if opts.causal != NO_CAUSAL:
+            right = 0  # causal is the window's right edge at the diagonal
+        self.left, self.right = left, right
+        self.keys = np.arange(lk)
+        self.slopes = None if opts.alibi_slopes is None else opts.alibi_slopes.reshape(batch, hkv, group, 1, 1)
+        self.rows_per_chunk = max(1, _SCORE_BUDGET // max(1, batch * hq * lk))
+
+    def chunk(self, row0: int, row1: int):
+        """(scores, cap_grad) of query rows [row0, row1), (B, Hkv, group, rows, Lk): the shaped
+        and masked scores (-inf where invisible), and d(softcap(s))/ds = 1 - tanh² (None
+        without a softcap)."""
+        opts, batch, hkv, group, lk = self.opts, *self.q_g.shape[:3], self.k_t.shape[-1]
         rows = np.arange(row0, row1)
-        scores = (q_g[..., row0:row1, :].astype(compute, copy=False) @ k_t) * compute(opts.scale)
+        with np.errstate(invalid="ignore"):  # inf − inf in a key that a mask may hide: NaN, like the kernel
+            scores = (self.q_g[..., row0:row1, :].astype(self.compute, copy=False) @ self.k_t) * self.compute(opts.scale)
+        cap_grad = None
         if opts.softcap:
-            scores = opts.softcap * np.tanh(scores / opts.softcap)
-        pos = rows[None, :] + diag_off[:, None]  # (B, rows)
-        if slopes is not None:
-            scores = scores - slopes * np.abs(pos[:, None, None, :, None] - keys)
+            capped = np.tanh(scores / opts.softcap)
+            scores = opts.softcap * capped
+            cap_grad = 1 - capped * capped
+        pos = rows[None, :] + self.diag_off[:, None]  # (B, rows)
+        if self.slopes is not None:
+            scores = scores - self.slopes * np.abs(pos[:, None, None, :, None] - self.keys)
         if opts.mask is not None:
             m = opts.mask[..., row0:row1, :].reshape(batch, hkv, group, row1 - row0, lk)
             if m.dtype == np.bool_:
                 scores = np.where(m, scores, -np.inf)
             else:  # -inf masks even a NaN score, like the kernel
                 scores = np.where(m == -np.inf, -np.inf, scores + m)
-        visible = (keys < kv_len[:, None, None]) & (rows[None, :, None] < q_len[:, None, None])
-        if left >= 0:
-            visible &= keys >= pos[..., None] - left
-        if right >= 0:
-            visible &= keys <= pos[..., None] + right
-        scores = np.where(visible[:, None, None], scores, -np.inf)
+        visible = (self.keys < self.kv_len[:, None, None]) & (rows[None, :, None] < self.q_len[:, None, None])
+        if self.left >= 0:
+            visible &= self.keys >= pos[..., None] - self.left
+        if self.right >= 0:
+            visible &= self.keys <= pos[..., None] + self.right
+        return np.where(visible[:, None, None], scores, -np.inf), cap_grad
 
-        row_max = scores.max(axis=-1, keepdims=True) if lk else np.full(scores.shape[:-1] + (1,), -np.inf)
+
+def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
+            opts: Options) -> None:
+    batch, hq, lq, _ = q.shape
+    hkv, dv = k.shape[1], v.shape[3]
+    ctx = _Scores(q, k, opts)
+    group, compute = ctx.group, ctx.compute
+    v_g = v[:, :, None].astype(compute, copy=False)  # (B, Hkv, 1, Lk, Dv)
+    out_g = out.reshape(batch, hkv, group, lq, dv)
+    lse_g = None if lse is None else lse.reshape(batch, hkv, group, lq)
+
+    for row0 in range(0, lq, ctx.rows_per_chunk):
+        row1 = min(lq, row0 + ctx.rows_per_chunk)
+        scores, _ = ctx.chunk(row0, row1)
+        row_max = scores.max(axis=-1, keepdims=True) if scores.shape[-1] else np.full(scores.shape[:-1] + (1,), -np.inf)
         # A row that sees no key has max -inf; shifting it by 0 gives p = 0 and l = 0.
         sees_nothing = row_max == -np.inf
         shift = np.where(sees_nothing, 0, row_max)
         p = np.exp(scores - shift)
         row_sum = p.sum(axis=-1, keepdims=True)
-        acc = p @ v_g
-        if v_nan is not None:
-            acc[((p != 0) @ v_nan) > 0] = np.nan
+        acc = _weighted_sum(p, v_g)
         with np.errstate(divide="ignore", invalid="ignore"):
             out_g[..., row0:row1, :] = np.where(sees_nothing, 0, acc / row_sum)
             if lse_g is not None:
                 lse_g[..., row0:row1] = (shift + np.log(row_sum))[..., 0]
+
+
+def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: np.ndarray,
+             dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, opts: Options) -> None:
+    """Gradients of sum(dout ∘ out) into dq, dk, dv, with P recomputed from lse (the forward's
+    log-sum-exp, in the compute dtype), as the C++ kernel does:
+
+        P = exp(s − lse),  dP = dout·vᵀ,  D_i = Σ_c dout_ic·out_ic,  dS = P ∘ (dP − D)
+        dv = Pᵀ·dout,  dq = scale·dS'·k,  dk = scale·dS'ᵀ·q
+
+    where dS' = dS·(1 − tanh²) under a softcap. Invisible keys (P = 0) get dS = 0 exactly,
+    so a NaN in their values cannot reach a gradient. GQA sums dk, dv over each group.
+    """
+    batch, hq, lq, d = q.shape
+    hkv, lk, d_v = k.shape[1], k.shape[2], v.shape[3]
+    ctx = _Scores(q, k, opts)
+    group, compute = ctx.group, ctx.compute
+    scale = compute(opts.scale)
+    k_g = k[:, :, None].astype(compute, copy=False)  # (B, Hkv, 1, Lk, D)
+    v_t = v[:, :, None].swapaxes(-1, -2).astype(compute, copy=False)  # (B, Hkv, 1, Dv, Lk)
+    dout_g = dout.reshape(batch, hkv, group, lq, d_v).astype(compute, copy=False)
+    out_g = out.reshape(batch, hkv, group, lq, d_v).astype(compute, copy=False)
+    lse_g = lse.reshape(batch, hkv, group, lq, 1).astype(compute, copy=False)
+    dq_g = dq.reshape(batch, hkv, group, lq, d)
+    dk_acc = np.zeros((batch, hkv, lk, d), compute)
+    dv_acc = np.zeros((batch, hkv, lk, d_v), compute)
+
+    for row0 in range(0, lq, ctx.rows_per_chunk):
+        row1 = min(lq, row0 + ctx.rows_per_chunk)
+        scores, cap_grad = ctx.chunk(row0, row1)
+        row_lse = lse_g[..., row0:row1, :]
+        # A row that saw nothing has lse -inf and weights 0 (not exp(-inf + inf) = NaN).
+        p = np.exp(scores - np.where(row_lse == -np.inf, 0, row_lse))
+        d_out = dout_g[..., row0:row1, :]
+        with np.errstate(invalid="ignore"):  # NaN where a hidden value is inf: dS is 0 there
+            dp = d_out @ v_t
+        delta = np.sum(d_out * out_g[..., row0:row1, :], axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            ds = np.where(p != 0, p * (dp - delta), 0)
+        if cap_grad is not None:
+            ds *= cap_grad
+        dv_acc += (np.swapaxes(p, -1, -2) @ d_out).sum(axis=2)
+        dk_acc += (np.swapaxes(ds, -1, -2) @ ctx.q_g[..., row0:row1, :].astype(compute, copy=False)).sum(axis=2) * scale
+        dq_g[..., row0:row1, :] = _weighted_sum(ds, k_g) * scale
+    dk[...] = dk_acc
+    dv[...] = dv_acc
+
+
+
+def _weighted_sum(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """w @ x over keys, leaving out the terms of weight exactly 0, as the kernel does: a key that a
+    row cannot see must not spread a NaN or inf of its row of x to it (0·inf = NaN). Exact: the
+    keys whose rows are not finite are summed separately, only where their weight is nonzero."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return w @ x
+    bad_keys = np.flatnonzero(bad.any(axis=(0, 1, 2, 4)))
+    result = w @ np.where(bad, 0, x)
+    with np.errstate(invalid="ignore"):
+        for start in range(0, len(bad_keys), 16):  # a few keys at a time bounds the temporary
+            keys = bad_keys[start:start + 16]
+            w_k = w[..., keys, None]  # (..., rows, keys, 1)
+            terms = np.where(w_k != 0, w_k * x[..., None, keys, :], 0)  # (..., rows, keys, C)
+            result += terms.sum(axis=-2)
+    return result

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "fastattn/sdpa.hpp"
 
@@ -54,24 +55,26 @@ const E* optional_data(const py::object& obj, py::ssize_t size, const char* name
     return static_cast<const E*>(a.data());
 }
 
-void require_output(const py::array& a, const char* name, const py::dtype& dtype) {
-    if (!(a.flags() & py::array::c_style) || !a.writeable() || !a.dtype().equal(dtype))
-        fail(std::string(name) + " must be a writeable C-contiguous array of q's dtype");
+void require_c_contiguous(const py::array& a, const char* name, const py::dtype& dtype, bool written) {
+    if (!(a.flags() & py::array::c_style) || (written && !a.writeable()) || !a.dtype().equal(dtype))
+        fail(std::string(name) + " must be a " + (written ? "writeable " : "") + "C-contiguous array of its dtype");
 }
 
-// out (and lse, or None) are written in place.
-void forward(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& lse,
-             int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
-             std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
-             const py::object& kv_lengths, int64_t window_left, int64_t window_right,
-             const py::object& alibi_slopes, double softcap) {
+// The SdpaArgs of q, k, v, the forward output `out` (written by forward, read
+// by backward) and the options, in the order of the Python-side tuple
+// _api._option_args.
+fastattn::SdpaArgs unpack(const py::array& q, const py::array& k, const py::array& v, const py::array& out,
+                          bool out_written, int dtype, double scale, int causal, int num_threads,
+                          const py::object& mask, int mask_kind, std::array<int64_t, 3> mask_strides,
+                          const py::object& mask_offsets, const py::object& q_lengths, const py::object& kv_lengths,
+                          int64_t window_left, int64_t window_right, const py::object& alibi_slopes, double softcap) {
     fastattn::SdpaArgs args;
     args.dtype = static_cast<DType>(dtype);
     if (q.itemsize() != itemsize_of(args.dtype)) fail("q's itemsize does not match its dtype code");
     args.q_strides = strides_of(q, "q", q.dtype());
     args.k_strides = strides_of(k, "k", q.dtype());
     args.v_strides = strides_of(v, "v", q.dtype());
-    require_output(out, "out", q.dtype());
+    require_c_contiguous(out, "out", q.dtype(), out_written);
     args.batch = q.shape(0);
     args.hq = q.shape(1);
     args.lq = q.shape(2);
@@ -83,18 +86,10 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
         v.shape(2) != args.lk || k.shape(3) != args.d || out.ndim() != 4 || out.shape(0) != args.batch ||
         out.shape(1) != args.hq || out.shape(2) != args.lq || out.shape(3) != args.dv)
         fail("inconsistent shapes");
-    if (!lse.is_none()) {
-        auto lse_array = lse.cast<py::array>();
-        require_output(lse_array, "lse", q.dtype());
-        if (lse_array.ndim() != 3 || lse_array.shape(0) != args.batch || lse_array.shape(1) != args.hq ||
-            lse_array.shape(2) != args.lq)
-            fail("lse must have shape (batch, hq, lq)");
-        args.lse = lse_array.mutable_data();
-    }
     args.q = q.data();
     args.k = k.data();
     args.v = v.data();
-    args.out = out.mutable_data();
+    args.out = const_cast<void*>(out.data());  // written only by forward, which required it writeable
     args.scale = scale;
     args.causal = static_cast<fastattn::Causal>(causal);
     args.num_threads = num_threads;
@@ -117,8 +112,65 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
         args.mask.row = mask_strides[1];
         args.mask.col = mask_strides[2];
     }
+    return args;
+}
+
+// out (and lse, or None) are written in place.
+void forward(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& lse,
+             int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
+             std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
+             const py::object& kv_lengths, int64_t window_left, int64_t window_right,
+             const py::object& alibi_slopes, double softcap) {
+    fastattn::SdpaArgs args = unpack(q, k, v, out, true, dtype, scale, causal, num_threads, mask, mask_kind,
+                                     mask_strides, mask_offsets, q_lengths, kv_lengths, window_left, window_right,
+                                     alibi_slopes, softcap);
+    if (!lse.is_none()) {
+        auto lse_array = lse.cast<py::array>();
+        require_c_contiguous(lse_array, "lse", q.dtype(), true);
+        if (lse_array.ndim() != 3 || lse_array.shape(0) != args.batch || lse_array.shape(1) != args.hq ||
+            lse_array.shape(2) != args.lq)
+            fail("lse must have shape (batch, hq, lq)");
+        args.lse = lse_array.mutable_data();
+    }
     py::gil_scoped_release release;
     fastattn::sdpa_forward(args);
+}
+
+// dq, dk, dv are written in place; lse is in the compute dtype.
+void backward(const py::array& dout, const py::array& out, const py::array& lse, py::array& dq, py::array& dk,
+              py::array& dv, const py::array& q, const py::array& k, const py::array& v, int dtype, double scale,
+              int causal, int num_threads, const py::object& mask, int mask_kind,
+              std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
+              const py::object& kv_lengths, int64_t window_left, int64_t window_right,
+              const py::object& alibi_slopes, double softcap) {
+    const fastattn::SdpaArgs args = unpack(q, k, v, out, false, dtype, scale, causal, num_threads, mask, mask_kind,
+                                           mask_strides, mask_offsets, q_lengths, kv_lengths, window_left,
+                                           window_right, alibi_slopes, softcap);
+    fastattn::GradArgs grad;
+    require_c_contiguous(dout, "dout", q.dtype(), false);
+    const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+    require_c_contiguous(lse, "lse", compute, false);
+    const std::array<std::pair<const py::array*, const py::array*>, 4> same_shape = {
+        {{&dout, &out}, {&dq, &q}, {&dk, &k}, {&dv, &v}}};
+    for (const auto& pair : same_shape) {
+        const py::array& a = *pair.first;
+        const py::array& like = *pair.second;
+        if (a.ndim() != 4) fail("gradient arrays must be 4-D");
+        for (int i = 0; i < 4; ++i)
+            if (a.shape(i) != like.shape(i)) fail("gradient arrays must have the shapes of out, q, k, v");
+    }
+    if (lse.ndim() != 3 || lse.shape(0) != args.batch || lse.shape(1) != args.hq || lse.shape(2) != args.lq)
+        fail("lse must have shape (batch, hq, lq)");
+    require_c_contiguous(dq, "dq", q.dtype(), true);
+    require_c_contiguous(dk, "dk", q.dtype(), true);
+    require_c_contiguous(dv, "dv", q.dtype(), true);
+    grad.dout = dout.data();
+    grad.lse = lse.data();
+    grad.dq = dq.mutable_data();
+    grad.dk = dk.mutable_data();
+    grad.dv = dv.mutable_data();
+    py::gil_scoped_release release;
+    fastattn::sdpa_backward(args, grad);
 }
 
 py::array math_array(const std::string& fn, const py::array& x) {
@@ -151,6 +203,11 @@ PYBIND11_MODULE(_core, m) {
           py::arg("mask"), py::arg("mask_kind"), py::arg("mask_strides"), py::arg("mask_offsets"),
           py::arg("q_lengths"), py::arg("kv_lengths"), py::arg("window_left"), py::arg("window_right"),
           py::arg("alibi_slopes"), py::arg("softcap"));
+    m.def("backward", &backward, py::arg("dout"), py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"),
+          py::arg("dv"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dtype"), py::arg("scale"),
+          py::arg("causal"), py::arg("num_threads"), py::arg("mask"), py::arg("mask_kind"),
+          py::arg("mask_strides"), py::arg("mask_offsets"), py::arg("q_lengths"), py::arg("kv_lengths"),
+          py::arg("window_left"), py::arg("window_right"), py::arg("alibi_slopes"), py::arg("softcap"));
     m.def("math", &math_array, py::arg("fn"), py::arg("x"),
           "exp, exp2 or tanh with the selected ISA's vectorised kernel implementation");
     m.def("compiled_isas", &fastattn::compiled_isas);

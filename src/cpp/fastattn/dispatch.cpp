@@ -34,6 +34,7 @@ struct IsaEntry {
     const char* name;
     bool (*cpu_has)();
     void (*forward)(const SdpaArgs&);
+    void (*backward)(const SdpaArgs&, const GradArgs&);
     void (*math_array)(MathFn, DType, const void*, void*, int64_t);
 };
 
@@ -52,15 +53,15 @@ bool cpu_has_avx512() {
 
 // Best last: "auto" picks the last entry the CPU can run.
 const IsaEntry kIsas[] = {
-    {"scalar", always, scalar::forward, scalar::math_array},
+    {"scalar", always, scalar::forward, scalar::backward, scalar::math_array},
 #ifdef FASTATTN_HAVE_NEON
-    {"neon", always, neon::forward, neon::math_array},  // NEON is part of AArch64
+    {"neon", always, neon::forward, neon::backward, neon::math_array},  // NEON is part of AArch64
 #endif
 #ifdef FASTATTN_HAVE_AVX2
-    {"avx2", cpu_has_avx2, avx2::forward, avx2::math_array},
+    {"avx2", cpu_has_avx2, avx2::forward, avx2::backward, avx2::math_array},
 #endif
 #ifdef FASTATTN_HAVE_AVX512
-    {"avx512", cpu_has_avx512, avx512::forward, avx512::math_array},
+    {"avx512", cpu_has_avx512, avx512::forward, avx512::backward, avx512::math_array},
 #endif
 };
 
@@ -164,6 +165,14 @@ void sdpa_forward(const SdpaArgs& args) {
     SdpaArgs resolved = args;
     resolved.num_threads = resolve_threads(args.num_threads);
     selected().load()->forward(resolved);
+}
+
+void sdpa_backward(const SdpaArgs& args, const GradArgs& grad) {
+    check_args(args);
+    require(grad.dout && grad.lse && grad.dq && grad.dk && grad.dv, "null gradient pointer");
+    SdpaArgs resolved = args;
+    resolved.num_threads = resolve_threads(args.num_threads);
+    selected().load()->backward(resolved, grad);
 }
 
 void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n) {

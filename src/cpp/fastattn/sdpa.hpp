@@ -75,6 +75,22 @@ void check_args(const SdpaArgs& args);
 // Checks args, then runs the kernel of the selected ISA.
 void sdpa_forward(const SdpaArgs& args);
 
+// The backward pass's own arrays. With them, SdpaArgs describes the forward
+// call whose gradients are wanted: the same q, k, v and options, and args.out
+// is the forward's output (read, not written).
+struct GradArgs {
+    const void* dout = nullptr;  // (batch, hq, lq, dv) C-contiguous, storage dtype
+    const void* lse = nullptr;   // (batch, hq, lq) C-contiguous, compute dtype (double for f64, else float)
+    void* dq = nullptr;          // (batch, hq,  lq, d)   C-contiguous, storage dtype
+    void* dk = nullptr;          // (batch, hkv, lk, d)   C-contiguous, storage dtype
+    void* dv = nullptr;          // (batch, hkv, lk, dv)  C-contiguous, storage dtype
+};
+
+// Gradients of sum(dout ∘ out) with respect to q, k and v (FlashAttention-2:
+// weights recomputed from lse; no Lq×Lk buffer; no two threads write the same
+// rows). Checks the arguments, then runs the kernel of the selected ISA.
+void sdpa_backward(const SdpaArgs& args, const GradArgs& grad);
+
 // y[i] = f(x[i]) with the selected ISA's vectorised exp2, exp or tanh (exp2 is
 // the kernel's softmax exp, tanh its softcap, exp inside tanh); float32 or float64 arrays of n elements. For accuracy tests.
 enum class MathFn : int { exp = 0, tanh = 1, exp2 = 2 };

@@ -10,6 +10,7 @@
     namespace fastattn {                                                     \
     namespace isa {                                                          \
     void forward(const SdpaArgs& args);                                      \
+    void backward(const SdpaArgs& args, const GradArgs& grad);               \
     /* y = fn(x) elementwise with this ISA's vexp/vtanh; for accuracy tests. */ \
     void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n); \
     }                                                                        \

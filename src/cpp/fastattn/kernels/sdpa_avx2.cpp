@@ -1,2 +1,3 @@
 #include "vec_avx2.hpp"
 #include "sdpa-inl.hpp"
+#include "backward-inl.hpp"

@@ -1,2 +1,3 @@
 #include "vec_neon.hpp"
 #include "sdpa-inl.hpp"
+#include "backward-inl.hpp"

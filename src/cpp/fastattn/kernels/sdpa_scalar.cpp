@@ -1,2 +1,3 @@
 #include "vec_scalar.hpp"
 #include "sdpa-inl.hpp"
+#include "backward-inl.hpp"
