@@ -6,6 +6,7 @@ the extension is built, and a NumPy implementation of the same contract otherwis
 
 from ._api import attention, attention_backward
 from ._backend import get_isa, set_isa, show_config
+from . import layers, optim  # noqa: E402  (training: MultiHeadAttention, Adam)
 
 try:
     from importlib.metadata import version as _version
@@ -14,4 +15,4 @@ try:
 except Exception:  # pragma: no cover - running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["attention", "attention_backward", "get_isa", "set_isa", "show_config", "__version__"]
+__all__ = ["attention", "attention_backward", "get_isa", "set_isa", "show_config", "layers", "optim", "__version__"]

@@ -198,7 +198,7 @@ def attention_backward(dout, q, k, v, out, lse, /, *, causal: Causal = False, sc
     call = _normalise(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap)
     threads = _check_num_threads(num_threads)
     batch, hq, lq, d = call.q.shape
-    hkv, lk, dv_cols = call.k.shape[1], call.k.shape[2], call.v.shape[3]
+    lk, dv_cols = call.k.shape[2], call.v.shape[3]
     dtype = call.q.dtype
     compute = _F64 if dtype == _F64 else _F32
     dout4 = _check_same_as_out(dout, "dout", call).reshape(batch, hq, lq, dv_cols)

@@ -244,10 +244,10 @@ private:
         for (int64_t j0 = 0; j0 < key_hi; j0 += kTileRows)
             with_rows(std::min(kTileRows, key_hi - j0), [&](auto n) {
                 constexpr int R = decltype(n)::value;
-                outer_rows<R, false>(ws.p.data() + j0, 1, kKeys, 0, rows, ws.do_pan.data(), kRows, dv_pad_,
-                                     ws.dv_acc.data() + j0 * dv_pad_, dv_pad_);
-                outer_rows<R, false>(ws.ds.data() + j0, 1, kKeys, 0, rows, ws.q_pan.data(), kRows, d_pad_,
-                                     ws.dk_acc.data() + j0 * d_pad_, d_pad_);
+                outer_rows<R, true>(ws.p.data() + j0, 0, rows, ws.do_pan.data(), kRows, dv_pad_,
+                                    ws.dv_acc.data() + j0 * dv_pad_, dv_pad_);
+                outer_rows<R, true>(ws.ds.data() + j0, 0, rows, ws.q_pan.data(), kRows, d_pad_,
+                                    ws.dk_acc.data() + j0 * d_pad_, d_pad_);
             });
         // dQ += dS·K: tiles of rows, summed over the keys they see.
         T* dq = dq_acc + (g * a_.lq + r0) * d_pad_;
@@ -259,14 +259,14 @@ private:
             if (first >= last) continue;
             if (!k_finite) {  // a NaN or inf key that a row cannot see must not reach it via 0·K
                 for (int64_t r = t0; r < t0 + n; ++r)
-                    outer_rows<1, true>(ws.ds.data() + r * kKeys, kKeys, 1, lo[r], hi[r], ws.k_pan.data(), kKeys,
-                                        d_pad_, dq + r * d_pad_, d_pad_);
+                    outer_rows<1, false, true>(ws.ds.data() + r * kKeys, lo[r], hi[r], ws.k_pan.data(), kKeys,
+                                               d_pad_, dq + r * d_pad_, d_pad_);
                 continue;
             }
             with_rows(n, [&](auto m) {
                 constexpr int R = decltype(m)::value;
-                outer_rows<R, false>(ws.ds.data() + t0 * kKeys, kKeys, 1, first, last, ws.k_pan.data(), kKeys,
-                                     d_pad_, dq + t0 * d_pad_, d_pad_);
+                outer_rows<R, false>(ws.ds.data() + t0 * kKeys, first, last, ws.k_pan.data(), kKeys, d_pad_,
+                                     dq + t0 * d_pad_, d_pad_);
             });
         }
     }
@@ -460,34 +460,35 @@ private:
         }
     }
 
-    // c[r][:] += Σ_{lo <= i < hi} a[r·a_r + i·a_i]·b[i][:] for R rows of c
+    // c[r][:] += Σ_{lo <= i < hi} a[r·kAr + i·kAi]·b[i][:] for R rows of c
     // (stride c_stride), b in column panels of rows_cap rows; with kSkipZero
-    // (R = 1) terms whose a is exactly 0 are skipped.
-    template <int R, bool kSkipZero>
-    void outer_rows(const T* a, int64_t a_r, int64_t a_i, int64_t lo, int64_t hi, const T* panels, int64_t rows_cap,
-                    int64_t cols_pad, T* c, int64_t c_stride) const {
+    // (R = 1) terms whose a is exactly 0 are skipped. a is a (kRows, kKeys)
+    // block: kTransposed reads it as aᵀ (c's rows are its columns, keys).
+    template <int R, bool kTransposed, bool kSkipZero = false>
+    void outer_rows(const T* a, int64_t lo, int64_t hi, const T* panels, int64_t rows_cap, int64_t cols_pad, T* c,
+                    int64_t c_stride) const {
+        constexpr int64_t kAr = kTransposed ? 1 : kKeys, kAi = kTransposed ? kKeys : 1;
         for (int64_t c0 = 0; c0 < cols_pad; c0 += panel_width(c0, cols_pad)) {
             const T* b = panels + c0 * rows_cap;
             if (panel_width(c0, cols_pad) == kTileKeys)
-                outer_tile<R, kTileVecs, kSkipZero>(a, a_r, a_i, lo, hi, b, c + c0, c_stride);
+                outer_tile<R, kTileVecs, kAr, kAi, kSkipZero>(a, lo, hi, b, c + c0, c_stride);
             else
-                outer_tile<R, 1, kSkipZero>(a, a_r, a_i, lo, hi, b, c + c0, c_stride);
+                outer_tile<R, 1, kAr, kAi, kSkipZero>(a, lo, hi, b, c + c0, c_stride);
         }
     }
 
-    template <int R, int N, bool kSkipZero>
-    static void outer_tile(const T* a, int64_t a_r, int64_t a_i, int64_t lo, int64_t hi, const T* b, T* c,
-                           int64_t c_stride) {
+    template <int R, int N, int64_t kAr, int64_t kAi, bool kSkipZero>
+    static void outer_tile(const T* a, int64_t lo, int64_t hi, const T* b, T* c, int64_t c_stride) {
         static_assert(!kSkipZero || R == 1, "zero skipping is per row");
         reg acc[R][N];
         for (int r = 0; r < R; ++r)
             for (int n = 0; n < N; ++n) acc[r][n] = V::load(c + r * c_stride + n * W);
         for (int64_t i = lo; i < hi; ++i) {
-            if (kSkipZero && a[i * a_i] == T(0)) continue;
+            if (kSkipZero && a[i * kAi] == T(0)) continue;
             reg vals[N];
             for (int n = 0; n < N; ++n) vals[n] = V::load(b + i * N * W + n * W);
             for (int r = 0; r < R; ++r) {
-                const reg ar = V::set1(a[r * a_r + i * a_i]);
+                const reg ar = V::set1(a[r * kAr + i * kAi]);
                 for (int n = 0; n < N; ++n) acc[r][n] = V::fma(ar, vals[n], acc[r][n]);
             }
         }

@@ -1,0 +1,126 @@
+"""Optimizers that update NumPy parameter arrays in place, e.g. ``MultiHeadAttention.parameters()``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+
+class Adam:
+    """Adam (Kingma & Ba, 2015) with ``torch.optim.Adam``'s semantics.
+
+    For each parameter ``p`` with gradient ``g``, at its step ``t`` (1, 2, ...)::
+
+        g = g + weight_decay·p                       (L2 penalty, torch's form; not AdamW)
+        m = β1·m + (1 − β1)·g
+        v = β2·v + (1 − β2)·g²
+        p = p − lr / (1 − β1ᵗ) · m / (sqrt(v) / sqrt(1 − β2ᵗ) + eps)
+
+    computed in the parameter's dtype, in the order torch computes it.
+
+    Parameters
+    ----------
+    params : dict of name → numpy.ndarray
+        The arrays to optimise: floating, writeable; ``step`` updates them in place (keep
+        passing the same arrays, e.g. ``layer.parameters()``).
+    lr : float
+        Learning rate, >= 0. May be changed between steps (``opt.lr = ...``) for a schedule.
+    betas : (float, float)
+        Decay rates of the first and second moment estimates, each in [0, 1).
+    eps : float
+        Added to the denominator for stability, >= 0.
+    weight_decay : float
+        L2 penalty coefficient, >= 0.
+    """
+
+    def __init__(self, params: Mapping[str, np.ndarray], lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a dict of name -> numpy.ndarray, got {type(params).__name__}")
+        for name, p in params.items():
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"params[{name!r}] must be a numpy.ndarray, got {type(p).__name__}")
+            if p.dtype.kind != "f":
+                raise TypeError(f"params[{name!r}].dtype (={p.dtype}) must be floating")
+            if not p.flags.writeable:
+                raise ValueError(f"params[{name!r}] must be writeable: step() updates it in place")
+        self.params: Dict[str, np.ndarray] = dict(params)
+        self.lr = _non_negative(lr, "lr")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        for i, beta in enumerate(betas):
+            if not _is_real(beta):
+                raise TypeError(f"betas[{i}] must be a real number, got {type(beta).__name__}")
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas[{i}] (={beta}) must be in [0, 1)")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = _non_negative(eps, "eps")
+        self.weight_decay = _non_negative(weight_decay, "weight_decay")
+        self.zero_state()
+
+    def zero_state(self) -> None:
+        """Forget the moment estimates and step counts: the next step is a first step again."""
+        # Per parameter, as torch keeps them: a parameter skipped by a step (gradient None)
+        # does not advance its own bias correction.
+        self.steps: Dict[str, int] = {name: 0 for name in self.params}
+        self.exp_avg = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self.exp_avg_sq = {name: np.zeros_like(p) for name, p in self.params.items()}
+
+    def step(self, grads: Mapping[str, Optional[np.ndarray]]) -> None:
+        """One update of every parameter, in place.
+
+        Parameters
+        ----------
+        grads : dict of name → array or None
+            The gradient of each parameter, with exactly the keys of ``params`` and each
+            parameter's shape. A None gradient skips that parameter, as a ``None`` ``.grad``
+            does in torch.
+        """
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"grads must be a dict of name -> numpy.ndarray, got {type(grads).__name__}")
+        missing, extra = self.params.keys() - grads.keys(), grads.keys() - self.params.keys()
+        if missing or extra:
+            raise ValueError(f"grads must have the keys of params: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        checked = {}
+        for name, g in grads.items():  # all checked before any parameter changes
+            if g is None:
+                continue
+            p = self.params[name]
+            g = np.asarray(g)
+            if g.shape != p.shape:
+                raise ValueError(f"grads[{name!r}].shape (={g.shape}) must equal params[{name!r}].shape (={p.shape})")
+            if g.dtype.kind not in "fiu":
+                raise TypeError(f"grads[{name!r}].dtype (={g.dtype}) must be real")
+            checked[name] = g.astype(p.dtype, copy=False)
+
+        beta1, beta2 = self.betas
+        for name, g in checked.items():
+            p, m, v = self.params[name], self.exp_avg[name], self.exp_avg_sq[name]
+            self.steps[name] += 1
+            t = self.steps[name]
+            if self.weight_decay:
+                g = g + self.weight_decay * p
+            m += (1 - beta1) * (g - m)  # = β1·m + (1 − β1)·g, as torch's lerp_ rounds it
+            v *= beta2
+            v += (1 - beta2) * (g * g)
+            step_size = self.lr / (1 - beta1 ** t)
+            denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t)
+            denom += self.eps
+            p -= step_size * (m / denom)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _non_negative(x, name: str) -> float:
+    if not _is_real(x):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not (math.isfinite(x) and x >= 0):
+        raise ValueError(f"{name} (={x}) must be a finite number >= 0")
+    return x
