@@ -6,7 +6,7 @@ the extension is built, and a NumPy implementation of the same contract otherwis
 
 from ._api import attention, attention_backward
 from ._backend import get_isa, set_isa, show_config
-from . import layers, optim  # noqa: E402  (training: MultiHeadAttention, Adam)
+from . import layers, optim  # training: layers.MultiHeadAttention, optim.Adam
 
 try:
     from importlib.metadata import version as _version

@@ -60,7 +60,7 @@ class BackwardKernel {
     // Keys per block: whole transposed panels (kTileKeys) and whole row tiles
     // of dK/dV (kTileRows), at least 96.
     static constexpr int64_t kKeysUnit = kTileRows * kTileKeys / gcd(kTileRows, kTileKeys);
-    static constexpr int64_t kKeys = (96 + kKeysUnit - 1) / kKeysUnit * kKeysUnit;
+    static constexpr int64_t kKeys = (288 + kKeysUnit - 1) / kKeysUnit * kKeysUnit;
     static constexpr int64_t kRows = 60;  // query rows per block: whole row tiles
     static_assert(kRows % kTileRows == 0, "a query block must be whole tiles");
 
@@ -232,12 +232,8 @@ private:
         for (int64_t r = 0; r < rows; ++r) key_hi = std::max(key_hi, hi[r]);
         if (key_hi == 0) return;
         const int64_t v_end = (key_hi + kTileKeys - 1) / kTileKeys * kTileVecs;  // key vectors computed
-        for (int64_t t0 = 0; t0 < rows; t0 += kTileRows)
-            with_rows(std::min(kTileRows, rows - t0), [&](auto n) {
-                constexpr int R = decltype(n)::value;
-                dot_tile<R>(ws.q_rows.data() + t0 * a_.d, a_.d, ws.k_t.data(), v_end, ws.p.data() + t0 * kKeys);
-                dot_tile<R>(ws.do_rows.data() + t0 * a_.dv, a_.dv, ws.v_t.data(), v_end, ws.ds.data() + t0 * kKeys);
-            });
+        dot_block(ws.q_rows.data(), rows, a_.d, ws.k_t.data(), v_end, ws.p.data());     // S, in p
+        dot_block(ws.do_rows.data(), rows, a_.dv, ws.v_t.data(), v_end, ws.ds.data());  // dP, in ds
         for (int64_t r = 0; r < rows; ++r) softmax_grad_row(h, r0 + r, r, lo[r], hi[r], v_end * W, key0, blk, ws);
 
         // dV += Pᵀ·dO and dK += dSᵀ·(scale·Q): tiles of keys, summed over the block's rows.
@@ -437,12 +433,23 @@ private:
         }
     }
 
-    // out[r][j] = Σ_c a[r][c]·bt[c][j] for R rows of a (stride depth) and key
-    // vectors [0, v_end), bt in transposed panels; out has stride kKeys. Each
-    // sum runs over c in order, whatever R is.
+    // out[r][j] = Σ_c a[r][c]·bt[c][j] for rows [0, rows) of a (stride depth)
+    // and key vectors [0, v_end), bt in transposed panels; out has stride
+    // kKeys. A panel at a time against every row tile, so that the panel
+    // stays in L1 (row tiles outside would walk the whole block per tile).
+    static void dot_block(const T* a, int64_t rows, int64_t depth, const T* bt, int64_t v_end, T* out) {
+        for (int64_t v0 = 0; v0 < v_end; v0 += kTileVecs)
+            for (int64_t t0 = 0; t0 < rows; t0 += kTileRows)
+                with_rows(std::min(kTileRows, rows - t0), [&](auto n) {
+                    dot_tile<decltype(n)::value>(a + t0 * depth, depth, bt, v0, out + t0 * kKeys);
+                });
+    }
+
+    // One register tile of dot_block: R rows × the panel of key vectors
+    // [v0, v0 + kTileVecs). Each sum runs over c in order, whatever R is.
     template <int R>
-    static void dot_tile(const T* a, int64_t depth, const T* bt, int64_t v_end, T* out) {
-        for (int64_t v0 = 0; v0 < v_end; v0 += kTileVecs) {
+    static void dot_tile(const T* a, int64_t depth, const T* bt, int64_t v0, T* out) {
+        {
             reg dot[R][kTileVecs];
             for (int r = 0; r < R; ++r)
                 for (int64_t n = 0; n < kTileVecs; ++n) dot[r][n] = V::zero();
