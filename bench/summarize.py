@@ -4,7 +4,7 @@ Usage: python bench/summarize.py BENCH.json
 
 test_bench_attention.py: one row per shape + causal mode; median milliseconds and GFLOP/s per
 implementation, and the ratios torch/cpp and numpy/cpp of the medians (> 1 means fastattn's C++
-kernel is faster).
+kernel is faster). test_bench_training.py adds rows of pass "fwd+bwd" (forward + backward).
 test_bench_features.py: one row per variant, its median and its ratio to its group's baseline;
 and the peak-memory measurement.
 """
@@ -16,7 +16,8 @@ IMPLS = ("cpp", "numpy", "torch")
 
 
 def load(path):
-    """{(B, H, L, D, causal): {impl: (median_s, gflops)}}, from the benchmarks' extra_info."""
+    """{(B, H, L, D, causal, pass): {impl: (median_s, gflops)}}, from the benchmarks' extra_info;
+    pass is "fwd" or, for test_bench_training.py, "fwd+bwd"."""
     with open(path) as f:
         data = json.load(f)
     rows = {}
@@ -24,7 +25,7 @@ def load(path):
         info = bench["extra_info"]
         if "impl" not in info:
             continue
-        key = (info["B"], info["H"], info["Lq"], info["D"], info["causal"])
+        key = (info["B"], info["H"], info["Lq"], info["D"], info["causal"], info.get("pass", "fwd"))
         median = bench["stats"]["median"]
         rows.setdefault(key, {})[info["impl"]] = (median, info["flops"] / median / 1e9)
     return data.get("machine_info", {}), rows
@@ -45,15 +46,15 @@ def main(argv):
     if not rows:
         print_features(argv[1])
         return
-    print("| B | H | L | D | causal | " + " | ".join(f"{i} ms" for i in IMPLS) + " | "
+    print("| B | H | L | D | causal | pass | " + " | ".join(f"{i} ms" for i in IMPLS) + " | "
           + " | ".join(f"{i} GFLOP/s" for i in IMPLS) + " | torch/cpp | numpy/cpp |")
-    print("|" + "---:|" * 4 + ":---:|" + "---:|" * (2 * len(IMPLS) + 2))
+    print("|" + "---:|" * 4 + ":---:|:---:|" + "---:|" * (2 * len(IMPLS) + 2))
     for key in sorted(rows):
         res = rows[key]
         ms = {i: res[i][0] * 1e3 if i in res else None for i in IMPLS}
         gf = {i: res[i][1] if i in res else None for i in IMPLS}
         ratio = {i: ms[i] / ms["cpp"] if ms[i] and ms["cpp"] else None for i in ("torch", "numpy")}
-        cells = [*map(str, key[:4]), "yes" if key[4] else "no"]
+        cells = [*map(str, key[:4]), "yes" if key[4] else "no", key[5]]
         cells += [fmt(ms[i], ".2f") for i in IMPLS] + [fmt(gf[i], ".1f") for i in IMPLS]
         cells += [fmt(ratio["torch"], ".2f"), fmt(ratio["numpy"], ".2f")]
         print("| " + " | ".join(cells) + " |")

@@ -26,7 +26,11 @@ What it does, in order:
    GFLOP/s and its fraction of the GEMM ceiling per implementation, the ratio torch time / fastattn C++ time (> 1: fastattn is
    faster) and, for decode shapes (Lq = 1), the bandwidth achieved reading K and V and its
    fraction of the measured read bandwidth.
-5. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
+5. Training: for (B, H, L, D) = (1, 8, 2048, 64), non-causal and causal, times forward +
+   backward: ``attention(..., return_lse=True)`` then ``attention_backward`` against torch's
+   SDPA forward and ``.backward()`` (autograd), after checking that the gradients agree. Its
+   FLOPs are 14·B·H·L²·D (seven matrix products), halved for causal.
+6. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
    (``--plot FILE``, default ``fastattn-bench.png``; ``--no-plot`` to skip) of GFLOP/s
    against L for the square non-causal B=1 H=8 D=64 shapes, with the GEMM ceiling dashed.
 
@@ -81,6 +85,9 @@ DEFAULT_DECODE_SHAPES = [
 
 QUICK_PREFILL_SHAPES = [(1, 8, 8, 32, 32, 64), (1, 8, 8, 64, 64, 64)]
 QUICK_DECODE_SHAPES = [(2, 4, 2, 1, 256, 32)]
+# Forward + backward (training), (B, H, L, D), each non-causal then causal.
+DEFAULT_TRAINING_SHAPES = [(1, 8, 2048, 64)]
+QUICK_TRAINING_SHAPES = [(1, 2, 64, 32)]
 
 
 @dataclass(frozen=True)
@@ -370,6 +377,57 @@ def run_case(case: Case, impls: List[str], settings: Settings, threads: Optional
     return row
 
 
+def make_training_runner(impl: str, q, k, v, dout, causal: bool, threads: Optional[int], torch):
+    """A forward + backward call returning (dq, dk, dv)."""
+    if impl == "cpp":
+        def run():
+            out, lse = fastattn.attention(q, k, v, causal=causal, return_lse=True, backend="cpp",
+                                          num_threads=threads)
+            return fastattn.attention_backward(dout, q, k, v, out, lse, causal=causal, backend="cpp",
+                                               num_threads=threads)
+        return run
+    leaves = [torch.from_numpy(a).requires_grad_() for a in (q, k, v)]
+    t_dout = torch.from_numpy(dout)
+
+    def run_torch():
+        for leaf in leaves:
+            leaf.grad = None
+        torch.nn.functional.scaled_dot_product_attention(*leaves, is_causal=causal).backward(t_dout)
+        return tuple(leaf.grad.numpy() for leaf in leaves)
+
+    return run_torch
+
+
+def run_training_case(shape, causal: bool, impls: List[str], settings: Settings, threads: Optional[int],
+                      torch, ceilings: dict) -> dict:
+    batch, heads, length, d = shape
+    case = Case(batch, heads, heads, length, length, d, causal)
+    q, k, v = make_inputs(case)
+    dout = np.random.default_rng(1).standard_normal(q.shape, dtype=np.float32)
+    impls = [impl for impl in impls if impl != "numpy"]  # the NumPy backward would take minutes
+    runners = {impl: make_training_runner(impl, q, k, v, dout, causal, threads, torch) for impl in impls}
+    grads = {impl: runner() for impl, runner in runners.items()}
+    check: dict = {"reference": None, "max_abs_diff": {}, "ok": True}
+    if "torch" in grads and "cpp" in grads:
+        check["reference"] = "torch"
+        diffs = [float(np.max(np.abs(a - b))) for a, b in zip(grads["cpp"], grads["torch"])]
+        check["max_abs_diff"]["cpp"] = max(diffs)
+        check["ok"] = all(np.allclose(a, b, rtol=CHECK_RTOL, atol=CHECK_ATOL)
+                          for a, b in zip(grads["cpp"], grads["torch"]))
+    del grads
+    flops = 3.5 * case.flops  # seven matrix products to the forward's two
+    results = {}
+    for impl, runner in runners.items():
+        timing = time_calls(runner, settings)
+        gflops = flops / timing["median_s"] / 1e9
+        results[impl] = dict(timing, gflops=gflops, gemm_fraction=gflops / ceilings["gemm_gflops"])
+    row = dict(asdict(case), label=case.label + " fwd+bwd", flops=flops, check=check, results=results,
+               torch_over_cpp=None)
+    if "torch" in results and "cpp" in results:
+        row["torch_over_cpp"] = results["torch"]["median_s"] / results["cpp"]["median_s"]
+    return row
+
+
 # ----------------------------------------------------------------------------- output
 
 def format_ms(seconds: float) -> str:
@@ -438,6 +496,15 @@ def decode_table(rows: List[dict], impls: List[str]) -> str:
             cells += [f"{result['bandwidth_gbs']:.1f}", f"{100 * result['bandwidth_fraction']:.0f}%"]
         body.append(cells)
     return markdown_table(headers, body)
+
+
+def print_training_table(rows: List[dict], ceilings: dict) -> None:
+    impls = list(rows[0]["results"])
+    print(f"## Training: forward + backward (float32; FLOPs = 14·B·H·L²·D, halved for causal; "
+          f"% GEMM: of the {ceilings['gemm_gflops']:.0f} GFLOP/s GEMM ceiling)")
+    print()
+    print(throughput_table(rows, impls))
+    print(flush=True)
 
 
 def print_tables(rows: List[dict], impls: List[str], ceilings: dict) -> None:
@@ -551,15 +618,26 @@ def main(argv=None) -> int:
         print(progress_line(index, len(cases), row), flush=True)
         rows.append(row)
 
+    training_rows = []
+    training_shapes = (QUICK_TRAINING_SHAPES if args.quick else DEFAULT_TRAINING_SHAPES) if "cpp" in impls else []
+    for shape in training_shapes:
+        for causal in (False, True):
+            row = run_training_case(shape, causal, impls, settings, args.threads, torch, ceilings)
+            print(progress_line(len(rows) + len(training_rows) + 1, len(cases) + 2 * len(training_shapes), row),
+                  flush=True)
+            training_rows.append(row)
+
     print_tables(rows, impls, ceilings)
-    failed = [row["label"] for row in rows if not row["check"]["ok"]]
+    if training_rows:
+        print_training_table(training_rows, ceilings)
+    failed = [row["label"] for row in rows + training_rows if not row["check"]["ok"]]
     if failed:
         print(f"OUTPUT CHECK FAILED (rtol {CHECK_RTOL}, atol {CHECK_ATOL}): {', '.join(failed)}")
 
     elapsed = time.perf_counter() - started
     if args.json:
         report = {"machine": machine, "settings": asdict(settings), "implementations": impls,
-                  "ceilings": ceilings, "rows": rows, "elapsed_s": elapsed}
+                  "ceilings": ceilings, "rows": rows, "training_rows": training_rows, "elapsed_s": elapsed}
         write_json(args.json, report)
     if not args.no_plot:
         write_plot(args.plot or DEFAULT_PLOT_PATH, rows, impls, ceilings, machine)
