@@ -377,13 +377,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--held-out", type=int, default=500, help="held-out strings for the final accuracy")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights")
     p.add_argument("--backend", default="auto", choices=("auto", "cpp", "numpy"), help="fastattn backend")
-    # One thread by default: each attention call here is tiny (64 strings × 4 heads × 20
-    # positions), and between calls NumPy's matrix products run on OpenBLAS's own threads. On a
-    # 2-core machine fastattn's OpenMP threads, still spinning after a call, and OpenBLAS's
-    # compete for the cores: training took about twice as long with 2 threads as with 1 (18 s
-    # against 10 s), and four times as long while another process kept one core busy.
-    p.add_argument("--threads", type=int, default=1,
-                   help="fastattn's num_threads; 0 for its default (OpenMP's, all cores)")
+    # fastattn's default thread count: a call this small (64 strings × 4 heads × 20 positions)
+    # runs on one thread by itself, so it does not wake a second thread that would compete with
+    # OpenBLAS's, still spinning after NumPy's matrix products (before fastattn capped small
+    # calls, 2 threads made this training twice as slow as 1).
+    p.add_argument("--threads", type=int, default=0,
+                   help="fastattn's num_threads; 0 (default) for its default")
     p.add_argument("--quiet", action="store_true", help="no progress bar or sample outputs")
     args = p.parse_args(argv)
     if not 2 <= args.alphabet <= len(ALPHABET):

@@ -54,7 +54,9 @@ def test_split_other_dtypes(isa, rng, dtype):
 
 @pytest.mark.parametrize("lq", [1, 20])  # direct mode; packed
 def test_split_does_not_depend_on_the_thread_count(isa, rng, lq):
-    q, k, v = decode_inputs(rng, lq=lq)
+    # 32 query heads: enough work (2^23 multiply-adds) that the call really uses several threads
+    # (dispatch.cpp runs smaller calls on one).
+    q, k, v = decode_inputs(rng, lq=lq, hq=32)
     one = fastattn.attention(q, k, v, num_threads=1, return_lse=True)
     for threads in (2, 3, 8):
         many = fastattn.attention(q, k, v, num_threads=threads, return_lse=True)

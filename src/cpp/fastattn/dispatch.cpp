@@ -160,10 +160,28 @@ static int resolve_threads(int requested) {
 #endif
 }
 
+// Multiply-adds a thread must have before a call opens more threads. Waking
+// an OpenMP team costs microseconds on an idle machine, and milliseconds when
+// the cores are busy, e.g. with NumPy's BLAS threads still spinning after a
+// matmul between two small attention calls (measured in a training loop: 2×
+// slower with 2 threads than with 1). 2^22 multiply-adds take ~50 µs on one
+// core. Results never depend on the thread count, so this is only speed.
+constexpr double kMinWorkPerThread = double(1 << 22);
+
+static int threads_for(int requested, double multiply_adds) {
+    const int threads = resolve_threads(requested);
+    return static_cast<int>(std::max(1.0, std::min<double>(threads, multiply_adds / kMinWorkPerThread)));
+}
+
+// Multiply-adds of the forward's two products (the backward has five).
+static double forward_work(const SdpaArgs& a) {
+    return double(a.batch) * double(a.hq) * double(a.lq) * double(a.lk) * double(a.d + a.dv);
+}
+
 void sdpa_forward(const SdpaArgs& args) {
     check_args(args);
     SdpaArgs resolved = args;
-    resolved.num_threads = resolve_threads(args.num_threads);
+    resolved.num_threads = threads_for(args.num_threads, forward_work(args));
     selected().load()->forward(resolved);
 }
 
@@ -171,7 +189,7 @@ void sdpa_backward(const SdpaArgs& args, const GradArgs& grad) {
     check_args(args);
     require(grad.dout && grad.lse && grad.dq && grad.dk && grad.dv, "null gradient pointer");
     SdpaArgs resolved = args;
-    resolved.num_threads = resolve_threads(args.num_threads);
+    resolved.num_threads = threads_for(args.num_threads, 2.5 * forward_work(args));
     selected().load()->backward(resolved, grad);
 }
 
