@@ -37,3 +37,15 @@ def test_usage_and_option_examples_run(readme):
     for block in blocks:  # each continues from the usage example's q, k, v
         exec(compile(block, str(README), "exec"), namespace)
         assert namespace["out"].shape == (2, 8, 1024, 64)
+
+
+def test_training_examples_run(readme):
+    namespace: dict = {}
+    for block in python_blocks(section(readme, "Usage")):
+        exec(compile(block, str(README), "exec"), namespace)
+    blocks = python_blocks(section(readme, "Training: gradients, a multi-head attention layer, Adam"))
+    assert len(blocks) == 3  # the signature, the gradient call, the layer + Adam loop
+    for block in blocks[1:]:
+        exec(compile(block, str(README), "exec"), namespace)
+    assert namespace["dq"].shape == (2, 8, 1024, 64) and namespace["dk"].shape == (2, 2, 1024, 64)
+    assert namespace["y"].shape == (8, 20, 64)
