@@ -9,29 +9,15 @@ pass ``fwd+bwd``.
 import numpy as np
 import pytest
 
-import fastattn
+from fastattn.bench import make_training_runner
 
 SHAPE = (1, 8, 2048, 64)  # (B, H, L, D)
 
 
 def make_fn(impl, q, k, v, dout, causal):
     """A zero-argument callable running forward + backward; it returns (dq, dk, dv)."""
-    if impl == "cpp":
-        def run():
-            out, lse = fastattn.attention(q, k, v, causal=causal, return_lse=True, backend="cpp")
-            return fastattn.attention_backward(dout, q, k, v, out, lse, causal=causal, backend="cpp")
-        return run
-    torch = pytest.importorskip("torch")
-    leaves = [torch.from_numpy(a).requires_grad_() for a in (q, k, v)]
-    t_dout = torch.from_numpy(dout)
-
-    def run_torch():
-        for leaf in leaves:
-            leaf.grad = None
-        torch.nn.functional.scaled_dot_product_attention(*leaves, is_causal=causal).backward(t_dout)
-        return tuple(leaf.grad.numpy() for leaf in leaves)
-
-    return run_torch
+    torch = pytest.importorskip("torch") if impl == "torch" else None
+    return make_training_runner(impl, q, k, v, dout, causal, None, torch)
 
 
 @pytest.mark.parametrize("impl", ["cpp", "torch"])

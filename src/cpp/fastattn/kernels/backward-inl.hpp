@@ -514,19 +514,14 @@ private:
 template <class S>
 void backward_typed(const SdpaArgs& args, const GradArgs& grad) {
     using T = typename Storage<S>::T;
+    using Workspace = typename BackwardKernel<S>::Workspace;
     const BackwardKernel<S> kernel(args, grad);
     const int64_t tasks = kernel.num_tasks(), chunks = kernel.chunks(), items = tasks * chunks;
     const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(args.num_threads, items));
     std::vector<T> partial(chunks > 1 ? items * kernel.dq_size() : 0);
-    std::atomic<bool> out_of_memory{false};
-    auto work = [&] {  // as forward_typed: items, then (after the barrier) the merges
-        typename BackwardKernel<S>::Workspace* ws = nullptr;
-        try {
-            ws = new typename BackwardKernel<S>::Workspace(kernel.make_workspace(chunks));
-        } catch (const std::bad_alloc&) {
-            out_of_memory = true;
-        }
-        T* partial_data = partial.data();
+    T* partial_data = partial.data();
+    // As forward_typed: the work items, then (after the barrier) the merges.
+    run_threads<Workspace>(threads, [&] { return kernel.make_workspace(chunks); }, [&](Workspace* ws) {
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -539,17 +534,7 @@ void backward_typed(const SdpaArgs& args, const GradArgs& grad) {
             for (int64_t task = 0; task < tasks; ++task)
                 if (ws) kernel.merge_chunks(task, chunks, partial_data + task * chunks * kernel.dq_size());
         }
-        delete ws;
-    };
-    if (threads == 1) {
-        work();
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(static_cast<int>(threads))
-#endif
-        work();
-    }
-    if (out_of_memory) throw std::bad_alloc();
+    });
 }
 
 }  // namespace

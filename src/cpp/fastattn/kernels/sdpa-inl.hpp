@@ -877,9 +877,40 @@ int64_t kv_splits(int64_t tasks, int64_t lk) {
     return std::max<int64_t>(1, std::min(by_items, by_length));
 }
 
+// Runs each thread's share of a call: with one thread on the calling thread
+// (no OpenMP team: a tiny call's fixed cost matters), else in a team, where
+// work(ws) may hold `omp for` loops. Each thread gets its own workspace;
+// no exception may leave an OpenMP region, so a failed allocation gives a
+// null ws (work skips its items but still reaches every barrier) and
+// std::bad_alloc afterwards.
+template <class Workspace, class Make, class Work>
+void run_threads(int64_t threads, const Make& make_workspace, const Work& work) {
+    std::atomic<bool> out_of_memory{false};
+    auto body = [&] {
+        Workspace* ws = nullptr;
+        try {
+            ws = new Workspace(make_workspace());
+        } catch (const std::bad_alloc&) {
+            out_of_memory = true;
+        }
+        work(ws);
+        delete ws;
+    };
+    if (threads == 1) {
+        body();
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(threads))
+#endif
+        body();
+    }
+    if (out_of_memory) throw std::bad_alloc();
+}
+
 template <class S>
 void forward_typed(const SdpaArgs& args) {
     using T = typename Storage<S>::T;
+    using Workspace = typename ForwardKernel<S>::Workspace;
     const ForwardKernel<S> kernel(args);
     const int64_t tasks = kernel.num_tasks();
     // sdpa_forward has resolved num_threads (>= 1, at most the processors).
@@ -887,18 +918,10 @@ void forward_typed(const SdpaArgs& args) {
     const int64_t items = tasks * splits;
     const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(args.num_threads, items));
     std::vector<T> partial(splits > 1 ? items * kernel.partial_size() : 0);
-    std::atomic<bool> out_of_memory{false};
+    T* partial_data = partial.data();
     // One thread's share of the work items, then (after the loop's barrier:
     // every split is done) of the merges.
-    auto work = [&] {
-        // No exception may leave an OpenMP region: catch, finish, rethrow below.
-        typename ForwardKernel<S>::Workspace* ws = nullptr;
-        try {
-            ws = new typename ForwardKernel<S>::Workspace(kernel.make_workspace(threads));
-        } catch (const std::bad_alloc&) {
-            out_of_memory = true;
-        }
-        T* partial_data = partial.data();
+    run_threads<Workspace>(threads, [&] { return kernel.make_workspace(threads); }, [&](Workspace* ws) {
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -912,17 +935,7 @@ void forward_typed(const SdpaArgs& args) {
             for (int64_t task = 0; task < tasks; ++task)
                 if (ws) kernel.merge_splits(task, splits, partial_data + task * splits * kernel.partial_size(), *ws);
         }
-        delete ws;
-    };
-    if (threads == 1) {
-        work();  // no OpenMP team for one thread: a tiny call's fixed cost matters
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(static_cast<int>(threads))
-#endif
-        work();
-    }
-    if (out_of_memory) throw std::bad_alloc();
+    });
 }
 
 template <class T>
