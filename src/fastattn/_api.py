@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 import warnings
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -406,6 +407,11 @@ def _normalise(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alib
     batch_shape = q.shape[:-3] if q.ndim > 2 else ()
     batch = math.prod(batch_shape)
     out_shape = q.shape[:-1] + (v.shape[-1],)
+    # Broadcast views can describe an output no array can hold; say so before any allocation.
+    rows = math.prod(q.shape[:-1])
+    if max(rows, rows * v.shape[-1]) * q.itemsize > sys.maxsize:
+        raise ValueError(f"the output shape {out_shape} (q.shape[:-1] + v.shape[-1:]) has more bytes than an "
+                         f"array can address ({sys.maxsize}); q.shape = {q.shape}, v.shape = {v.shape}")
 
     def as_4d(x: np.ndarray) -> np.ndarray:
         # A view whenever the batch dimensions can be merged (always for <= 4-D).

@@ -10,6 +10,7 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#include <pthread.h>
 #endif
 
 #include "kernels/isa_entry.hpp"
@@ -143,12 +144,30 @@ void check_args(const SdpaArgs& a) {
     require(kind == MaskKind::none || (a.mask.data && a.mask.batch_offsets), "mask without data or batch offsets");
 }
 
+#ifdef _OPENMP
+// fork() copies only the calling thread, but libgomp's thread pool state comes
+// along: a child whose parent ever opened a team waits forever at the first
+// barrier of its own parallel region (seen with GCC 12). Such a child runs
+// every call on its own thread instead; results never depend on the count.
+namespace {
+std::atomic<bool> team_opened{false};
+std::atomic<bool> serial_after_fork{false};
+
+void on_fork_in_child() {
+    if (team_opened.load()) serial_after_fork.store(true);
+}
+
+[[maybe_unused]] const int fork_handler_registered = pthread_atfork(nullptr, nullptr, on_fork_in_child);
+}  // namespace
+#endif
+
 // The thread count a call runs with: the request, or the OpenMP default
 // (OMP_NUM_THREADS), capped at the processors available. More threads than
 // processors only add waiting (OpenMP threads spin at barriers while the
 // one they wait for has no core), and results never depend on the count.
 static int resolve_threads(int requested) {
 #ifdef _OPENMP
+    if (serial_after_fork.load()) return 1;
     // omp_get_num_procs asks the OS for this process's CPU affinity on every
     // call (0.4 µs, a tenth of a tiny call): asked once, at the first call.
     static const int procs = omp_get_num_procs();
@@ -170,7 +189,11 @@ constexpr double kMinWorkPerThread = double(1 << 22);
 
 static int threads_for(int requested, double multiply_adds) {
     const int threads = resolve_threads(requested);
-    return static_cast<int>(std::max(1.0, std::min<double>(threads, multiply_adds / kMinWorkPerThread)));
+    const int used = static_cast<int>(std::max(1.0, std::min<double>(threads, multiply_adds / kMinWorkPerThread)));
+#ifdef _OPENMP
+    if (used > 1) team_opened.store(true);
+#endif
+    return used;
 }
 
 // Multiply-adds of the forward's two products (the backward has five).
