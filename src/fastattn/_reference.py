@@ -107,9 +107,10 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: O
         # A row that sees no key has max -inf; shifting it by 0 gives p = 0 and l = 0.
         sees_nothing = row_max == -np.inf
         shift = np.where(sees_nothing, 0, row_max)
-        p = np.exp(scores - shift)
-        row_sum = p.sum(axis=-1, keepdims=True)
-        acc = _weighted_sum(p, v_g)
+        with np.errstate(invalid="ignore"):  # a score of +inf: inf - inf is NaN, as the kernel gives
+            p = np.exp(scores - shift)
+            row_sum = p.sum(axis=-1, keepdims=True)
+            acc = _weighted_sum(p, v_g)
         with np.errstate(divide="ignore", invalid="ignore"):
             out_g[..., row0:row1, :] = np.where(sees_nothing, 0, acc / row_sum)
             if lse_g is not None:
@@ -146,7 +147,9 @@ def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out:
         scores, cap_grad = ctx.chunk(row0, row1)
         row_lse = lse_g[..., row0:row1, :]
         # A row that saw nothing has lse -inf and weights 0 (not exp(-inf + inf) = NaN).
-        p = np.exp(scores - np.where(row_lse == -np.inf, 0, row_lse))
+        with np.errstate(invalid="ignore"):  # NaN or +inf scores give NaN weights, as in the kernel
+            p = np.exp(scores - np.where(row_lse == -np.inf, 0, row_lse))
+            p[scores == -np.inf] = 0  # invisible, also in a NaN row (lse NaN)
         d_out = dout_g[..., row0:row1, :]
         with np.errstate(invalid="ignore"):  # NaN where a hidden value is inf: dS is 0 there
             dp = d_out @ v_t
@@ -155,8 +158,10 @@ def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out:
             ds = np.where(p != 0, p * (dp - delta), 0)
         if cap_grad is not None:
             ds *= cap_grad
-        dv_acc += (np.swapaxes(p, -1, -2) @ d_out).sum(axis=2)
-        dk_acc += (np.swapaxes(ds, -1, -2) @ ctx.q_g[..., row0:row1, :].astype(compute, copy=False)).sum(axis=2) * scale
+        # _weighted_sum: a NaN in a row of dout or q reaches only the keys that row sees.
+        dv_acc += _weighted_sum(np.swapaxes(p, -1, -2), d_out).sum(axis=2)
+        q_rows = ctx.q_g[..., row0:row1, :].astype(compute, copy=False)
+        dk_acc += _weighted_sum(np.swapaxes(ds, -1, -2), q_rows).sum(axis=2) * scale
         dq_g[..., row0:row1, :] = _weighted_sum(ds, k_g) * scale
     dk[...] = dk_acc
     dv[...] = dv_acc
@@ -171,7 +176,9 @@ def _weighted_sum(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     if not bad.any():
         return w @ x
     bad_keys = np.flatnonzero(bad.any(axis=(0, 1, 2, 4)))
-    result = w @ np.where(bad, 0, x)
+    finite_keys = x.copy()
+    finite_keys[..., bad_keys, :] = 0  # the whole row of a bad key: its terms are all added below
+    result = w @ finite_keys
     with np.errstate(invalid="ignore"):
         for start in range(0, len(bad_keys), 16):  # a few keys at a time bounds the temporary
             keys = bad_keys[start:start + 16]

@@ -189,7 +189,7 @@ private:
         pack_transposed(k, a_.k_strides.row, keys, a_.d, ws.k_t.data(), ws.row.data());
         pack_transposed(v, a_.v_strides.row, keys, a_.dv, ws.v_t.data(), ws.row.data());
         pack_panels(k, a_.k_strides.row, keys, a_.d, d_pad_, kKeys, T(1), ws.k_pan.data(), nullptr, ws.row.data());
-        return all_finite(ws.k_pan.data(), keys, d_pad_);
+        return all_finite(ws.k_pan.data(), keys, kKeys, d_pad_);
     }
 
     // One query block [r0, r1) of query head h (group member g) against the
@@ -237,14 +237,28 @@ private:
         for (int64_t r = 0; r < rows; ++r) softmax_grad_row(h, r0 + r, r, lo[r], hi[r], v_end * W, key0, blk, ws);
 
         // dV += Pᵀ·dO and dK += dSᵀ·(scale·Q): tiles of keys, summed over the block's rows.
+        // A NaN or inf in a row of dO or Q must not reach the keys that row cannot see
+        // via 0·x: such a block takes one key at a time, skipping zero weights.
+        const bool do_finite = all_finite(ws.do_pan.data(), rows, kRows, dv_pad_);
+        const bool q_finite = all_finite(ws.q_pan.data(), rows, kRows, d_pad_);
         for (int64_t j0 = 0; j0 < key_hi; j0 += kTileRows)
             with_rows(std::min(kTileRows, key_hi - j0), [&](auto n) {
                 constexpr int R = decltype(n)::value;
-                outer_rows<R, true>(ws.p.data() + j0, 0, rows, ws.do_pan.data(), kRows, dv_pad_,
-                                    ws.dv_acc.data() + j0 * dv_pad_, dv_pad_);
-                outer_rows<R, true>(ws.ds.data() + j0, 0, rows, ws.q_pan.data(), kRows, d_pad_,
-                                    ws.dk_acc.data() + j0 * d_pad_, d_pad_);
+                if (do_finite)
+                    outer_rows<R, true>(ws.p.data() + j0, 0, rows, ws.do_pan.data(), kRows, dv_pad_,
+                                        ws.dv_acc.data() + j0 * dv_pad_, dv_pad_);
+                if (q_finite)
+                    outer_rows<R, true>(ws.ds.data() + j0, 0, rows, ws.q_pan.data(), kRows, d_pad_,
+                                        ws.dk_acc.data() + j0 * d_pad_, d_pad_);
             });
+        for (int64_t j = 0; j < key_hi && !(do_finite && q_finite); ++j) {
+            if (!do_finite)
+                outer_rows<1, true, true>(ws.p.data() + j, 0, rows, ws.do_pan.data(), kRows, dv_pad_,
+                                          ws.dv_acc.data() + j * dv_pad_, dv_pad_);
+            if (!q_finite)
+                outer_rows<1, true, true>(ws.ds.data() + j, 0, rows, ws.q_pan.data(), kRows, d_pad_,
+                                          ws.dk_acc.data() + j * d_pad_, d_pad_);
+        }
         // dQ += dS·K: tiles of rows, summed over the keys they see.
         T* dq = dq_acc + (g * a_.lq + r0) * d_pad_;
         for (int64_t t0 = 0; t0 < rows; t0 += kTileRows) {
@@ -306,6 +320,11 @@ private:
         // Invisible keys are overwritten (not added to): P = 0 there whatever the score.
         std::fill(p, p + lo, neg_inf_);
         std::fill(p + hi, p + n, neg_inf_);
+        if (ws.lse[r] != ws.lse[r]) {  // a NaN row (from its q or out): P, dS NaN only where it sees
+            for (int64_t j = 0; j < n; ++j)
+                p[j] = ds[j] = p[j] == neg_inf_ ? T(0) : std::numeric_limits<T>::quiet_NaN();
+            return;
+        }
         const reg shift = V::set1(ws.lse[r]), log2e = V::set1(static_cast<T>(kLog2e));
         const reg delta = V::set1(ws.delta[r]), tiny = V::set1(std::numeric_limits<T>::denorm_min());
         for (int64_t j = 0; j < n; j += W) {
@@ -368,13 +387,14 @@ private:
         return sum;
     }
 
-    // A NaN or inf among keys [0, keys) of the panels (x·0 is 0 only for finite x).
-    bool all_finite(const T* panels, int64_t keys, int64_t cols_pad) const {
+    // False if a NaN or inf is among rows [0, rows) of panels of rows_cap rows
+    // (x·0 is 0 only for finite x).
+    bool all_finite(const T* panels, int64_t rows, int64_t rows_cap, int64_t cols_pad) const {
         reg acc = V::zero();
         const reg zero = V::zero();
         for (int64_t c0 = 0; c0 < cols_pad; c0 += panel_width(c0, cols_pad)) {
-            const T* p = panels + c0 * kKeys;
-            for (int64_t i = 0; i < keys * panel_width(c0, cols_pad); i += W) acc = V::add(acc, V::mul(V::load(p + i), zero));
+            const T* p = panels + c0 * rows_cap;
+            for (int64_t i = 0; i < rows * panel_width(c0, cols_pad); i += W) acc = V::add(acc, V::mul(V::load(p + i), zero));
         }
         return V::reduce_add(acc) == T(0);
     }
