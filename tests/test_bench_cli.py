@@ -25,6 +25,10 @@ def test_quick_bench_writes_json_and_plot(tmp_path):
             assert result["median_s"] > 0 and result["repeats"] >= 5
             assert result["gemm_fraction"] > 0
     assert "| case" in completed.stdout  # the Markdown table
+    checks = [row["check"] for row in report["reliability_rows"]]
+    assert len(checks) == (4 if "cpp" in report["implementations"] else 0)
+    assert not checks or len(checks) == 4 and any("2 threads" in c for c in checks) and any("subnormal" in c for c in checks)
+    assert all(row["ratio"] > 0 for row in report["reliability_rows"])
 
     # The plot is written exactly when matplotlib can be imported (it is optional).
     has_matplotlib = importlib.util.find_spec("matplotlib") is not None

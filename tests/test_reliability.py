@@ -367,3 +367,47 @@ def test_row_offsets_beyond_2_to_the_31_elements(backend, rng, dtype):
     copies = fastattn.attention_backward(dout, np.array(q), np.array(k), np.array(v), out, lse, backend=backend)
     for a, b in zip(grads, copies):
         np.testing.assert_array_equal(a, b)
+
+
+def _prefix_oracle(q, k, v, dout, scale):
+    """Causal attention and its gradients in float64 for inputs whose scores depend on the key
+    only (every q row the same vector): P[i, j] = w[j] / Z[i] for j <= i, so every sum over keys
+    is a prefix sum and every sum over rows a suffix sum — O(L·D·Dv) memory, not O(L²)."""
+    q, k, v, dout = (x.astype(np.float64) for x in (q, k, v, dout))
+    s = (k @ q[0]) * scale
+    w = np.exp(s - s.max())
+    z = np.cumsum(w)
+    out = np.cumsum(w[:, None] * v, axis=0) / z[:, None]
+    lse = np.log(z) + s.max()
+    delta = np.sum(dout * out, axis=1)  # D_i
+    kv = np.cumsum(w[:, None, None] * k[:, :, None] * v[:, None, :], axis=0)  # Σ_{j<=i} w_j k_j v_jᵀ
+    wk = np.cumsum(w[:, None] * k, axis=0)
+    dq = scale * (np.einsum("icd,id->ic", kv, dout) - delta[:, None] * wk) / z[:, None]
+
+    def suffix(x):
+        return np.cumsum(x[::-1], axis=0)[::-1]
+
+    qd = suffix(q[:, :, None] * dout[:, None, :] / z[:, None, None])  # Σ_{i>=j} q_i dout_iᵀ / Z_i
+    qdelta = suffix(q * (delta / z)[:, None])
+    dk = scale * w[:, None] * (np.einsum("jcd,jd->jc", qd, v) - qdelta)
+    dv = w[:, None] * suffix(dout / z[:, None])
+    return out, lse, (dq, dk, dv)
+
+
+@pytest.mark.slow
+def test_more_than_2_to_the_31_scores(rng):
+    """Lq = Lk = 2**16: 2**32 scores per head (2**31 visible under causal), against a float64 oracle
+    that needs no Lq×Lk matrix (see _prefix_oracle), forward and backward."""
+    n, d = 2**16, 8
+    q = np.broadcast_to(normal(rng, (1, d)), (n, d))  # every row the same: scores depend on the key
+    k, v, dout = normal(rng, (n, d)), normal(rng, (n, d)), normal(rng, (n, d))
+    scale = 1 / np.sqrt(d)
+    want_out, want_lse, want_grads = _prefix_oracle(q, k, v, dout, scale)
+    out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True)
+    np.testing.assert_allclose(out, want_out, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-5, atol=1e-5)
+    grads = fastattn.attention_backward(dout, q, k, v, out, lse, causal=True)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max(), err_msg=name)
+    full = fastattn.attention(q, k, v)  # not causal: every row is the last causal row
+    np.testing.assert_allclose(full, np.broadcast_to(want_out[-1], full.shape), rtol=1e-4, atol=1e-5)

@@ -30,7 +30,11 @@ What it does, in order:
    backward: ``attention(..., return_lse=True)`` then ``attention_backward`` against torch's
    SDPA forward and ``.backward()`` (autograd), after checking that the gradients agree. Its
    FLOPs are 14·B·H·L²·D (seven matrix products), halved for causal.
-6. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
+6. Reliability (README "Guarantees"; ``--no-reliability`` skips it): two Python threads each
+   calling with ``num_threads=1`` against the same calls made serially (the GIL is released
+   around the kernel, so on 2 cores the speedup should be >= 1.7), and subnormal against
+   normal inputs (no more than 2× slower), forward and backward, in alternating rounds.
+7. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
    (``--plot FILE``, default ``fastattn-bench.png``; ``--no-plot`` to skip) of GFLOP/s
    against L for the square non-causal B=1 H=8 D=64 shapes, with the GEMM ceiling dashed.
 
@@ -57,6 +61,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 import fastattn
+from fastattn import _bench_reliability
 
 FLOAT32_BYTES = 4
 IMPLEMENTATION_LABELS = {"cpp": "fastattn C++", "numpy": "fastattn NumPy", "torch": "torch SDPA"}
@@ -594,6 +599,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"write the throughput plot here (default {DEFAULT_PLOT_PATH}; "
                              "needs matplotlib)")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
+    parser.add_argument("--no-reliability", action="store_true",
+                        help="skip the GIL-release and subnormal-input timings")
     return parser.parse_args(argv)
 
 
@@ -627,9 +634,21 @@ def main(argv=None) -> int:
                   flush=True)
             training_rows.append(row)
 
+    reliability_rows = []
+    if "cpp" in impls and not args.no_reliability:
+        if args.quick:
+            shapes, seconds = (_bench_reliability.QUICK_SHAPE,) * 2, 0.01
+        else:
+            shapes, seconds = (_bench_reliability.GIL_SHAPE, _bench_reliability.DENORMAL_SHAPE), 0.4
+        reliability_rows = (_bench_reliability.measure_gil(seconds, shapes[0]) +
+                            _bench_reliability.measure_denormals(seconds, shapes[1]))
+
     print_tables(rows, impls, ceilings)
     if training_rows:
         print_training_table(training_rows, ceilings)
+    if reliability_rows:
+        print("\nReliability (README \"Guarantees\"): medians of alternating rounds\n")
+        print(_bench_reliability.reliability_table(reliability_rows))
     failed = [row["label"] for row in rows + training_rows if not row["check"]["ok"]]
     if failed:
         print(f"OUTPUT CHECK FAILED (rtol {CHECK_RTOL}, atol {CHECK_ATOL}): {', '.join(failed)}")
@@ -637,7 +656,8 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - started
     if args.json:
         report = {"machine": machine, "settings": asdict(settings), "implementations": impls,
-                  "ceilings": ceilings, "rows": rows, "training_rows": training_rows, "elapsed_s": elapsed}
+                  "ceilings": ceilings, "rows": rows, "training_rows": training_rows,
+                  "reliability_rows": reliability_rows, "elapsed_s": elapsed}
         write_json(args.json, report)
     if not args.no_plot:
         write_plot(args.plot or DEFAULT_PLOT_PATH, rows, impls, ceilings, machine)

@@ -1,0 +1,114 @@
+"""The timed half of the reliability guarantees, for ``python -m fastattn.bench``.
+
+* GIL release: two Python threads, each calling with ``num_threads=1``, against the same
+  calls made one after the other in one thread. With the GIL released around the kernel the
+  two threads share two cores: speedup close to 2 (the target is >= 1.7).
+* Subnormal inputs: every value of q, k, v below the smallest normal number, against normal
+  inputs of the same shape. The target: no more than 2× slower.
+
+Rounds alternate between the two sides of each comparison, so that a noisy neighbour slows
+both alike; the medians of the rounds are compared.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Callable, List
+
+import numpy as np
+
+import fastattn
+
+GIL_SHAPE = (1, 8, 512, 64)
+DENORMAL_SHAPE = (1, 8, 1024, 64)
+QUICK_SHAPE = (1, 2, 128, 32)
+ROUNDS = 7
+
+
+def _inputs(shape, scale: float = 1.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    q, k, v, dout = (rng.standard_normal(shape).astype(np.float32) * np.float32(scale) for _ in range(4))
+    out, lse = fastattn.attention(q, k, v, return_lse=True, num_threads=1)
+    return q, k, v, dout, out, lse
+
+
+def _calls(shape, scale: float = 1.0, threads: int = 1):
+    """{"forward": fn, "backward": fn} on inputs of `shape` scaled by `scale`."""
+    q, k, v, dout, out, lse = _inputs(shape, scale)
+    return {"forward": lambda: fastattn.attention(q, k, v, num_threads=threads),
+            "backward": lambda: fastattn.attention_backward(dout, q, k, v, out, lse, num_threads=threads)}
+
+
+def _serial(fn: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return time.perf_counter() - start
+
+
+def _two_threads(fn: Callable[[], object], calls: int) -> float:
+    """Wall time of two threads making `calls` calls each, started together."""
+    barrier = threading.Barrier(3)
+
+    def work():
+        barrier.wait()
+        for _ in range(calls):
+            fn()
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
+def _calls_for(fn: Callable[[], object], seconds: float) -> int:
+    fn()
+    once = _serial(fn, 1)
+    return max(2, int(seconds / max(once, 1e-6)))
+
+
+def measure_gil(seconds: float = 0.4, shape=GIL_SHAPE) -> List[dict]:
+    """Two threads × num_threads=1 against the same 2·n calls in one thread."""
+    rows = []
+    for name, fn in _calls(shape).items():
+        n = _calls_for(fn, seconds / 2)
+        serial, parallel = [], []
+        for _ in range(ROUNDS):
+            serial.append(_serial(fn, 2 * n))
+            parallel.append(_two_threads(fn, n))
+        s, p = statistics.median(serial), statistics.median(parallel)
+        rows.append({"check": f"2 threads × num_threads=1, {name} {shape}", "baseline": "serial",
+                     "baseline_ms": s / (2 * n) * 1e3, "measured_ms": p / (2 * n) * 1e3, "ratio": s / p,
+                     "ratio_name": "speedup", "target": ">= 1.7", "ok": s / p >= 1.7})
+    return rows
+
+
+def measure_denormals(seconds: float = 0.3, shape=DENORMAL_SHAPE) -> List[dict]:
+    """Subnormal q, k, v (scaled by 1e-41) against normal ones, one thread, forward and backward."""
+    normal, tiny = _calls(shape, 1.0), _calls(shape, 1e-41)
+    rows = []
+    for name in normal:
+        n = _calls_for(normal[name], seconds)
+        base, slow = [], []
+        for _ in range(ROUNDS):
+            base.append(_serial(normal[name], n))
+            slow.append(_serial(tiny[name], n))
+        b, s = statistics.median(base) / n, statistics.median(slow) / n
+        rows.append({"check": f"subnormal inputs, {name} {shape}", "baseline": "normal inputs",
+                     "baseline_ms": b * 1e3, "measured_ms": s * 1e3, "ratio": s / b, "ratio_name": "slowdown",
+                     "target": "<= 2", "ok": s / b <= 2})
+    return rows
+
+
+def reliability_table(rows: List[dict]) -> str:
+    lines = ["| check | baseline | baseline ms | ms | ratio | target | met |", "|---|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['check']} | {r['baseline']} | {r['baseline_ms']:.2f} | {r['measured_ms']:.2f} | "
+                     f"{r['ratio_name']} {r['ratio']:.2f} | {r['target']} | {'yes' if r['ok'] else 'NO'} |")
+    return "\n".join(lines)
