@@ -80,8 +80,9 @@ class _Scores:
             m = opts.mask[..., row0:row1, :].reshape(batch, hkv, group, row1 - row0, lk)
             if m.dtype == np.bool_:
                 scores = np.where(m, scores, -np.inf)
-            else:  # -inf masks even a NaN score, like the kernel
-                scores = np.where(m == -np.inf, -np.inf, scores + m)
+            else:  # -inf masks even a NaN or +inf score (inf − inf), like the kernel
+                with np.errstate(invalid="ignore"):
+                    scores = np.where(m == -np.inf, -np.inf, scores + m)
         visible = (self.keys < self.kv_len[:, None, None]) & (rows[None, :, None] < self.q_len[:, None, None])
         if self.left >= 0:
             visible &= self.keys >= pos[..., None] - self.left
@@ -142,36 +143,41 @@ def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out:
     dk_acc = np.zeros((batch, hkv, lk, d), compute)
     dv_acc = np.zeros((batch, hkv, lk, d_v), compute)
 
-    for row0 in range(0, lq, ctx.rows_per_chunk):
-        row1 = min(lq, row0 + ctx.rows_per_chunk)
-        scores, cap_grad = ctx.chunk(row0, row1)
-        row_lse = lse_g[..., row0:row1, :]
-        # A row that saw nothing has lse -inf and weights 0 (not exp(-inf + inf) = NaN).
-        with np.errstate(invalid="ignore"):  # NaN or +inf scores give NaN weights, as in the kernel
+    # NaN and inf propagate (to the rows and keys they reach) without RuntimeWarnings.
+    with np.errstate(invalid="ignore"):
+        for row0 in range(0, lq, ctx.rows_per_chunk):
+            row1 = min(lq, row0 + ctx.rows_per_chunk)
+            scores, cap_grad = ctx.chunk(row0, row1)
+            row_lse = lse_g[..., row0:row1, :]
+            # A row that saw nothing has lse -inf and weights 0 (not exp(-inf + inf) = NaN);
+            # NaN or +inf scores give NaN weights, as in the kernel.
             p = np.exp(scores - np.where(row_lse == -np.inf, 0, row_lse))
             p[scores == -np.inf] = 0  # invisible, also in a NaN row (lse NaN)
-        d_out = dout_g[..., row0:row1, :]
-        with np.errstate(invalid="ignore"):  # NaN where a hidden value is inf: dS is 0 there
-            dp = d_out @ v_t
-        delta = np.sum(d_out * out_g[..., row0:row1, :], axis=-1, keepdims=True)
-        with np.errstate(invalid="ignore"):
-            ds = np.where(p != 0, p * (dp - delta), 0)
-        if cap_grad is not None:
-            ds *= cap_grad
-        # _weighted_sum: a NaN in a row of dout or q reaches only the keys that row sees.
-        dv_acc += _weighted_sum(np.swapaxes(p, -1, -2), d_out).sum(axis=2)
-        q_rows = ctx.q_g[..., row0:row1, :].astype(compute, copy=False)
-        dk_acc += _weighted_sum(np.swapaxes(ds, -1, -2), q_rows).sum(axis=2) * scale
-        dq_g[..., row0:row1, :] = _weighted_sum(ds, k_g) * scale
+            d_out = dout_g[..., row0:row1, :]
+            dp = d_out @ v_t  # NaN where a hidden value is inf: dS is 0 there
+            delta = np.sum(d_out * out_g[..., row0:row1, :], axis=-1, keepdims=True)
+            ds = p * (dp - delta)
+            if cap_grad is not None:
+                ds *= cap_grad
+            ds = np.where(p != 0, ds, 0)  # exactly 0 where P is, whatever dP or the softcap's factor
+            # _weighted_sum: a NaN in a row of dout or q reaches only the keys that row sees.
+            dv_acc += _weighted_sum(np.swapaxes(p, -1, -2), d_out).sum(axis=2)
+            q_rows = ctx.q_g[..., row0:row1, :].astype(compute, copy=False)
+            dk_acc += _weighted_sum(np.swapaxes(ds, -1, -2), q_rows).sum(axis=2) * scale
+            dq_g[..., row0:row1, :] = _weighted_sum(ds, k_g) * scale
     dk[...] = dk_acc
     dv[...] = dv_acc
-
 
 
 def _weighted_sum(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """w @ x over keys, leaving out the terms of weight exactly 0, as the kernel does: a key that a
     row cannot see must not spread a NaN or inf of its row of x to it (0·inf = NaN). Exact: the
     keys whose rows are not finite are summed separately, only where their weight is nonzero."""
+    with np.errstate(invalid="ignore"):  # NaN from inf·0 or inf − inf propagates; it is not an error
+        return _weighted_sum_finite_first(w, x)
+
+
+def _weighted_sum_finite_first(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(x)
     if not bad.any():
         return w @ x
@@ -179,10 +185,9 @@ def _weighted_sum(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     finite_keys = x.copy()
     finite_keys[..., bad_keys, :] = 0  # the whole row of a bad key: its terms are all added below
     result = w @ finite_keys
-    with np.errstate(invalid="ignore"):
-        for start in range(0, len(bad_keys), 16):  # a few keys at a time bounds the temporary
-            keys = bad_keys[start:start + 16]
-            w_k = w[..., keys, None]  # (..., rows, keys, 1)
-            terms = np.where(w_k != 0, w_k * x[..., None, keys, :], 0)  # (..., rows, keys, C)
-            result += terms.sum(axis=-2)
+    for start in range(0, len(bad_keys), 16):  # a few keys at a time bounds the temporary
+        keys = bad_keys[start:start + 16]
+        w_k = w[..., keys, None]  # (..., rows, keys, 1)
+        terms = np.where(w_k != 0, w_k * x[..., None, keys, :], 0)  # (..., rows, keys, C)
+        result += terms.sum(axis=-2)
     return result
