@@ -172,22 +172,19 @@ def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out:
 def _weighted_sum(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """w @ x over keys, leaving out the terms of weight exactly 0, as the kernel does: a key that a
     row cannot see must not spread a NaN or inf of its row of x to it (0·inf = NaN). Exact: the
-    keys whose rows are not finite are summed separately, only where their weight is nonzero."""
-    with np.errstate(invalid="ignore"):  # NaN from inf·0 or inf − inf propagates; it is not an error
-        return _weighted_sum_finite_first(w, x)
-
-
-def _weighted_sum_finite_first(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    bad = ~np.isfinite(x)
-    if not bad.any():
-        return w @ x
-    bad_keys = np.flatnonzero(bad.any(axis=(0, 1, 2, 4)))
-    finite_keys = x.copy()
-    finite_keys[..., bad_keys, :] = 0  # the whole row of a bad key: its terms are all added below
-    result = w @ finite_keys
-    for start in range(0, len(bad_keys), 16):  # a few keys at a time bounds the temporary
-        keys = bad_keys[start:start + 16]
-        w_k = w[..., keys, None]  # (..., rows, keys, 1)
-        terms = np.where(w_k != 0, w_k * x[..., None, keys, :], 0)  # (..., rows, keys, C)
-        result += terms.sum(axis=-2)
-    return result
+    keys whose rows are not finite are summed separately, only where their weight is nonzero.
+    NaN from inf·0 or inf − inf elsewhere propagates; it is not an error (no RuntimeWarning)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(x)
+        if not bad.any():
+            return w @ x
+        bad_keys = np.flatnonzero(bad.any(axis=(0, 1, 2, 4)))
+        finite_keys = x.copy()
+        finite_keys[..., bad_keys, :] = 0  # the whole row of a bad key: its terms are all added below
+        result = w @ finite_keys
+        for start in range(0, len(bad_keys), 16):  # a few keys at a time bounds the temporary
+            keys = bad_keys[start:start + 16]
+            w_k = w[..., keys, None]  # (..., rows, keys, 1)
+            terms = np.where(w_k != 0, w_k * x[..., None, keys, :], 0)  # (..., rows, keys, C)
+            result += terms.sum(axis=-2)
+        return result
