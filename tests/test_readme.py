@@ -49,3 +49,33 @@ def test_training_examples_run(readme):
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["dq"].shape == (2, 8, 1024, 64) and namespace["dk"].shape == (2, 2, 1024, 64)
     assert namespace["y"].shape == (8, 20, 64)
+
+
+def test_pytorch_example_runs(readme):
+    pytest.importorskip("torch")
+    import fastattn.torch
+
+    namespace: dict = {}
+    for block in python_blocks(section(readme, "PyTorch: a drop-in SDPA and a patch")):
+        exec(compile(block, str(README), "exec"), namespace)
+    assert namespace["q"].grad.shape == (2, 8, 256, 64) and not fastattn.torch.is_patched()
+
+
+def test_thread_examples_run(readme):
+    import numpy as np
+
+    import fastattn
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 4, 64, 16)).astype(np.float32) for _ in range(3))
+    namespace: dict = {"fastattn": fastattn, "q": q, "k": k, "v": v, "batches": [(q, k, v)] * 8}
+    previous = fastattn.set_num_threads(None)
+    try:
+        blocks = python_blocks(section(readme, "Threads: `set_num_threads`, threadpoolctl, thread pools"))
+        assert len(blocks) == 2
+        pytest.importorskip("threadpoolctl")
+        for block in blocks:
+            exec(compile(block, str(README), "exec"), namespace)
+    finally:
+        fastattn.set_num_threads(previous)
+    assert len(namespace["outs"]) == 8

@@ -12,11 +12,13 @@ import numbers
 import operator
 import sys
 import warnings
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Any, Literal, NamedTuple, Optional, Tuple, Union, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend, _reference
+from ._backend import MAX_THREADS, _check_num_threads  # noqa: F401 (MAX_THREADS: re-exported)
 
 # Storage dtypes and the codes the C++ kernel knows them by, keyed by dtype object (dtype.name is
 # slow to compute on every call). bfloat16 is ml_dtypes' (optional): recognised by name the first
@@ -35,7 +37,6 @@ def _dtype_code(dtype: np.dtype) -> Optional[int]:
     return code
 _CAUSAL_MODES = {"upper_left": _reference.UPPER_LEFT, "lower_right": _reference.LOWER_RIGHT}
 _BACKENDS = ("auto", "cpp", "numpy")
-MAX_THREADS = 1024
 _warned_fallback = False
 _TooHardError = getattr(np, "exceptions", np).TooHardError  # moved in NumPy 2
 
@@ -57,10 +58,36 @@ def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
-def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = None, mask=None,
-              kv_lengths=None, q_lengths=None, window: Optional[Tuple[Optional[int], Optional[int]]] = None,
-              alibi_slopes=None, softcap: Optional[float] = None, return_lse: bool = False,
-              out: Optional[np.ndarray] = None, backend: str = "auto", num_threads: Optional[int] = None):
+Array = npt.NDArray[Any]
+Window = Optional[Tuple[Optional[int], Optional[int]]]
+
+
+@overload
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
+              scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
+              q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
+              softcap: Optional[float] = ..., return_lse: Literal[False] = ..., out: Optional[Array] = ...,
+              backend: str = ..., num_threads: Optional[int] = ...) -> Array: ...
+@overload
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
+              scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
+              q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
+              softcap: Optional[float] = ..., return_lse: Literal[True], out: Optional[Array] = ...,
+              backend: str = ..., num_threads: Optional[int] = ...) -> Tuple[Array, Array]: ...
+@overload
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
+              scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
+              q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
+              softcap: Optional[float] = ..., return_lse: bool, out: Optional[Array] = ...,
+              backend: str = ..., num_threads: Optional[int] = ...) -> Union[Array, Tuple[Array, Array]]: ...
+
+
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = False,
+              scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
+              kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
+              window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None, softcap: Optional[float] = None,
+              return_lse: bool = False, out: Optional[Array] = None, backend: str = "auto",
+              num_threads: Optional[int] = None) -> Union[Array, Tuple[Array, Array]]:
     """Exact scaled dot-product attention, ``softmax(q·kᵀ·scale)·v``, without an Lq×Lk matrix.
 
     Shapes (PyTorch's layout)::
@@ -158,10 +185,13 @@ def attention(q, k, v, /, *, causal: Causal = False, scale: Optional[float] = No
     return (out, lse) if return_lse else out
 
 
-def attention_backward(dout, q, k, v, out, lse, /, *, causal: Causal = False, scale: Optional[float] = None,
-                       mask=None, kv_lengths=None, q_lengths=None,
-                       window: Optional[Tuple[Optional[int], Optional[int]]] = None, alibi_slopes=None,
-                       softcap: Optional[float] = None, backend: str = "auto", num_threads: Optional[int] = None):
+def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike,
+                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, causal: Causal = False,
+                       scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
+                       kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
+                       window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None,
+                       softcap: Optional[float] = None, backend: str = "auto",
+                       num_threads: Optional[int] = None) -> Tuple[Array, Array, Array]:
     """Gradients ``(dq, dk, dv)`` of ``attention`` for the upstream gradient ``dout``.
 
     ``out, lse = attention(q, k, v, return_lse=True, **options)`` must come from the forward
@@ -296,14 +326,34 @@ def _choose_backend(backend: str) -> bool:
     return False
 
 
+_DLPACK_CPU = 1  # DLPack's kDLCPU
+
+
 def _asarray(x, name: str) -> np.ndarray:
-    """x as an array, or a TypeError naming the argument (e.g. for a ragged nested list)."""
+    """x as an array, or a TypeError naming the argument (e.g. for a ragged nested list).
+
+    An object with ``__dlpack__`` (a torch tensor, a JAX array, CuPy, ...) is read through DLPack:
+    a view of its memory, no copy, when it lives on the CPU and NumPy knows its dtype (bfloat16
+    is not a DLPack dtype NumPy reads: such an array takes the array_like path). Anything else
+    goes through ``np.asarray``."""
     if isinstance(x, np.ndarray):
         return x
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        device = x.__dlpack_device__()
+        if int(device[0]) != _DLPACK_CPU:
+            raise ValueError(f"{name} is on a DLPack device {tuple(int(i) for i in device)}, not the CPU "
+                             f"(device type {_DLPACK_CPU}): fastattn computes on the CPU; move it there first")
+        try:
+            return np.from_dlpack(x)
+        except BufferError as exc:  # e.g. a torch tensor that requires grad
+            raise TypeError(f"{name} cannot be shared through DLPack: {exc}") from None
+        except (TypeError, RuntimeError):
+            pass  # a dtype NumPy's DLPack import lacks: np.asarray may still convert it
     try:
         return np.asarray(x)
     except Exception as exc:
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}: {exc}") from None
+        hint = " (for torch tensors of any dtype, use fastattn.torch)" if type(x).__module__ == "torch" else ""
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}: {exc}{hint}") from None
 
 
 def _exact_numbers(x, kind=numbers.Integral) -> Optional[np.ndarray]:
@@ -572,21 +622,6 @@ def _check_causal(causal) -> int:
             return _CAUSAL_MODES[causal]
         raise ValueError(f"causal (={causal!r}) must be False, True, 'upper_left' or 'lower_right'")
     raise TypeError(f"causal must be a bool or a str, got {type(causal).__name__}")
-
-
-def _check_num_threads(num_threads) -> int:
-    """0 means the OpenMP default."""
-    if num_threads is None:
-        return 0
-    if isinstance(num_threads, (bool, np.bool_)):
-        raise TypeError("num_threads must be an int or None, got bool")
-    try:
-        n = operator.index(num_threads)
-    except TypeError:
-        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}") from None
-    if not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"num_threads (={n}) must be between 1 and {MAX_THREADS}, or None")
-    return n
 
 
 def _check_out(out, call: _Call, inputs) -> np.ndarray:

@@ -216,4 +216,5 @@ PYBIND11_MODULE(_core, m) {
     m.def("select_isa", &fastattn::select_isa, py::arg("name"));
     m.def("have_openmp", &fastattn::have_openmp);
     m.def("default_num_threads", &fastattn::default_num_threads);
+    m.def("set_default_num_threads", &fastattn::set_default_num_threads, py::arg("n"));
 }

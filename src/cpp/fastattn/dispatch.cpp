@@ -161,17 +161,34 @@ void on_fork_in_child() {
 }  // namespace
 #endif
 
-// The thread count a call runs with: the request, or the OpenMP default
-// (OMP_NUM_THREADS), capped at the processors available. More threads than
-// processors only add waiting (OpenMP threads spin at barriers while the
-// one they wait for has no core), and results never depend on the count.
+// set_default_num_threads: 0 = not set. One value for the whole process, read
+// by calls from every thread (omp_set_num_threads would only reach the
+// thread that calls it, not the workers of a thread pool).
+static std::atomic<int> process_default{0};
+
+void set_default_num_threads(int n) {
+    require(n >= 0, "the default thread count must be >= 0");
+    process_default.store(n);
+}
+
+// The thread count a call runs with: the request; else the process default
+// (set_default_num_threads) under the OpenMP limit of the calling thread
+// (OMP_NUM_THREADS, or what threadpoolctl set there with omp_set_num_threads),
+// so that a limit always limits; else that OpenMP limit. Capped at the
+// processors available: more threads than processors only add waiting
+// (OpenMP threads spin at barriers while the one they wait for has no core),
+// and results never depend on the count.
 static int resolve_threads(int requested) {
 #ifdef _OPENMP
     if (serial_after_fork.load()) return 1;
     // omp_get_num_procs asks the OS for this process's CPU affinity on every
     // call (0.4 µs, a tenth of a tiny call): asked once, at the first call.
     static const int procs = omp_get_num_procs();
-    const int n = requested > 0 ? requested : omp_get_max_threads();
+    int n = requested;
+    if (n <= 0) {
+        const int limit = omp_get_max_threads(), chosen = process_default.load();
+        n = chosen > 0 ? std::min(chosen, limit) : limit;
+    }
     return std::max(1, std::min(n, procs));
 #else
     (void)requested;

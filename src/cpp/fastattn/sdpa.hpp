@@ -106,6 +106,9 @@ void select_isa(const std::string& name);
 
 // ---- threading -----------------------------------------------------------
 bool have_openmp();
-int default_num_threads();  // what num_threads = 0 uses (capped at the processors)
+int default_num_threads();  // what num_threads = 0 uses in the calling thread
+// The count a call with num_threads = 0 uses from any thread, under the
+// calling thread's OpenMP limit; 0 restores the OpenMP default.
+void set_default_num_threads(int n);
 
 }  // namespace fastattn

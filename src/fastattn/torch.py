@@ -1,0 +1,233 @@
+"""fastattn for PyTorch on the CPU: a drop-in ``scaled_dot_product_attention`` and a patch.
+
+``scaled_dot_product_attention`` takes the arguments of ``torch.nn.functional.scaled_dot_product
+_attention`` and runs fastattn's kernels on CPU tensors: the forward through ``attention`` and the
+backward through ``attention_backward``, both registered as ``torch.library.custom_op``s
+(``fastattn::sdpa`` and ``fastattn::sdpa_backward``) so that ``torch.compile`` keeps them in one
+graph. Tensors reach the kernels through DLPack as NumPy views of their memory, and the output is
+written straight into a torch tensor: no copies. ``patch()`` routes CPU calls of the torch function
+to it; ``unpatch()`` undoes that.
+
+Needs PyTorch (``pip install torch``); bfloat16 tensors also need ml_dtypes (``pip install
+'fastattn[bf16]'``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - only without torch
+    raise ImportError("fastattn.torch needs PyTorch: pip install torch") from exc
+
+from torch import Tensor
+
+from ._api import attention, attention_backward
+
+__all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched"]
+
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _to_numpy(t: Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor's memory (DLPack). NumPy's DLPack import has no bfloat16: such
+    a tensor is viewed as int16 and relabelled ml_dtypes.bfloat16, which has the same bits."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return np.from_dlpack(t.view(torch.int16)).view(_bfloat16())
+    return np.from_dlpack(t)
+
+
+def _from_numpy(a: np.ndarray) -> Tensor:
+    """A tensor sharing a's memory."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _bfloat16() -> Any:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError("bfloat16 tensors need ml_dtypes: pip install 'fastattn[bf16]'") from None
+    return ml_dtypes.bfloat16
+
+
+def _options(attn_mask: Optional[Tensor], is_causal: bool, scale: float) -> dict:
+    return dict(mask=None if attn_mask is None else _to_numpy(attn_mask), causal=is_causal, scale=scale)
+
+
+@torch.library.custom_op("fastattn::sdpa", mutates_args=(), device_types="cpu")
+def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
+          scale: float) -> Tuple[Tensor, Tensor]:
+    """(out, lse) of fastattn.attention; out is allocated by torch and written in place."""
+    out = torch.empty(query.shape[:-1] + value.shape[-1:], dtype=query.dtype)
+    _, lse = attention(_to_numpy(query), _to_numpy(key), _to_numpy(value), return_lse=True,
+                       out=_to_numpy(out), **_options(attn_mask, is_causal, scale))
+    return out, _from_numpy(lse)
+
+
+@_sdpa.register_fake
+def _sdpa_fake(query, key, value, attn_mask, is_causal, scale):
+    return query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1])
+
+
+@torch.library.custom_op("fastattn::sdpa_backward", mutates_args=(), device_types="cpu")
+def _sdpa_backward(dout: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor,
+                   attn_mask: Optional[Tensor], is_causal: bool, scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    grads = attention_backward(*map(_to_numpy, (dout, query, key, value, out, lse)),
+                               **_options(attn_mask, is_causal, scale))
+    return tuple(_from_numpy(g) for g in grads)  # type: ignore[return-value]
+
+
+@_sdpa_backward.register_fake
+def _sdpa_backward_fake(dout, query, key, value, out, lse, attn_mask, is_causal, scale):
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    query, key, value, attn_mask, is_causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, out, lse, attn_mask)
+    ctx.is_causal, ctx.scale = is_causal, scale
+
+
+def _backward(ctx, dout: Tensor, _dlse: Optional[Tensor]):
+    query, key, value, out, lse, attn_mask = ctx.saved_tensors
+    dq, dk, dv = _sdpa_backward(dout, query, key, value, out, lse, attn_mask, ctx.is_causal, ctx.scale)
+    return dq, dk, dv, None, None, None  # the mask, causal flag and scale are constants
+
+
+_sdpa.register_autograd(_backward, setup_context=_setup_context)
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
+                                 dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False) -> Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention`` on CPU tensors, computed by fastattn.
+
+    Shapes as torch's: query ``(N, ..., Hq, L, E)``, key ``(N, ..., Hkv, S, E)``, value
+    ``(N, ..., Hkv, S, Ev)``, result ``(N, ..., Hq, L, Ev)``; leading dimensions broadcast.
+    dtypes float32, float64, float16 and bfloat16 (the 16-bit ones computed in float32), one
+    dtype for all three. ``attn_mask`` is boolean (True = take part) or floating (added to the
+    scores), broadcastable to ``(N, ..., Hq, L, S)``; ``is_causal`` is upper-left aligned, as in
+    torch; ``scale`` defaults to ``1/sqrt(E)``; ``enable_gqa=True`` lets Hq be a multiple of Hkv.
+
+    Differences from torch, each deliberate:
+
+    - a query row that sees no key (its mask row is all False) returns zeros, where torch's math
+      path returns NaN;
+    - ``dropout_p > 0`` raises NotImplementedError (fastattn computes exact attention);
+    - gradients flow to query, key and value; ``attn_mask`` is a constant, and a mask that
+      requires grad raises NotImplementedError while autograd is recording;
+    - errors are ValueError/TypeError naming the argument, not torch's RuntimeError.
+
+    Autograd runs fastattn's backward kernel (the weights are recomputed from the saved
+    log-sum-exp, FlashAttention-2 style: no L×S matrix in either pass). Under ``torch.compile``
+    the two ops stay in the graph (no graph break). Double backward is not supported.
+    """
+    tensors = {"query": query, "key": key, "value": value}
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} is on {t.device}: fastattn.torch computes on CPU tensors")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name}.dtype (={t.dtype}) must be torch.float32, float64, float16 or bfloat16")
+        if t.dim() < 2:
+            raise ValueError(f"{name}.dim() (={t.dim()}) must be >= 2")
+    for name in ("key", "value"):
+        if tensors[name].dtype != query.dtype:
+            raise TypeError(f"{name}.dtype (={tensors[name].dtype}) must equal query.dtype (={query.dtype})")
+    if dropout_p != 0.0:
+        raise NotImplementedError(f"dropout_p (={dropout_p}) must be 0: fastattn computes attention without dropout")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError("attn_mask requires grad, but fastattn gives no gradient for the mask: "
+                                      "detach it, or use torch's own scaled_dot_product_attention")
+    if query.dim() > 2 and not enable_gqa and key.shape[-3] != query.shape[-3]:
+        raise ValueError(f"query.shape[-3] (={query.shape[-3]}) must equal key.shape[-3] (={key.shape[-3]}) "
+                         "unless enable_gqa=True")
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    if query.dim() > 3:  # expand broadcast batch dims (a view); autograd sums their gradients back
+        query, key, value = (t.expand(batch + t.shape[-3:]) for t in (query, key, value))
+    out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale))
+    return out
+
+
+# ---- patching torch.nn.functional --------------------------------------------------------------
+
+_original: Optional[Callable[..., Tensor]] = None
+
+
+def _routable(query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: float) -> bool:
+    """Whether fastattn can take this call; the patch hands everything else to torch unchanged."""
+    if not all(isinstance(t, Tensor) and t.device.type == "cpu" and not t.is_nested and t.dtype == query.dtype
+               and t.dim() >= 2 for t in (query, key, value)):
+        return False
+    if query.dtype not in _DTYPES or dropout_p != 0.0:
+        return False
+    if query.dtype == torch.bfloat16:
+        try:
+            _bfloat16()
+        except TypeError:
+            return False
+    if attn_mask is not None and (not isinstance(attn_mask, Tensor) or attn_mask.requires_grad):
+        return False
+    return True
+
+
+def _patched_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                  enable_gqa=False):
+    if _routable(query, key, value, attn_mask, dropout_p):
+        return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    assert _original is not None
+    return _original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                     scale=scale, enable_gqa=enable_gqa)
+
+
+class _Patch:
+    """What ``patch()`` returns: also a context manager that unpatches on exit."""
+
+    def __enter__(self) -> "_Patch":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        unpatch()
+
+
+def patch() -> _Patch:
+    """Route CPU calls of ``torch.nn.functional.scaled_dot_product_attention`` to fastattn.
+
+    Every module that calls the torch function through ``torch.nn.functional`` picks this up,
+    ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` among them (in training, or
+    whenever they don't take torch's fused inference fast path). Calls fastattn cannot take
+    are passed to torch unchanged: tensors off the CPU or of other dtypes, nested tensors,
+    ``dropout_p > 0``, a mask that requires grad. Idempotent; ``unpatch()`` restores the torch function, and
+    ``with fastattn.torch.patch(): ...`` patches for a block.
+    """
+    global _original
+    if _original is None:
+        _original = torch.nn.functional.scaled_dot_product_attention
+        torch.nn.functional.scaled_dot_product_attention = _patched_sdpa
+    return _Patch()
+
+
+def unpatch() -> None:
+    """Restore torch's own ``scaled_dot_product_attention`` (a no-op when not patched)."""
+    global _original
+    if _original is not None:
+        torch.nn.functional.scaled_dot_product_attention = _original
+        _original = None
+
+
+def is_patched() -> bool:
+    return _original is not None

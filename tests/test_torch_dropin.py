@@ -1,0 +1,235 @@
+"""fastattn.torch: the drop-in scaled_dot_product_attention (outputs and gradients against torch's
+own), the custom ops under torch.compile, zero-copy DLPack, patch()/unpatch(), and a
+TransformerEncoderLayer that trains to the same losses with and without the patch.
+Skipped without torch."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+fat = pytest.importorskip("fastattn.torch")
+F = torch.nn.functional
+TORCH_SDPA = F.scaled_dot_product_attention  # captured before any patch
+
+# (rtol, atol) per dtype for outputs and gradients against torch's own kernel
+TOLERANCE = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-4, 2e-5),
+             torch.float16: (2e-2, 5e-3), torch.bfloat16: (5e-2, 3e-2)}
+
+
+@pytest.fixture(autouse=True)
+def _no_patch_left_behind():
+    yield
+    fat.unpatch()
+
+
+def make(shape, dtype, seed, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(grad)
+
+
+def forward_backward(fn, q, k, v, seed=7, **kwargs):
+    """fn's output and the gradients of sum(out * cotangent) with respect to q, k, v."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, **kwargs)
+    cotangent = make(out.shape, out.dtype, seed, grad=False)
+    grads = torch.autograd.grad(out, (q, k, v), cotangent)
+    return out.detach(), grads
+
+
+def assert_close(ours, theirs, dtype):
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(ours.double(), theirs.double(), rtol=rtol, atol=atol)
+
+
+CASES = {
+    "plain": (dict(), (2, 3, 33, 16), (2, 3, 33, 16)),
+    "lq-ne-lk": (dict(), (2, 3, 17, 8), (2, 3, 70, 8)),
+    "causal": (dict(is_causal=True), (2, 2, 65, 31), (2, 2, 65, 31)),
+    "causal-lq-lt-lk": (dict(is_causal=True), (1, 2, 20, 16), (1, 2, 45, 16)),
+    "gqa": (dict(enable_gqa=True), (2, 8, 19, 16), (2, 2, 23, 16)),
+    "scale": (dict(scale=0.3), (3, 21, 7), (3, 40, 7)),
+    "2d": (dict(), (29, 5), (31, 5)),
+    "5d": (dict(is_causal=True), (2, 2, 2, 13, 8), (2, 2, 2, 13, 8)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch(case, dtype):
+    kwargs, q_shape, k_shape = CASES[case]
+    q, k = make(q_shape, dtype, 1), make(k_shape, dtype, 2)
+    v = make(k_shape[:-1] + (k_shape[-1] + 3,), dtype, 3)  # Ev != E
+    out, grads = forward_backward(fat.scaled_dot_product_attention, q, k, v, **kwargs)
+    ref_out, ref_grads = forward_backward(TORCH_SDPA, q, k, v, **kwargs)
+    assert out.dtype == dtype and out.shape == ref_out.shape
+    assert_close(out, ref_out, dtype)
+    for g, ref, x in zip(grads, ref_grads, (q, k, v)):
+        assert g.dtype == dtype and g.shape == x.shape
+        assert_close(g, ref, dtype)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("mask_shape", [(2, 4, 30, 50), (2, 1, 1, 50), (30, 50)], ids=["full", "padding", "2d"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_masks_match_torch(kind, mask_shape, causal):
+    q, k, v = make((2, 4, 30, 16), torch.float64, 1), make((2, 4, 50, 16), torch.float64, 2), \
+        make((2, 4, 50, 16), torch.float64, 3)
+    g = torch.Generator().manual_seed(5)
+    if kind == "bool":
+        mask = torch.rand(mask_shape, generator=g) < 0.7
+        mask[..., 0] = True  # torch gives NaN for a row that sees nothing (fastattn: zeros)
+    else:
+        mask = torch.randn(mask_shape, generator=g, dtype=torch.float64)
+    out, grads = forward_backward(fat.scaled_dot_product_attention, q, k, v, attn_mask=mask, is_causal=causal)
+    ref_out, ref_grads = forward_backward(TORCH_SDPA, q, k, v, attn_mask=mask, is_causal=causal)
+    assert_close(out, ref_out, torch.float64)
+    for a, b in zip(grads, ref_grads):
+        assert_close(a, b, torch.float64)
+
+
+def test_strided_and_broadcast_inputs():
+    base = make((2, 40, 3, 24), torch.float64, 1)
+    q = base[..., :8].transpose(1, 2)  # (2, 3, 40, 8), a strided view as nn.MultiheadAttention makes
+    k = base[..., 8:16].transpose(1, 2)
+    v = make((1, 3, 40, 8), torch.float64, 2).expand(2, 3, 40, 8)  # a broadcast batch axis
+    out, grads = forward_backward(fat.scaled_dot_product_attention, q, k, v, is_causal=True)
+    ref_out, ref_grads = forward_backward(TORCH_SDPA, q, k, v, is_causal=True)
+    assert_close(out, ref_out, torch.float64)
+    for a, b in zip(grads, ref_grads):
+        assert_close(a, b, torch.float64)
+
+
+def test_fully_masked_row_is_zero_where_torch_gives_nan():
+    q, k, v = (make((1, 1, 3, 4), torch.float32, s, grad=False) for s in (1, 2, 3))
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, True]])
+    out = fat.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(out[0, 0, 1], torch.zeros(4))
+    torch.testing.assert_close(out[0, 0, [0, 2]], TORCH_SDPA(q, k, v, attn_mask=mask)[0, 0, [0, 2]])
+
+
+def test_zero_copy_through_dlpack(monkeypatch):
+    """The kernel reads the tensors' own memory and writes into the tensor that is returned."""
+    seen = {}
+    real = fat.attention
+
+    def spy(q, k, v, **kwargs):
+        seen.update(q=q.ctypes.data, k=k.ctypes.data, v=v.ctypes.data, out=kwargs["out"].ctypes.data)
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(fat, "attention", spy)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (make((2, 2, 9, 8), dtype, s, grad=False) for s in (1, 2, 3))
+        out = fat.scaled_dot_product_attention(q, k, v)
+        assert seen == dict(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr())
+
+
+def test_compiles_without_graph_breaks():
+    def step(q, k, v):
+        return fat.scaled_dot_product_attention(q, k, v, is_causal=True).sin().sum()
+
+    q, k, v = (make((2, 2, 24, 8), torch.float32, s) for s in (1, 2, 3))
+    explanation = torch._dynamo.explain(step)(q, k, v)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(q, k, v)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    ref_loss = step(q, k, v)
+    ref_grads = torch.autograd.grad(ref_loss, (q, k, v))
+    assert torch.equal(loss, ref_loss)
+    for a, b in zip(grads, ref_grads):
+        assert torch.equal(a, b)
+
+
+def test_custom_ops_pass_torch_opcheck():
+    q, k, v = (make((1, 2, 6, 4), torch.float32, s) for s in (1, 2, 3))
+    torch.library.opcheck(torch.ops.fastattn.sdpa.default, (q, k, v, None, True, 0.5))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda q: fat.scaled_dot_product_attention(q, q, q, dropout_p=0.1), NotImplementedError, "dropout_p"),
+    (lambda q: fat.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(5, 5, requires_grad=True)),
+     NotImplementedError, "attn_mask requires grad"),
+    (lambda q: fat.scaled_dot_product_attention(q, q.double(), q), TypeError, r"key.dtype \(=torch.float64\)"),
+    (lambda q: fat.scaled_dot_product_attention(q.int(), q.int(), q.int()), TypeError, "query.dtype"),
+    (lambda q: fat.scaled_dot_product_attention(q.numpy(), q, q), TypeError, "query must be a torch.Tensor"),
+    (lambda q: fat.scaled_dot_product_attention(q.to("meta"), q, q), ValueError, "query is on meta"),
+    (lambda q: fat.scaled_dot_product_attention(q, q[:, :1], q[:, :1]), ValueError, "enable_gqa"),
+    (lambda q: fat.scaled_dot_product_attention(q, q[..., :3], q), ValueError, r"k.shape\[-1\]"),
+])
+def test_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call(make((2, 4, 5, 6), torch.float32, 1, grad=False))
+
+
+def test_patch_routes_cpu_calls_and_unpatch_restores(monkeypatch):
+    routed = []
+    real = fat.scaled_dot_product_attention
+    monkeypatch.setattr(fat, "scaled_dot_product_attention", lambda *a, **kw: routed.append(1) or real(*a, **kw))
+    q, k, v = (make((1, 2, 8, 4), torch.float32, s, grad=False) for s in (1, 2, 3))
+    with fat.patch():
+        assert fat.is_patched() and F.scaled_dot_product_attention is not TORCH_SDPA
+        fat.patch()  # idempotent
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        assert len(routed) == 1
+        torch.testing.assert_close(out, TORCH_SDPA(q, k, v, is_causal=True))
+        # what fastattn cannot take goes to torch unchanged
+        F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+        F.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(8, 8, requires_grad=True))
+        F.scaled_dot_product_attention(q.to("meta"), k.to("meta"), v.to("meta"))
+        assert len(routed) == 1
+    assert not fat.is_patched() and F.scaled_dot_product_attention is TORCH_SDPA
+    fat.unpatch()  # a no-op now
+
+
+def train_losses(layer, x, steps, causal, key_padding_mask=None):
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-2)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype) if causal else None
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = layer(x, src_mask=mask, is_causal=causal, src_key_padding_mask=key_padding_mask).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 1e-4)], ids=["float64", "float32"])
+@pytest.mark.parametrize("variant", ["plain", "causal", "key-padding"])
+def test_transformer_layer_trains_to_the_same_losses(monkeypatch, dtype, rtol, variant):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True, dtype=dtype)
+    x = torch.randn(3, 20, 32, dtype=dtype)
+    padding = None
+    if variant == "key-padding":
+        padding = torch.zeros(3, 20, dtype=torch.bool)
+        padding[1, 15:] = True  # the last 5 keys of sequence 1 are padding
+    causal = variant == "causal"
+    stock = train_losses(copy.deepcopy(layer), x, 5, causal, padding)
+
+    routed = []
+    real = fat.scaled_dot_product_attention
+    monkeypatch.setattr(fat, "scaled_dot_product_attention", lambda *a, **kw: routed.append(1) or real(*a, **kw))
+    with fat.patch():
+        patched = train_losses(copy.deepcopy(layer), x, 5, causal, padding)
+    assert len(routed) == 5  # every step's attention ran on fastattn
+    assert stock[-1] < stock[0]  # it does train
+    np.testing.assert_allclose(patched, stock, rtol=rtol)
+
+
+def test_numpy_attention_reads_tensors_through_dlpack():
+    import fastattn
+
+    q, k, v = (make((2, 3, 10, 8), torch.float32, s, grad=False) for s in (1, 2, 3))
+    out = fastattn.attention(q, k, v, causal=True)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, TORCH_SDPA(q, k, v, is_causal=True).numpy(), rtol=2e-4, atol=2e-5)
+    with pytest.raises(TypeError, match="q cannot be shared through DLPack.*require"):
+        fastattn.attention(q.requires_grad_(), k, v)
+    with pytest.raises(TypeError, match="use fastattn.torch"):
+        fastattn.attention(*(t.bfloat16() for t in (q.detach(), k, v)))
