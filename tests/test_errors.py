@@ -805,7 +805,7 @@ def test_float16_input_with_float32_mask(backend, mask_dtype):
     if mask_dtype != np.bool_:
         mask = np.where(mask, np.random.default_rng(5).standard_normal(mask.shape), -np.inf).astype(mask_dtype)
     out, lse = attention(q, k, v, mask=mask, return_lse=True, backend=backend)
-    assert out.dtype == lse.dtype == np.float16
+    assert out.dtype == np.float16 and lse.dtype == np.float32  # lse in the compute dtype
     assert_matches_oracle(q, k, v, out, lse, mask=mask)
     numpy_ref = attention(q, k, v, mask=mask, return_lse=True, backend="numpy")
     for x, y in zip((out, lse), numpy_ref):
@@ -819,7 +819,7 @@ def test_bfloat16_input_with_every_option(backend):
                    q_lengths=[LQ, 2], window=(2, None), alibi_slopes=[0.5, 0.25, 0.125, 0.0625], softcap=5,
                    causal="lower_right")
     out, lse = attention(q, k, v, return_lse=True, backend=backend, **options)
-    assert out.dtype == lse.dtype == bfloat16 and out.shape == OUT_SHAPE
+    assert out.dtype == bfloat16 and lse.dtype == np.float32 and out.shape == OUT_SHAPE
     assert_matches_oracle(q, k, v, out, lse, **options)
     plain = attention(q, k, v, mask=np.ones(LK, bool), backend=backend)
     assert plain.dtype == bfloat16

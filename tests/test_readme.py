@@ -79,3 +79,12 @@ def test_thread_examples_run(readme):
     finally:
         fastattn.set_num_threads(previous)
     assert len(namespace["outs"]) == 8
+
+
+def test_dask_example_runs(readme):
+    pytest.importorskip("dask.distributed")
+    blocks = python_blocks(section(readme, "Dask: beyond one machine"))
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    assert namespace["out"].shape == (4, 16, 4096, 64) and float(namespace["total"]) == namespace["total"]

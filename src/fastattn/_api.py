@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _backend, _reference
-from ._backend import MAX_THREADS, _check_num_threads  # noqa: F401 (MAX_THREADS: re-exported)
+from ._backend import _check_num_threads
 
 # Storage dtypes and the codes the C++ kernel knows them by, keyed by dtype object (dtype.name is
 # slow to compute on every call). bfloat16 is ml_dtypes' (optional): recognised by name the first
@@ -52,6 +52,11 @@ class _Call(NamedTuple):
     out_shape: Tuple[int, ...]  # the user-facing shape (..., Hq, Lq, Dv)
     batch_shape: Tuple[int, ...]
     options: _reference.Options
+
+
+def _compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float64 for float64, else float32: what the kernels compute in, and lse's dtype."""
+    return _F64 if dtype == _F64 else _F32
 
 
 def _is_real(x) -> bool:
@@ -141,7 +146,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     alibi_slopes : real array of shape ``(Hq,)`` or broadcastable to ``(..., Hq)``: adds
         ``-slope·|i + off - j|`` to the scores.
     softcap : positive float: ``scores -> softcap·tanh(scores / softcap)`` (Gemma 2).
-    return_lse : also return the log-sum-exp of each row's scores, in the input dtype.
+    return_lse : also return the log-sum-exp of each row's scores, in the compute dtype (float64
+        for float64 inputs, else float32: a 16-bit lse would cost the backward its precision).
     out : optional C-contiguous, writeable array of the output's shape and dtype, sharing no
         memory with q, k, v; written in place and returned.
     backend : "auto" (C++ when built, else NumPy with a one-time warning), "cpp" (raises
@@ -169,7 +175,7 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     batch, hq, lq, _ = call.q.shape
     lk, dv = call.k.shape[2], call.v.shape[3]
     out4 = out.reshape(batch, hq, lq, dv)
-    lse = np.empty(call.out_shape[:-1], dtype=out.dtype) if return_lse else None
+    lse = np.empty(call.out_shape[:-1], dtype=_compute_dtype(out.dtype)) if return_lse else None
     lse3 = None if lse is None else lse.reshape(batch, hq, lq)
 
     if batch * hq * lq == 0 or dv == 0 and lse3 is None:
@@ -212,10 +218,9 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     dout : array of out's shape and q's dtype: the gradient of the loss with respect to out.
     q, k, v : as for ``attention``.
     out : the forward output, shape (..., Hq, Lq, Dv), q's dtype.
-    lse : the forward's log-sum-exp, shape (..., Hq, Lq), q's dtype, float32 or float64. For
-        float16/bfloat16 inputs an lse rounded to 16 bits costs the gradients about that
-        relative precision; pass it as float32 (``lse.astype(np.float32)`` does not restore
-        it, so compute it in float32, e.g. by a float32 forward) for more.
+    lse : the forward's log-sum-exp, shape (..., Hq, Lq): float32 or float64 (as ``attention``
+        returns it), or q's dtype. For float16/bfloat16 inputs an lse rounded to 16 bits costs
+        the gradients about that relative precision (2-3x the error of the float32 one).
     causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap, backend,
     num_threads : as for ``attention``. The C++ kernel splits the work so that no two threads
         write the same gradient rows: no atomics, and results are bitwise the same for every
@@ -231,7 +236,7 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     batch, hq, lq, d = call.q.shape
     lk, dv_cols = call.k.shape[2], call.v.shape[3]
     dtype = call.q.dtype
-    compute = _F64 if dtype == _F64 else _F32
+    compute = _compute_dtype(dtype)
     dout4 = _check_same_as_out(dout, "dout", call).reshape(batch, hq, lq, dv_cols)
     out4 = _check_same_as_out(out, "out", call).reshape(batch, hq, lq, dv_cols)
     lse3 = _check_lse(lse, call.out_shape[:-1], dtype, compute).reshape(batch, hq, lq)
@@ -305,14 +310,18 @@ def _option_args(call: _Call, threads: int) -> tuple:
 _NO_OPTIONS = (None, 0, (0, 0, 0), None, None, None, -1, -1, None, 0.0)
 
 
-def _choose_backend(backend: str) -> bool:
-    """True for the C++ backend."""
-    global _warned_fallback
+def _check_backend(backend) -> str:
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     if backend not in _BACKENDS:
         raise ValueError(f"backend (={backend!r}) must be one of {', '.join(map(repr, _BACKENDS))}")
-    if backend == "numpy":
+    return backend
+
+
+def _choose_backend(backend: str) -> bool:
+    """True for the C++ backend."""
+    global _warned_fallback
+    if _check_backend(backend) == "numpy":
         return False
     if _backend.cpp_available():
         return True

@@ -85,7 +85,7 @@ class MultiHeadAttention:
         self.causal = causal
         _api._check_causal(causal)  # the same rules, and messages, as attention()
         self.dtype = _check_dtype(dtype)
-        self.backend = _check_backend(backend)
+        self.backend = _api._check_backend(backend)
         _api._check_num_threads(num_threads)
         self.num_threads = num_threads
         rng = _check_rng(rng)
@@ -311,14 +311,6 @@ def _check_dtype(dtype) -> np.dtype:
     if dt not in _DTYPES:
         raise TypeError(f"dtype (={dt}) must be float32 or float64")
     return dt
-
-
-def _check_backend(backend) -> str:
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-    if backend not in _api._BACKENDS:
-        raise ValueError(f"backend (={backend!r}) must be one of {', '.join(map(repr, _api._BACKENDS))}")
-    return backend
 
 
 def _check_rng(rng) -> np.random.Generator:

@@ -64,7 +64,8 @@ def _options(attn_mask: Optional[Tensor], is_causal: bool, scale: float) -> dict
 @torch.library.custom_op("fastattn::sdpa", mutates_args=(), device_types="cpu")
 def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
           scale: float) -> Tuple[Tensor, Tensor]:
-    """(out, lse) of fastattn.attention; out is allocated by torch and written in place."""
+    """(out, lse) of fastattn.attention; out is allocated by torch and written in place. lse is
+    float32 (float64 for float64): kept for the backward, which it makes as precise as torch's."""
     out = torch.empty(query.shape[:-1] + value.shape[-1:], dtype=query.dtype)
     _, lse = attention(_to_numpy(query), _to_numpy(key), _to_numpy(value), return_lse=True,
                        out=_to_numpy(out), **_options(attn_mask, is_causal, scale))
@@ -73,7 +74,8 @@ def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor]
 
 @_sdpa.register_fake
 def _sdpa_fake(query, key, value, attn_mask, is_causal, scale):
-    return query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1])
+    lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32  # the compute dtype
+    return query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=lse_dtype)
 
 
 @torch.library.custom_op("fastattn::sdpa_backward", mutates_args=(), device_types="cpu")

@@ -115,7 +115,7 @@ fastattn::SdpaArgs unpack(const py::array& q, const py::array& k, const py::arra
     return args;
 }
 
-// out (and lse, or None) are written in place.
+// out (and lse, or None: in the compute dtype) are written in place.
 void forward(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& lse,
              int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
              std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
@@ -126,7 +126,8 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
                                      alibi_slopes, softcap);
     if (!lse.is_none()) {
         auto lse_array = lse.cast<py::array>();
-        require_c_contiguous(lse_array, "lse", q.dtype(), true);
+        const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+        require_c_contiguous(lse_array, "lse", compute, true);
         if (lse_array.ndim() != 3 || lse_array.shape(0) != args.batch || lse_array.shape(1) != args.hq ||
             lse_array.shape(2) != args.lq)
             fail("lse must have shape (batch, hq, lq)");

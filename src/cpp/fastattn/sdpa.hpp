@@ -12,7 +12,8 @@
 
 namespace fastattn {
 
-// Storage dtype of q, k, v, out and lse. float16 and bfloat16 are converted to
+// Storage dtype of q, k, v and out (lse is in the compute dtype: double for
+// f64, else float). float16 and bfloat16 are converted to
 // float32 block by block inside the kernel and computed in float32.
 enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
 
@@ -45,7 +46,7 @@ struct SdpaArgs {
     const void* k = nullptr;  // (batch, hkv, lk, d)   strided, last axis contiguous
     const void* v = nullptr;  // (batch, hkv, lk, dv)  strided, last axis contiguous
     void* out = nullptr;      // (batch, hq,  lq, dv)  C-contiguous
-    void* lse = nullptr;      // (batch, hq,  lq)      C-contiguous; may be null
+    void* lse = nullptr;      // (batch, hq,  lq)      C-contiguous, compute dtype; may be null
     Strides3 q_strides, k_strides, v_strides;
     int64_t batch = 0, hq = 0, hkv = 0, lq = 0, lk = 0, d = 0, dv = 0;
     double scale = 1.0;

@@ -388,7 +388,7 @@ private:
         for (int64_t h = t.h0, r = 0; h < t.h0 + heads_per_task_; ++h) {
             const int64_t first_row = (t.blk.b * a_.hq + h) * a_.lq + t.row0;
             S* out = static_cast<S*>(a_.out) + first_row * a_.dv;
-            S* lse = a_.lse ? static_cast<S*>(a_.lse) + first_row : nullptr;
+            T* lse = a_.lse ? static_cast<T*>(a_.lse) + first_row : nullptr;  // compute dtype
             for (int64_t i = 0; i < t.rows; ++i) {
                 const bool is_live = i < t.rows_live;
                 if (is_live)
@@ -837,17 +837,17 @@ private:
 
     // out = acc / l and lse = m + log(l); a row that saw no key gives zeros
     // and lse = -inf (never 0/0 = NaN).
-    void finish_row(T m, T l, const T* acc, S* out, S* lse) const {
+    void finish_row(T m, T l, const T* acc, S* out, T* lse) const {
         if (m == neg_inf_) {
             std::fill(out, out + a_.dv, Storage<S>::narrow(T(0)));
-            if (lse) *lse = Storage<S>::narrow(neg_inf_);
+            if (lse) *lse = neg_inf_;
             return;
         }
         const reg denom = V::set1(l);
         int64_t c = 0;
         for (; c + W <= a_.dv; c += W) Storage<S>::store(out + c, V::div(V::load(acc + c), denom));
         for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] / l);
-        if (lse) *lse = Storage<S>::narrow(m + std::log(l));
+        if (lse) *lse = m + std::log(l);
     }
 
     const SdpaArgs& a_;
