@@ -88,3 +88,12 @@ def test_dask_example_runs(readme):
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     assert namespace["out"].shape == (4, 16, 4096, 64) and float(namespace["total"]) == namespace["total"]
+
+
+def test_jax_example_runs(readme):
+    pytest.importorskip("jax")
+    blocks = python_blocks(section(readme, "JAX: `dot_product_attention`"))
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    assert namespace["out"].shape == namespace["dq"].shape == (2, 128, 8, 64)
