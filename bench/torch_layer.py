@@ -40,6 +40,17 @@ def step_time(layer, x, causal: bool, steps: int) -> float:
     return statistics.median(times)
 
 
+def sdpa_time(fn, q, k, v, causal: bool, steps: int) -> float:
+    """Seconds per forward + backward of the attention alone (median of `steps`)."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        out = fn(q, k, v, is_causal=causal)
+        torch.autograd.grad(out, (q, k, v), out)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -52,6 +63,7 @@ def main() -> None:
           f"medians of {args.rounds} alternating rounds x {args.steps} steps")
     print("| batch x seq | d_model / heads | causal | torch ms | fastattn ms | speed-up |")
     print("|---|---|---|---:|---:|---:|")
+    attention_only = []
     for batch, seq, d_model, heads, causal in CONFIGS:
         layer = torch.nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, batch_first=True,
                                                  dtype=dtype)
@@ -66,6 +78,22 @@ def main() -> None:
                 patched.append(step_time(layer, x, causal, args.steps))
         t, f = statistics.median(stock) * 1e3, statistics.median(patched) * 1e3
         print(f"| {batch} x {seq} | {d_model} / {heads} | {causal} | {t:.1f} | {f:.1f} | {t / f:.2f} |")
+        attention_only.append((batch, seq, d_model, heads, causal))
+
+    print("\nThe layer's attention alone (F.scaled_dot_product_attention forward + backward):")
+    print("| (B, H, L, D) | causal | torch ms | fastattn ms | speed-up |")
+    print("|---|---|---:|---:|---:|")
+    for batch, seq, d_model, heads, causal in attention_only:
+        q, k, v = (torch.randn(batch, heads, seq, d_model // heads, dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        stock, ours = [], []
+        for fn in (torch.nn.functional.scaled_dot_product_attention, fat.scaled_dot_product_attention):
+            sdpa_time(fn, q, k, v, causal, 1)  # warm-up
+        for _ in range(args.rounds):
+            stock.append(sdpa_time(torch.nn.functional.scaled_dot_product_attention, q, k, v, causal, args.steps))
+            ours.append(sdpa_time(fat.scaled_dot_product_attention, q, k, v, causal, args.steps))
+        t, f = statistics.median(stock) * 1e3, statistics.median(ours) * 1e3
+        print(f"| {batch}, {heads}, {seq}, {d_model // heads} | {causal} | {t:.2f} | {f:.2f} | {t / f:.2f} |")
 
 
 if __name__ == "__main__":

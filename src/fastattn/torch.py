@@ -44,7 +44,7 @@ def _to_numpy(t: Tensor) -> np.ndarray:
 
 def _from_numpy(a: np.ndarray) -> Tensor:
     """A tensor sharing a's memory."""
-    if a.dtype.name == "bfloat16":
+    if a.dtype.itemsize == 2 and a.dtype != np.float16:  # bfloat16 (dtype.name is slow to compute)
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
@@ -158,8 +158,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                          "unless enable_gqa=True")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
-    batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
-    if query.dim() > 3:  # expand broadcast batch dims (a view); autograd sums their gradients back
+    if query.dim() > 3 and not query.shape[:-3] == key.shape[:-3] == value.shape[:-3]:
+        # expand broadcast batch dims (a view); autograd sums their gradients back
+        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
         query, key, value = (t.expand(batch + t.shape[-3:]) for t in (query, key, value))
     out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale))
     return out
