@@ -81,19 +81,15 @@ def test_thread_examples_run(readme):
     assert len(namespace["outs"]) == 8
 
 
-def test_dask_example_runs(readme):
-    pytest.importorskip("dask.distributed")
-    blocks = python_blocks(section(readme, "Dask: beyond one machine"))
+@pytest.mark.parametrize("module, title, check", [
+    ("dask.distributed", "Dask: beyond one machine",
+     lambda ns: ns["out"].shape == (4, 16, 4096, 64) and float(ns["total"]) == ns["total"]),
+    ("jax", "JAX: `dot_product_attention`", lambda ns: ns["out"].shape == ns["dq"].shape == (2, 128, 8, 64)),
+], ids=["dask", "jax"])
+def test_integration_example_runs(readme, module, title, check):
+    pytest.importorskip(module)
+    blocks = python_blocks(section(readme, title))
     assert len(blocks) == 1
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
-    assert namespace["out"].shape == (4, 16, 4096, 64) and float(namespace["total"]) == namespace["total"]
-
-
-def test_jax_example_runs(readme):
-    pytest.importorskip("jax")
-    blocks = python_blocks(section(readme, "JAX: `dot_product_attention`"))
-    assert len(blocks) == 1
-    namespace: dict = {}
-    exec(compile(blocks[0], str(README), "exec"), namespace)
-    assert namespace["out"].shape == namespace["dq"].shape == (2, 128, 8, 64)
+    assert check(namespace)
