@@ -231,6 +231,7 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     (dq, dk, dv), new arrays of the shapes of q, k, v in q's dtype.
     """
     use_cpp = _choose_backend(backend)
+    q, k, v = _asarray(q, "q"), _asarray(k, "k"), _asarray(v, "v")  # the gradients take their shapes
     call = _normalise(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap)
     threads = _check_num_threads(num_threads)
     batch, hq, lq, d = call.q.shape
