@@ -329,6 +329,20 @@ class Progress:
 
 def train(args: argparse.Namespace) -> float:
     """Train as ``args`` say; print the held-out results and return the per-character accuracy."""
+    model, task = fit(args)
+    predicted = greedy_reverse(model, task, task.test)
+    correct = predicted == task.test[:, ::-1]
+    char_acc, string_acc = float(correct.mean()), float(correct.all(axis=1).mean())
+    if not args.quiet:
+        for s, p in zip(task.test[:3], predicted[:3]):
+            print(f"  {task.decode(s)}{SEPARATOR} -> {task.decode(p)}")
+    print(f"held-out strings: {len(task.test)}, chance per character: {1 / task.alphabet:.3f}")
+    print(f"held-out accuracy: {char_acc:.3f} per character, {string_acc:.3f} whole strings")
+    return char_acc
+
+
+def fit(args: argparse.Namespace) -> tuple[Model, ReversalTask]:
+    """The model trained as ``args`` say, and its task (with the held-out strings)."""
     rng = np.random.default_rng(args.seed)
     task = ReversalTask(args.alphabet, args.seq_len, rng, held_out=args.held_out)
     model = Model(task.vocab, 2 * args.seq_len, args.d_model, args.heads, args.layers, rng,
@@ -351,16 +365,7 @@ def train(args: argparse.Namespace) -> float:
         acc_avg = acc if acc_avg is None else 0.9 * acc_avg + 0.1 * acc
         progress.update(step, loss_avg, acc_avg)
     progress.close()
-
-    predicted = greedy_reverse(model, task, task.test)
-    correct = predicted == task.test[:, ::-1]
-    char_acc, string_acc = float(correct.mean()), float(correct.all(axis=1).mean())
-    if not args.quiet:
-        for s, p in zip(task.test[:3], predicted[:3]):
-            print(f"  {task.decode(s)}{SEPARATOR} -> {task.decode(p)}")
-    print(f"held-out strings: {len(task.test)}, chance per character: {1 / task.alphabet:.3f}")
-    print(f"held-out accuracy: {char_acc:.3f} per character, {string_acc:.3f} whole strings")
-    return char_acc
+    return model, task
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

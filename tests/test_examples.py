@@ -72,6 +72,16 @@ def test_char_transformer_learns_to_reverse():
     assert "|" in result.stdout  # sample outputs "abc| -> cba"
 
 
+def test_visualize_attention_draws_the_reversal(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = run_example("visualize_attention.py", "--out-dir", str(tmp_path), "--dpi", "40", *CHAR_CI_ARGS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attention-layer0.png", "attention-layer1.png",
+                                                          "attention-reversal.png"]
+    share = float(re.search(r"(\d\.\d+) of the output rows' weight on the mirrored input", result.stdout).group(1))
+    assert share > 0.5  # the script's own bar; these settings reach ~0.75
+
+
 def test_char_transformer_quiet():
     result = run_example("char_transformer.py", *CHAR_CI_ARGS, "--steps", "5", "--quiet")
     assert result.returncode in (0, 1)

@@ -93,3 +93,14 @@ def test_integration_example_runs(readme, module, title, check):
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     assert check(namespace)
+
+
+def test_pictures_example_runs(readme, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)  # it saves heads.png
+    blocks = python_blocks(section(readme, "Pictures of attention: `attention_weights`, `fastattn.viz`"))
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    assert namespace["weights"].shape == (2, 4, 6, 6) and (tmp_path / "heads.png").stat().st_size > 0
+    assert (README.parent / "docs" / "attention-reversal.png").exists()  # the picture the section shows

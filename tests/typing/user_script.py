@@ -14,7 +14,8 @@ def attend(x: npt.NDArray[np.float32], heads: int) -> npt.NDArray[np.float32]:
     out = fastattn.attention(q, q, q, causal=True, window=(64, None), num_threads=None)
     out_lse, lse = fastattn.attention(q, q, q, return_lse=True, mask=np.ones((length, length), bool))
     dq, dk, dv = fastattn.attention_backward(np.ones_like(out_lse), q, q, q, out_lse, lse)
-    assert dq.shape == dk.shape == dv.shape == q.shape and lse.ndim == 3
+    weights: npt.NDArray[np.floating] = fastattn.attention_weights(q, q, causal=True)
+    assert dq.shape == dk.shape == dv.shape == q.shape and lse.ndim == 3 and weights.ndim == 4
     return out.transpose(0, 2, 1, 3).reshape(batch, length, width).astype(np.float32)
 
 
