@@ -59,6 +59,13 @@ def _compute_dtype(dtype: np.dtype) -> np.dtype:
     return _F64 if dtype == _F64 else _F32
 
 
+def _stand_in(shape: Tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros of `shape` that own only their last axis (stride 0 elsewhere): what fastattn.jax and
+    fastattn.dask pass to _normalise to validate a call whose data is not at hand, without
+    memory, and with the contiguous last axis that makes _normalise copy nothing."""
+    return np.broadcast_to(np.zeros(tuple(shape)[-1:], dtype), tuple(shape))
+
+
 def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 

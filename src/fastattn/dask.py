@@ -197,15 +197,12 @@ def _chunk_like(x, q, ndim: int):
 def _validate(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap,
               backend, num_threads) -> None:
     """fastattn's own checks, with the same messages, run now on data-free stand-ins."""
-    compute = np.float64 if q.dtype == np.float64 else np.float32
+    compute = _api._compute_dtype(q.dtype)
 
     def stand_in(x, dtype=None):
-        # An array of x's shape and dtype that holds one row (stride 0 elsewhere), so that
-        # validation reads and converts nothing; lengths and slopes are tiny: checked for real
-        # when they are NumPy.
-        if isinstance(x, da.Array):
-            return np.broadcast_to(np.zeros(x.shape[-1:], dtype or x.dtype), x.shape)
-        return x
+        # Dask arrays are validated by shape and dtype only; NumPy lengths and slopes are tiny
+        # and checked for real.
+        return _api._stand_in(x.shape, dtype or x.dtype) if isinstance(x, da.Array) else x
 
     m = mask
     if isinstance(mask, (da.Array, np.ndarray)):  # a float mask is converted by each task

@@ -158,15 +158,12 @@ def _check(options: _Options, q, k, v, mask, q_lengths, kv_lengths) -> None:
     values are not known then; _lengths clips them instead.)"""
 
     def stand_in(x, dtype=None):
-        # Zeros of x's shape that own only their last axis (stride 0 elsewhere): no memory, and
-        # fastattn, which wants a contiguous last axis, copies nothing.
         x = jnp.asarray(x)
-        return np.broadcast_to(np.zeros(x.shape[-1:], x.dtype if dtype is None else dtype), x.shape)
+        return _api._stand_in(x.shape, x.dtype if dtype is None else dtype)
 
     q, k, v = (_t_n(stand_in(x)) for x in (q, k, v))
     if mask is not None:  # a float mask of the compute dtype: fastattn would convert another at full size
-        compute = np.float64 if q.dtype == jnp.float64 else np.float32
-        mask = stand_in(mask, None if mask.dtype == jnp.bool_ else compute)
+        mask = stand_in(mask, None if mask.dtype == jnp.bool_ else _api._compute_dtype(q.dtype))
     q_lengths, kv_lengths = (None if x is None else stand_in(x) for x in (q_lengths, kv_lengths))
     try:  # the internal function behind fastattn.attention's checks (it allocates nothing)
         _api._normalise(q, k, v, options.causal, options.scale, mask, kv_lengths, q_lengths, options.window,
