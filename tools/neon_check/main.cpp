@@ -1,4 +1,4 @@
-// NEON correctness check for fastattn through the public C++ API (sdpa.hpp): the neon ISA
+// NEON correctness check for fastattn through the public C++ API (api.hpp): the neon ISA
 // against a float64 reference and against the scalar ISA. See README.md; run.sh builds and runs it.
 #include <cmath>
 #include <cstdlib>
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "fastattn/sdpa.hpp"
+#include "fastattn/api.hpp"
 
 using namespace fastattn;
 
@@ -87,7 +87,7 @@ static void run_isa(const std::string& isa, const Prob& p, const std::vector<T>&
     select_isa(isa);
     out.assign(p.batch * p.hq * p.lq * p.dv, T(12345));  // poison
     lse.assign(p.batch * p.hq * p.lq, T(12345));
-    SdpaArgs a;
+    AttentionArgs a;
     a.dtype = sizeof(T) == 8 ? DType::f64 : DType::f32;
     a.q = q.data();
     a.k = k.data();
@@ -107,7 +107,7 @@ static void run_isa(const std::string& isa, const Prob& p, const std::vector<T>&
     a.scale = p.scale;
     a.causal = p.causal;
     a.num_threads = threads;
-    sdpa_forward(a);
+    attention_forward(a);
 }
 
 static const char* cname(Causal c) {

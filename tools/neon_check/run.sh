@@ -13,11 +13,12 @@ fi
 mkdir -p "$out"
 cxx=(aarch64-linux-gnu-g++ -O2 -std=c++17 -static -Wall -Wextra -fopenmp -I"$src")
 # One object per ISA, as CMakeLists.txt builds them.
-"${cxx[@]}" -DFASTATTN_ISA=scalar -c "$src/fastattn/kernels/sdpa_scalar.cpp" -o "$out/sdpa_scalar.o"
-"${cxx[@]}" -DFASTATTN_ISA=neon -c "$src/fastattn/kernels/sdpa_neon.cpp" -o "$out/sdpa_neon.o"
+"${cxx[@]}" -DFASTATTN_ISA=scalar -c "$src/fastattn/kernels/attention_scalar.cpp" -o "$out/attention_scalar.o"
+"${cxx[@]}" -DFASTATTN_ISA=neon -c "$src/fastattn/kernels/attention_neon.cpp" -o "$out/attention_neon.o"
 "${cxx[@]}" -DFASTATTN_HAVE_NEON -c "$src/fastattn/dispatch.cpp" -o "$out/dispatch.o"
+"${cxx[@]}" -c "$src/fastattn/threads.cpp" -o "$out/threads.o"
 "${cxx[@]}" -c "$here/main.cpp" -o "$out/main.o"
-"${cxx[@]}" "$out"/main.o "$out"/dispatch.o "$out"/sdpa_scalar.o "$out"/sdpa_neon.o -o "$out/neon_check" 2>/dev/null
+"${cxx[@]}" "$out"/main.o "$out"/dispatch.o "$out"/threads.o "$out"/attention_scalar.o "$out"/attention_neon.o -o "$out/neon_check" 2>/dev/null
 mode=${1:-quick}
 [ "$mode" = quick ] || mode=full
 exec qemu-aarch64-static "$out/neon_check" "$mode"

@@ -14,7 +14,7 @@
 #include <string>
 #include <utility>
 
-#include "fastattn/sdpa.hpp"
+#include "fastattn/api.hpp"
 
 namespace py = pybind11;
 using fastattn::DType;
@@ -60,15 +60,15 @@ void require_c_contiguous(const py::array& a, const char* name, const py::dtype&
         fail(std::string(name) + " must be a " + (written ? "writeable " : "") + "C-contiguous array of its dtype");
 }
 
-// The SdpaArgs of q, k, v, the forward output `out` (written by forward, read
+// The AttentionArgs of q, k, v, the forward output `out` (written by forward, read
 // by backward) and the options, in the order of the Python-side tuple
 // _api._option_args.
-fastattn::SdpaArgs unpack(const py::array& q, const py::array& k, const py::array& v, const py::array& out,
+fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py::array& v, const py::array& out,
                           bool out_written, int dtype, double scale, int causal, int num_threads,
                           const py::object& mask, int mask_kind, std::array<int64_t, 3> mask_strides,
                           const py::object& mask_offsets, const py::object& q_lengths, const py::object& kv_lengths,
                           int64_t window_left, int64_t window_right, const py::object& alibi_slopes, double softcap) {
-    fastattn::SdpaArgs args;
+    fastattn::AttentionArgs args;
     args.dtype = static_cast<DType>(dtype);
     if (q.itemsize() != itemsize_of(args.dtype)) fail("q's itemsize does not match its dtype code");
     args.q_strides = strides_of(q, "q", q.dtype());
@@ -121,7 +121,7 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
              std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
              const py::object& kv_lengths, int64_t window_left, int64_t window_right,
              const py::object& alibi_slopes, double softcap) {
-    fastattn::SdpaArgs args = unpack(q, k, v, out, true, dtype, scale, causal, num_threads, mask, mask_kind,
+    fastattn::AttentionArgs args = unpack(q, k, v, out, true, dtype, scale, causal, num_threads, mask, mask_kind,
                                      mask_strides, mask_offsets, q_lengths, kv_lengths, window_left, window_right,
                                      alibi_slopes, softcap);
     if (!lse.is_none()) {
@@ -134,7 +134,7 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
         args.lse = lse_array.mutable_data();
     }
     py::gil_scoped_release release;
-    fastattn::sdpa_forward(args);
+    fastattn::attention_forward(args);
 }
 
 // dq, dk, dv are written in place; lse is in the compute dtype.
@@ -144,7 +144,7 @@ void backward(const py::array& dout, const py::array& out, const py::array& lse,
               std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
               const py::object& kv_lengths, int64_t window_left, int64_t window_right,
               const py::object& alibi_slopes, double softcap) {
-    const fastattn::SdpaArgs args = unpack(q, k, v, out, false, dtype, scale, causal, num_threads, mask, mask_kind,
+    const fastattn::AttentionArgs args = unpack(q, k, v, out, false, dtype, scale, causal, num_threads, mask, mask_kind,
                                            mask_strides, mask_offsets, q_lengths, kv_lengths, window_left,
                                            window_right, alibi_slopes, softcap);
     fastattn::GradArgs grad;
@@ -171,7 +171,7 @@ void backward(const py::array& dout, const py::array& out, const py::array& lse,
     grad.dk = dk.mutable_data();
     grad.dv = dv.mutable_data();
     py::gil_scoped_release release;
-    fastattn::sdpa_backward(args, grad);
+    fastattn::attention_backward(args, grad);
 }
 
 py::array math_array(const std::string& fn, const py::array& x) {

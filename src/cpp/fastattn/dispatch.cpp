@@ -1,5 +1,7 @@
-// Runtime CPU dispatch and the checked entry point. Compiled with baseline
-// flags only: nothing here may execute an instruction the CPU might lack.
+// Runtime CPU dispatch: the table of compiled ISAs, the CPU probe, the
+// selection (FASTATTN_ISA / set_isa), the argument backstop, and the checked
+// entry points. Compiled with baseline flags only: nothing here may execute
+// an instruction the CPU might lack. Thread counts come from threads.cpp.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -8,13 +10,9 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#include <pthread.h>
-#endif
-
+#include "api.hpp"
 #include "kernels/isa_entry.hpp"
-#include "sdpa.hpp"
+#include "threads.hpp"
 
 // FASTATTN_HAVE_<ISA> are set by CMakeLists.txt for the ISAs it compiled.
 FASTATTN_DECLARE_ISA_ENTRY(scalar)
@@ -34,8 +32,8 @@ namespace {
 struct IsaEntry {
     const char* name;
     bool (*cpu_has)();
-    void (*forward)(const SdpaArgs&);
-    void (*backward)(const SdpaArgs&, const GradArgs&);
+    void (*forward)(const AttentionArgs&);
+    void (*backward)(const AttentionArgs&, const GradArgs&);
     void (*math_array)(MathFn, DType, const void*, void*, int64_t);
 };
 
@@ -122,7 +120,7 @@ void select_isa(const std::string& name) {
                                 "; or 'auto')");
 }
 
-void check_args(const SdpaArgs& a) {
+void check_args(const AttentionArgs& a) {
     require(a.q && a.k && a.v && a.out, "null data pointer");
     require(a.batch >= 1 && a.hq >= 1 && a.hkv >= 1 && a.lq >= 1 && a.lk >= 1 && a.d >= 1 && a.dv >= 0,
             "sizes must be positive (dv may be 0)");
@@ -144,91 +142,22 @@ void check_args(const SdpaArgs& a) {
     require(kind == MaskKind::none || (a.mask.data && a.mask.batch_offsets), "mask without data or batch offsets");
 }
 
-#ifdef _OPENMP
-// fork() copies only the calling thread, but libgomp's thread pool state comes
-// along: a child whose parent ever opened a team waits forever at the first
-// barrier of its own parallel region (seen with GCC 12). Such a child runs
-// every call on its own thread instead; results never depend on the count.
-namespace {
-std::atomic<bool> team_opened{false};
-std::atomic<bool> serial_after_fork{false};
-
-void on_fork_in_child() {
-    if (team_opened.load()) serial_after_fork.store(true);
-}
-
-[[maybe_unused]] const int fork_handler_registered = pthread_atfork(nullptr, nullptr, on_fork_in_child);
-}  // namespace
-#endif
-
-// set_default_num_threads: 0 = not set. One value for the whole process, read
-// by calls from every thread (omp_set_num_threads would only reach the
-// thread that calls it, not the workers of a thread pool).
-static std::atomic<int> process_default{0};
-
-void set_default_num_threads(int n) {
-    require(n >= 0, "the default thread count must be >= 0");
-    process_default.store(n);
-}
-
-// The thread count a call runs with: the request; else the process default
-// (set_default_num_threads) under the OpenMP limit of the calling thread
-// (OMP_NUM_THREADS, or what threadpoolctl set there with omp_set_num_threads),
-// so that a limit always limits; else that OpenMP limit. Capped at the
-// processors available: more threads than processors only add waiting
-// (OpenMP threads spin at barriers while the one they wait for has no core),
-// and results never depend on the count.
-static int resolve_threads(int requested) {
-#ifdef _OPENMP
-    if (serial_after_fork.load()) return 1;
-    // omp_get_num_procs asks the OS for this process's CPU affinity on every
-    // call (0.4 µs, a tenth of a tiny call): asked once, at the first call.
-    static const int procs = omp_get_num_procs();
-    int n = requested;
-    if (n <= 0) {
-        const int limit = omp_get_max_threads(), chosen = process_default.load();
-        n = chosen > 0 ? std::min(chosen, limit) : limit;
-    }
-    return std::max(1, std::min(n, procs));
-#else
-    (void)requested;
-    return 1;
-#endif
-}
-
-// Multiply-adds a thread must have before a call opens more threads. Waking
-// an OpenMP team costs microseconds on an idle machine, and milliseconds when
-// the cores are busy, e.g. with NumPy's BLAS threads still spinning after a
-// matmul between two small attention calls (measured in a training loop: 2×
-// slower with 2 threads than with 1). 2^22 multiply-adds take ~50 µs on one
-// core. Results never depend on the thread count, so this is only speed.
-constexpr double kMinWorkPerThread = double(1 << 22);
-
-static int threads_for(int requested, double multiply_adds) {
-    const int threads = resolve_threads(requested);
-    const int used = static_cast<int>(std::max(1.0, std::min<double>(threads, multiply_adds / kMinWorkPerThread)));
-#ifdef _OPENMP
-    if (used > 1) team_opened.store(true);
-#endif
-    return used;
-}
-
 // Multiply-adds of the forward's two products (the backward has five).
-static double forward_work(const SdpaArgs& a) {
+static double forward_work(const AttentionArgs& a) {
     return double(a.batch) * double(a.hq) * double(a.lq) * double(a.lk) * double(a.d + a.dv);
 }
 
-void sdpa_forward(const SdpaArgs& args) {
+void attention_forward(const AttentionArgs& args) {
     check_args(args);
-    SdpaArgs resolved = args;
+    AttentionArgs resolved = args;
     resolved.num_threads = threads_for(args.num_threads, forward_work(args));
     selected().load()->forward(resolved);
 }
 
-void sdpa_backward(const SdpaArgs& args, const GradArgs& grad) {
+void attention_backward(const AttentionArgs& args, const GradArgs& grad) {
     check_args(args);
     require(grad.dout && grad.lse && grad.dq && grad.dk && grad.dv, "null gradient pointer");
-    SdpaArgs resolved = args;
+    AttentionArgs resolved = args;
     resolved.num_threads = threads_for(args.num_threads, 2.5 * forward_work(args));
     selected().load()->backward(resolved, grad);
 }
@@ -236,15 +165,5 @@ void sdpa_backward(const SdpaArgs& args, const GradArgs& grad) {
 void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n) {
     selected().load()->math_array(fn, dtype, x, y, n);
 }
-
-bool have_openmp() {
-#ifdef _OPENMP
-    return true;
-#else
-    return false;
-#endif
-}
-
-int default_num_threads() { return resolve_threads(0); }
 
 }  // namespace fastattn

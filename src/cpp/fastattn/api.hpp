@@ -1,4 +1,6 @@
 // fastattn — plain C++ API of the attention kernels. No Python here.
+// (docs/architecture.md has the layout; the enum values below are the codes
+// src/fastattn/_contract.py passes through the binding.)
 //
 // Everything above this header (the Python API, the binding) has already
 // validated and normalised the call: arrays are 4-D (batch, heads, rows, cols),
@@ -40,7 +42,7 @@ struct MaskView {
     int64_t head = 0, row = 0, col = 0;      // element strides
 };
 
-struct SdpaArgs {
+struct AttentionArgs {
     DType dtype = DType::f32;
     const void* q = nullptr;  // (batch, hq,  lq, d)   strided, last axis contiguous
     const void* k = nullptr;  // (batch, hkv, lk, d)   strided, last axis contiguous
@@ -70,13 +72,13 @@ struct SdpaArgs {
 // mask; then boolean mask, causal, window and lengths set it to -inf.
 
 // Throws std::invalid_argument when args break the contract above.
-void check_args(const SdpaArgs& args);
+void check_args(const AttentionArgs& args);
 
 // softmax(q·kᵀ·scale)·v into args.out (and log-sum-exp into args.lse).
 // Checks args, then runs the kernel of the selected ISA.
-void sdpa_forward(const SdpaArgs& args);
+void attention_forward(const AttentionArgs& args);
 
-// The backward pass's own arrays. With them, SdpaArgs describes the forward
+// The backward pass's own arrays. With them, AttentionArgs describes the forward
 // call whose gradients are wanted: the same q, k, v and options, and args.out
 // is the forward's output (read, not written).
 struct GradArgs {
@@ -90,14 +92,14 @@ struct GradArgs {
 // Gradients of sum(dout ∘ out) with respect to q, k and v (FlashAttention-2:
 // weights recomputed from lse; no Lq×Lk buffer; no two threads write the same
 // rows). Checks the arguments, then runs the kernel of the selected ISA.
-void sdpa_backward(const SdpaArgs& args, const GradArgs& grad);
+void attention_backward(const AttentionArgs& args, const GradArgs& grad);
 
 // y[i] = f(x[i]) with the selected ISA's vectorised exp2, exp or tanh (exp2 is
 // the kernel's softmax exp, tanh its softcap, exp inside tanh); float32 or float64 arrays of n elements. For accuracy tests.
 enum class MathFn : int { exp = 0, tanh = 1, exp2 = 2 };
 void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n);
 
-// ---- runtime ISA dispatch ------------------------------------------------
+// ---- runtime ISA dispatch (dispatch.cpp) ---------------------------------
 std::vector<std::string> compiled_isas();   // built into this binary, best last
 std::vector<std::string> supported_isas();  // compiled and runnable on this CPU
 std::string selected_isa();
@@ -105,7 +107,7 @@ std::string selected_isa();
 // naming the supported ISAs when `name` is unknown or not runnable here.
 void select_isa(const std::string& name);
 
-// ---- threading -----------------------------------------------------------
+// ---- threading (threads.cpp) ---------------------------------------------
 bool have_openmp();
 int default_num_threads();  // what num_threads = 0 uses in the calling thread
 // The count a call with num_threads = 0 uses from any thread, under the

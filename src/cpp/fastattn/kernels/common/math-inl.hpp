@@ -1,12 +1,12 @@
 // Vectorised exp(x) and tanh(x), written once against the vector API
-// (vec_*.hpp). Included inside namespace fastattn::FASTATTN_ISA by sdpa-inl.hpp.
+// (vec/*.hpp). Included inside namespace fastattn::FASTATTN_ISA by storage-inl.hpp.
 //
 // exp, method (Cephes): x = n·ln2 + r with n = round(x/ln2) and |r| <= ln2/2, where
 // ln2 is split into a short high part (n·ln2_hi is exact) and a low part;
 // exp(r) by a polynomial; then exp(x) = 2^n · exp(r), with 2^n built in the
 // exponent field.
 //
-// Accuracy against long-double exp (tests/test_exp.py asserts <= 2 ulp on
+// Accuracy against long-double exp (tests/test_math.py asserts <= 2 ulp on
 // every ISA; measured on 4e5 points, scalar and AVX2):
 //   float32: 0.98 ulp for -87.3 <= x <= 88   (Cephes degree-5 minimax)
 //   float64: 1.15 ulp for -708.3 <= x <= 709 (Taylor to r^13; the first
@@ -14,7 +14,7 @@
 // Below the lower bound (exp(x) < the smallest normal number) the result is
 // exactly 0, so exp(-inf) = 0: masked scores contribute nothing. Above the
 // upper bound the result saturates (the kernel only calls exp(x) with x <= 0).
-// NaN in gives NaN out: the clamps keep NaN (see max/min in vec_avx2.hpp).
+// NaN in gives NaN out: the clamps keep NaN (see max/min in vec/avx2.hpp).
 
 template <class T>
 struct ExpConstants;

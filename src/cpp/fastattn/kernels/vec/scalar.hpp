@@ -1,5 +1,5 @@
 // Scalar "vectors" of width 1: the portable baseline, and the reference for
-// what every vec_*.hpp provides. See vec_avx2.hpp for the contract of each op.
+// what every vec/*.hpp provides. See vec/avx2.hpp for the contract of each op.
 #pragma once
 
 #include <cmath>
@@ -10,7 +10,7 @@
 namespace fastattn {
 namespace scalar {
 
-#include "half-inl.hpp"
+#include "../common/half-inl.hpp"
 
 template <class T>
 struct Vec {

@@ -1,5 +1,5 @@
 // NEON (AArch64 Advanced SIMD) vectors: 4 floats or 2 doubles. Same contract
-// as vec_avx2.hpp. vmaxq propagates NaN from either operand, which keeps the
+// as vec/avx2.hpp. vmaxq propagates NaN from either operand, which keeps the
 // contract's one promise that matters: max(bound, NaN) is NaN.
 #pragma once
 
@@ -47,7 +47,7 @@ struct Vec<float> {
     static reg load_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
     static reg load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
     static void store_f16(uint16_t* p, reg x) { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(x))); }
-    static void store_bf16(uint16_t* p, reg x) {  // as in vec_avx2.hpp
+    static void store_bf16(uint16_t* p, reg x) {  // as in vec/avx2.hpp
         const uint32x4_t bits = vreinterpretq_u32_f32(x);
         const uint32x4_t odd = vandq_u32(vshrq_n_u32(bits, 16), vdupq_n_u32(1));
         const uint32x4_t rounded = vaddq_u32(bits, vaddq_u32(vdupq_n_u32(0x7fff), odd));

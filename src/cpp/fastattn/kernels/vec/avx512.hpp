@@ -1,5 +1,5 @@
 // AVX-512 (F, BW, VL, DQ) vectors: 16 floats or 8 doubles. Same contract as
-// vec_avx2.hpp.
+// vec/avx2.hpp.
 #pragma once
 
 #include <immintrin.h>
@@ -54,7 +54,7 @@ struct Vec<float> {
     static void store_f16(uint16_t* p, reg x) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
     }
-    static void store_bf16(uint16_t* p, reg x) {  // as in vec_avx2.hpp
+    static void store_bf16(uint16_t* p, reg x) {  // as in vec/avx2.hpp
         const __m512i bits = _mm512_castps_si512(x);
         const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
         const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));

@@ -1,6 +1,6 @@
 // AVX2 + FMA vectors: 8 floats or 4 doubles in a 256-bit register.
 //
-// The contract every vec_*.hpp keeps (kernels rely on it):
+// The contract every vec/*.hpp keeps (kernels rely on it):
 //   load/store     unaligned
 //   fma(a, b, c)   a*b + c with one rounding where the ISA has FMA
 //   max, min       return b when either operand is NaN (the x86 MAXPS rule), so

@@ -1,0 +1,99 @@
+// Packing of the tile micro-kernels' operands (tiles-inl.hpp), used by both
+// passes: rows of the storage arrays (any row stride, last axis contiguous,
+// 16-bit formats widened) copied once per block into the layouts the tiles
+// walk front to back.
+//   pack_rows        plain rows, zero-padded (an A operand)
+//   pack_transposed  keys × depth transposed into panels of Tiles::kKeys keys:
+//                    dst[g][c][w] = src[g·kKeys + w][c] (score_tile's B). A plain
+//                    [c][j] layout would stride by the block's width, and at
+//                    D = 128 its lines would fight over a few L1 sets.
+//   pack_panels      rows × cols in column panels one tile wide, panel c0 at
+//                    dst + c0·rows_cap, row r at + r·width (weighted_sum's B)
+// and all_finite, which tells whether a packed operand may meet a weight of 0
+// in a tile (0·NaN = NaN would leak into rows that cannot see it).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "storage-inl.hpp"
+#include "tiles-inl.hpp"
+
+namespace fastattn {
+namespace FASTATTN_ISA {
+namespace {
+
+// dst[r][c] = src[r·stride + c]·factor for c < cols, zero up to cols_pad.
+template <class S>
+void pack_rows(const S* src, int64_t stride, int64_t rows, int64_t cols, int64_t cols_pad, ComputeType<S> factor,
+               ComputeType<S>* dst) {
+    using T = ComputeType<S>;
+    for (int64_t r = 0; r < rows; ++r) {
+        T* d = dst + r * cols_pad;
+        widen_row(src + r * stride, cols, factor, d);
+        std::fill(d + cols, d + cols_pad, T(0));
+    }
+}
+
+// Keys [0, keys) of src (row stride `stride`, `depth` features) transposed
+// into panels; keys [keys, keys_pad) are zero, so that their scores are
+// finite (and then masked), never NaN from uninitialised memory.
+template <class S>
+void pack_transposed(const S* src, int64_t stride, int64_t keys, int64_t keys_pad, int64_t depth,
+                     ComputeType<S>* dst, ComputeType<S>* scratch) {
+    using T = ComputeType<S>;
+    constexpr int64_t kKeys = Tiles<T>::kKeys;
+    for (int64_t j = 0; j < keys_pad; ++j) {
+        T* d = dst + j / kKeys * depth * kKeys + j % kKeys;
+        if (j >= keys) {
+            for (int64_t c = 0; c < depth; ++c) d[c * kKeys] = T(0);
+            continue;
+        }
+        const S* s = src + j * stride;
+        const T* row = reinterpret_cast<const T*>(s);
+        if (!std::is_same<S, T>::value) {
+            widen_row(s, depth, T(1), scratch);
+            row = scratch;
+        }
+        for (int64_t c = 0; c < depth; ++c) d[c * kKeys] = row[c];
+    }
+}
+
+// rows × cols of src (row stride `stride`), widened and times `factor`, into
+// column panels of rows_cap rows (columns past cols are zero); when rows_out
+// is given, also row by row at stride cols. scratch holds cols_pad values.
+template <class S>
+void pack_panels(const S* src, int64_t stride, int64_t rows, int64_t cols, int64_t cols_pad, int64_t rows_cap,
+                 ComputeType<S> factor, ComputeType<S>* dst, ComputeType<S>* rows_out, ComputeType<S>* scratch) {
+    using T = ComputeType<S>;
+    std::fill(scratch + cols, scratch + cols_pad, T(0));
+    for (int64_t r = 0; r < rows; ++r) {
+        widen_row(src + r * stride, cols, factor, scratch);
+        if (rows_out) std::copy(scratch, scratch + cols, rows_out + r * cols);
+        for (int64_t c0 = 0; c0 < cols_pad;) {
+            const int64_t w = Tiles<T>::panel_width(c0, cols_pad);
+            std::copy(scratch + c0, scratch + c0 + w, dst + c0 * rows_cap + r * w);
+            c0 += w;
+        }
+    }
+}
+
+// False if a NaN or inf is among rows [0, rows) of column panels of rows_cap
+// rows (x·0 is 0 for finite x and NaN otherwise: one pass, no branches).
+template <class T>
+bool all_finite(const T* panels, int64_t rows, int64_t rows_cap, int64_t cols_pad) {
+    using V = Vec<T>;
+    typename V::reg acc = V::zero();
+    const typename V::reg zero = V::zero();
+    for (int64_t c0 = 0; c0 < cols_pad; c0 += Tiles<T>::panel_width(c0, cols_pad)) {
+        const T* p = panels + c0 * rows_cap;
+        for (int64_t i = 0; i < rows * Tiles<T>::panel_width(c0, cols_pad); i += V::width)
+            acc = V::add(acc, V::mul(V::load(p + i), zero));
+    }
+    return V::reduce_add(acc) == T(0);
+}
+
+}  // namespace
+}  // namespace FASTATTN_ISA
+}  // namespace fastattn

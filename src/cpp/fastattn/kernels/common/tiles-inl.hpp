@@ -1,0 +1,202 @@
+// The tile micro-kernels of both passes: every product of the attention
+// kernels is one of these, so this is the one place where a matrix engine
+// plugs in (FMA on vector registers today).
+//
+// A register tile is kRows rows × kVecs vectors of accumulators. Each vector
+// of the B operand loaded feeds kRows rows' FMAs; the accumulators, the loaded
+// vectors and a broadcast fit the ISA's register file: 6·2 + 2 + 1 = 15 of 16,
+// or 6·4 + 4 + 1 = 29 of 32. (AVX2, against 4 × 2: +3% at D = 64, +11% at
+// D = 128.)
+//
+// B operands are packed (pack-inl.hpp) so that a tile walks them front to back:
+//   score_tile     out = A·Bᵀ over a depth, B transposed in panels of kKeys
+//                  keys (S = Q·Kᵀ, and the backward's dP = dO·Vᵀ)
+//   weighted_sum   C = C·alpha + Σ_i a_i·B_i, B in column panels one tile wide
+//                  (O += P·V, and the backward's dV, dK, dQ)
+// Every sum runs over its terms in order whatever the tile's height, so a
+// row's results do not depend on which rows share its tile.
+//
+// Decoding reads K and V in place instead (unpacked_scores, unpacked_sum).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "storage-inl.hpp"
+
+namespace fastattn {
+namespace FASTATTN_ISA {
+namespace {
+
+template <class T>
+struct Tiles {
+    using V = Vec<T>;
+    using reg = typename V::reg;
+    static constexpr int64_t W = V::width;
+    static constexpr int64_t kVecs = V::registers >= 32 ? 4 : 2;  // vectors per tile row
+    static constexpr int64_t kRows = 6;                             // rows per tile
+    static constexpr int64_t kKeys = kVecs * W;  // elements per tile row: a K panel's keys, a column panel's width
+
+    // Calls f(std::integral_constant<int, n>) for a tile of 1 <= n <= kRows
+    // rows known only at run time (a decode task of 4 query heads is one
+    // 4-row tile, not 4 single rows).
+    template <class F>
+    static void with_rows(int64_t n, F&& f) {
+        static_assert(kRows == 6, "one case per tile height");
+        switch (n) {
+            case 6: return f(std::integral_constant<int, 6>{});
+            case 5: return f(std::integral_constant<int, 5>{});
+            case 4: return f(std::integral_constant<int, 4>{});
+            case 3: return f(std::integral_constant<int, 3>{});
+            case 2: return f(std::integral_constant<int, 2>{});
+            default: return f(std::integral_constant<int, 1>{});
+        }
+    }
+
+    // The width of the column panel that starts at column c0 of cols_pad:
+    // whole tiles, then single vectors.
+    static int64_t panel_width(int64_t c0, int64_t cols_pad) { return c0 + kKeys <= cols_pad ? kKeys : W; }
+
+    // out[r][j] = Σ_c a[r·depth + c]·bt[c][j] for R rows of a and the key
+    // vectors [v_begin, v_end) (whole tiles); bt is transposed in panels of
+    // kKeys keys (pack_transposed), out has row stride out_stride.
+    template <int R>
+    static void score_tile(const T* a, int64_t depth, const T* bt, int64_t v_begin, int64_t v_end, T* out,
+                           int64_t out_stride) {
+        for (int64_t v0 = v_begin; v0 < v_end; v0 += kVecs) {
+            reg dot[R][kVecs];
+            for (int r = 0; r < R; ++r)
+                for (int64_t n = 0; n < kVecs; ++n) dot[r][n] = V::zero();
+            const T* bp = bt + v0 / kVecs * depth * kKeys;  // its panel
+            for (int64_t c = 0; c < depth; ++c, bp += kKeys) {
+                reg b[kVecs];
+                for (int64_t n = 0; n < kVecs; ++n) b[n] = V::load(bp + n * W);
+                for (int r = 0; r < R; ++r) {
+                    const reg ac = V::set1(a[r * depth + c]);
+                    for (int64_t n = 0; n < kVecs; ++n) dot[r][n] = V::fma(ac, b[n], dot[r][n]);
+                }
+            }
+            for (int r = 0; r < R; ++r)
+                for (int64_t n = 0; n < kVecs; ++n) V::store(out + r * out_stride + (v0 + n) * W, dot[r][n]);
+        }
+    }
+
+    // c[r][:] = c[r][:]·alpha[r] + Σ_{lo <= i < hi} a[r·kAr + i·kAi]·b[i][:]
+    // for R rows of c (row stride c_stride, cols_pad columns; alpha null: no
+    // rescaling), b in column panels of rows_cap rows (pack_panels). a is a
+    // block of weights read row-major (kAr = its row stride, kAi = 1) or
+    // transposed (kAr = 1, kAi = its row stride). With kSkipZero (R = 1),
+    // terms whose weight is exactly 0 are skipped: 0·NaN must not reach c.
+    template <int R, int64_t kAr, int64_t kAi, bool kSkipZero = false>
+    static void weighted_sum(const T* a, int64_t lo, int64_t hi, const T* alpha, const T* panels, int64_t rows_cap,
+                             int64_t cols_pad, T* c, int64_t c_stride) {
+        for (int64_t c0 = 0; c0 < cols_pad; c0 += panel_width(c0, cols_pad)) {
+            const T* b = panels + c0 * rows_cap;
+            if (panel_width(c0, cols_pad) == kKeys)
+                weighted_sum_cols<R, kVecs, kAr, kAi, kSkipZero>(a, lo, hi, alpha, b, c + c0, c_stride);
+            else
+                weighted_sum_cols<R, 1, kAr, kAi, kSkipZero>(a, lo, hi, alpha, b, c + c0, c_stride);
+        }
+    }
+
+    // Decoding, K and V read in place (no packing: each key is read once).
+    // out[r][j] = Σ_c a[r·depth + c]·widen(k[j·stride + c]) for keys
+    // [first, last), kJ keys at a time so that R·kJ independent FMA chains
+    // hide the FMA latency; each score sums its features in order, then
+    // reduce_add, whatever R and kJ are.
+    template <int R, class S>
+    static void unpacked_scores(const T* a, int64_t depth, const S* k, int64_t stride, int64_t first, int64_t last,
+                                T* out, int64_t out_stride) {
+        constexpr int kJ = R <= 2 ? 4 : 2;
+        int64_t j = first;
+        for (; j + kJ <= last; j += kJ) unpacked_dots<R, kJ>(a, depth, k, stride, j, out, out_stride);
+        for (; j < last; ++j) unpacked_dots<R, 1>(a, depth, k, stride, j, out, out_stride);
+    }
+
+    // acc[c] = acc[c]·alpha + Σ_{lo <= j < hi} p[j]·widen(v[j·stride + c]) for
+    // one row, V in place, a few columns at a time; with skip_zero, keys of
+    // weight exactly 0 are skipped.
+    template <class S>
+    static void unpacked_sum(const T* p, int64_t lo, int64_t hi, T alpha, const S* v, int64_t stride, int64_t dv,
+                             bool skip_zero, T* acc) {
+        constexpr int kCols = 4;  // vectors of columns per pass
+        int64_t c = 0;
+        for (; c + kCols * W <= dv; c += kCols * W)
+            unpacked_sum_cols<kCols>(p, lo, hi, alpha, v + c, stride, skip_zero, acc + c);
+        for (; c + W <= dv; c += W) unpacked_sum_cols<1>(p, lo, hi, alpha, v + c, stride, skip_zero, acc + c);
+        for (; c < dv; ++c) {
+            T sum = acc[c] * alpha;
+            for (int64_t j = lo; j < hi; ++j)
+                if (!(skip_zero && p[j] == T(0))) sum += p[j] * Storage<S>::widen(v[j * stride + c]);
+            acc[c] = sum;
+        }
+    }
+
+private:
+    template <int R, int N, int64_t kAr, int64_t kAi, bool kSkipZero>
+    static void weighted_sum_cols(const T* a, int64_t lo, int64_t hi, const T* alpha, const T* b, T* c,
+                                  int64_t c_stride) {
+        static_assert(!kSkipZero || R == 1, "zero skipping is per row");
+        reg acc[R][N];
+        for (int r = 0; r < R; ++r) {
+            for (int n = 0; n < N; ++n) acc[r][n] = V::load(c + r * c_stride + n * W);
+            if (alpha) {
+                const reg scale = V::set1(alpha[r]);
+                for (int n = 0; n < N; ++n) acc[r][n] = V::mul(acc[r][n], scale);
+            }
+        }
+        for (int64_t i = lo; i < hi; ++i) {
+            if (kSkipZero && a[i * kAi] == T(0)) continue;
+            reg vals[N];
+            for (int n = 0; n < N; ++n) vals[n] = V::load(b + i * N * W + n * W);  // panel rows are N vectors
+            for (int r = 0; r < R; ++r) {
+                const reg ar = V::set1(a[r * kAr + i * kAi]);
+                for (int n = 0; n < N; ++n) acc[r][n] = V::fma(ar, vals[n], acc[r][n]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < N; ++n) V::store(c + r * c_stride + n * W, acc[r][n]);
+    }
+
+    template <int R, int J, class S>
+    static void unpacked_dots(const T* a, int64_t depth, const S* k, int64_t stride, int64_t j0, T* out,
+                              int64_t out_stride) {
+        reg dot[R][J];
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < J; ++j) dot[r][j] = V::zero();
+        int64_t c = 0;
+        for (; c + W <= depth; c += W) {
+            reg keys[J];
+            for (int j = 0; j < J; ++j) keys[j] = Storage<S>::load(k + (j0 + j) * stride + c);
+            for (int r = 0; r < R; ++r) {
+                const reg ac = V::load(a + r * depth + c);
+                for (int j = 0; j < J; ++j) dot[r][j] = V::fma(ac, keys[j], dot[r][j]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < J; ++j) {
+                T sum = V::reduce_add(dot[r][j]);
+                for (int64_t t = c; t < depth; ++t) sum += a[r * depth + t] * Storage<S>::widen(k[(j0 + j) * stride + t]);
+                out[r * out_stride + j0 + j] = sum;
+            }
+    }
+
+    template <int N, class S>
+    static void unpacked_sum_cols(const T* p, int64_t lo, int64_t hi, T alpha, const S* v, int64_t stride,
+                                  bool skip_zero, T* acc) {
+        reg out[N];
+        const reg scale = V::set1(alpha);
+        for (int n = 0; n < N; ++n) out[n] = V::mul(V::load(acc + n * W), scale);
+        for (int64_t j = lo; j < hi; ++j) {
+            if (skip_zero && p[j] == T(0)) continue;
+            const reg pj = V::set1(p[j]);
+            for (int n = 0; n < N; ++n) out[n] = V::fma(pj, Storage<S>::load(v + j * stride + n * W), out[n]);
+        }
+        for (int n = 0; n < N; ++n) V::store(acc + n * W, out[n]);
+    }
+};
+
+}  // namespace
+}  // namespace FASTATTN_ISA
+}  // namespace fastattn

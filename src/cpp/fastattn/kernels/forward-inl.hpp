@@ -1,0 +1,560 @@
+// The attention forward pass, written once against the vector API of
+// vec/<isa>.hpp and compiled once per ISA inside namespace
+// fastattn::FASTATTN_ISA (attention_<isa>.cpp includes its vec header, then
+// entry-inl.hpp, which includes this). The positional rules, tiles, packing
+// and threads it uses are the common/ layer it shares with the backward pass.
+//
+// Flash-style streaming with an online softmax. Each task owns one block of
+// query rows of one (batch, head) and streams K/V in blocks of kKeyBlock keys.
+// Per query row it keeps the running maximum m, the running sum
+// l = Σ exp(s_j − m) and the unnormalised output acc = Σ exp(s_j − m)·v_j.
+// When a new block raises the maximum to m', the old terms are rescaled by
+// exp(m − m'), because exp(s − m') = exp(s − m)·exp(m − m'):
+//     l'   = l·exp(m − m')   + Σ_block exp(s_j − m')
+//     acc' = acc·exp(m − m') + Σ_block exp(s_j − m')·v_j
+// At the end out = acc / l and lse = m + log(l). Every exponent is <= 0, so
+// nothing overflows however large the logits are.
+//
+// q is multiplied by the scale once, when it is packed, so the score tile
+// needs no multiply; and p = exp(x), x = s − m <= 0, is computed as
+// 2^(x·log2(e)) by vexp2, without exp's two-part ln2 reduction. Rounding
+// x·log2(e) costs p a relative |x|·eps/2, largest where p = e^x is smallest,
+// so each term's error stays below ~0.2 eps of the row's largest term.
+// (Scores themselves stay in natural units: in log2 units a score of
+// magnitude 100 would be rounded at 144, an extra rounding naive attention
+// does not have.)
+//
+// How the work is cut (all in ForwardKernel below):
+//   task       up to kQueryBlock query rows of one batch entry: one head's
+//              block of rows, or, when a head has fewer rows (decoding), the
+//              rows of several query heads that share one K/V head (GQA).
+//   key block  kKeyBlock keys. K is packed transposed and V in column panels,
+//              each panel one register tile wide and walked contiguously
+//              (packed_block); a thread keeps the packed blocks of a whole
+//              (batch, K/V head) while later tasks on that head reuse them.
+//              Decoding tasks (<= kDirectMaxRows rows, their K/V head read by
+//              no other task) skip packing and read K/V in place (direct_, Tiles::unpacked_*).
+//   tile       kTileRows rows × kTileVecs vectors of FMA accumulators: each
+//              loaded vector of K or V feeds every row of the tile
+//              (Tiles::score_tile, Tiles::weighted_sum); softmax_tile is in between, its rows
+//              interleaved so that their dependency chains overlap.
+//   split      when a call has few tasks, each task's key blocks are shared
+//              out as several work items whose partial states are merged
+//              (flash-decoding: count_splits, merge_splits).
+//
+// Positional rules (causal, window, lengths) give each query row one interval
+// of visible keys [key_begin(i), key_end(i)); both ends grow with i, so a task
+// streams only the key blocks its rows can see: causal skips the blocks above
+// the diagonal, a window costs O(L·window). Masks and ALiBi are read inside the
+// block loop; nothing of size Lq×Lk is ever built. Extra memory per thread is
+// O(kQueryBlock·(D + Dv) + kKeyBlock·(D + Dv)), plus the K/V panels within
+// kPanelBudgetBytes for all threads together, never O(Lq·Lk).
+//
+// float16 and bfloat16 inputs are widened to float32 while a block is packed
+// (or, in direct mode, as it is read) and computed in float32; the output is
+// rounded back once per element.
+//
+// Each row's arithmetic depends only on the key blocks and the shape (the
+// split count included), never on which thread runs it or which rows share
+// its task or tile (extra terms a tile adds to a row are exact zeros), so
+// results are bitwise independent of the thread count.
+
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "common/pack-inl.hpp"
+#include "common/parallel-inl.hpp"
+#include "common/rules-inl.hpp"
+#include "common/storage-inl.hpp"
+#include "common/tiles-inl.hpp"
+
+namespace fastattn {
+namespace FASTATTN_ISA {
+namespace {
+
+constexpr int64_t kQueryBlock = 60;  // query rows per task: a multiple of the register tile's 6 rows
+constexpr int64_t kKeyBlock = 256;   // keys per streamed K/V block
+constexpr double kLog2e = 1.4426950408889634074;
+// Direct mode (decoding: K/V read in place, not packed) for tasks of at most
+// this many rows whose K/V head no other task reads. Measured at D = 128,
+// Lk = 8192, AVX2: direct is 10-15% faster up to 8 rows, 10-20% slower at 12.
+constexpr int64_t kDirectMaxRows = 8;
+// Packed K/V of a whole (batch, kv head) are kept per thread and reused by the
+// next tasks on that head (its other query blocks, its GQA query heads), so a
+// key block is packed (and widened from 16 bits) once per thread instead of
+// once per query block. All threads' panels together stay within this budget;
+// a head whose panel does not fit is packed block by block as it streams.
+constexpr int64_t kPanelBudgetBytes = 8 << 20;
+
+template <class S>
+class ForwardKernel {
+    using T = ComputeType<S>;
+    using V = Vec<T>;
+    using reg = typename V::reg;
+    using Tile = Tiles<T>;
+    static constexpr int64_t W = V::width;
+    static constexpr int64_t kTileRows = Tile::kRows, kTileVecs = Tile::kVecs;
+    static_assert(kKeyBlock % Tile::kKeys == 0, "a key block must be whole tiles");
+    static_assert(kQueryBlock % kTileRows == 0, "a task must be whole tiles");
+    static constexpr int64_t kKeyVecs = kKeyBlock / W;
+
+public:
+    explicit ForwardKernel(const AttentionArgs& a)
+        : a_(a),
+          rules_(a),
+          dv_pad_((a.dv + W - 1) / W * W),
+          group_(a.hq / a.hkv),
+          rows_per_head_(std::min(a.lq, kQueryBlock)),
+          heads_per_task_(heads_per_task(group_, rows_per_head_)),
+          task_rows_(rows_per_head_ * heads_per_task_),
+          q_blocks_((a.lq + rows_per_head_ - 1) / rows_per_head_),
+          q_scale_(static_cast<T>(a.scale)),
+          direct_(q_blocks_ == 1 && group_ == heads_per_task_ && task_rows_ <= kDirectMaxRows),
+          neg_inf_(-std::numeric_limits<T>::infinity()) {}
+
+    int64_t num_tasks() const { return a_.batch * (a_.hq / heads_per_task_) * q_blocks_; }
+
+    // When a head has too few query rows to fill a task (decoding: Lq = 1),
+    // a task takes several query heads that share one K/V head, so that their
+    // rows fill the register tiles and the K/V panel is packed once for them.
+    static int64_t heads_per_task(int64_t group, int64_t rows_per_head) {
+        int64_t heads = 1;
+        for (int64_t g = 1; g <= group; ++g)
+            if (group % g == 0 && g * rows_per_head <= kQueryBlock) heads = g;
+        return heads;
+    }
+
+    // Per-thread scratch: everything one task needs, allocated once per thread.
+    struct Workspace {
+        // Packed key blocks: `slots` of them, one (slots = 1) or a whole panel.
+        // Left uninitialised: only the slots a task packs are ever touched.
+        std::unique_ptr<T[]> k_pack, v_pack;
+        std::vector<char> slot_ready, v_finite;  // per slot: packed; its V rows all finite
+        int64_t panel_owner = -1;                // b·hkv + h_kv whose panel the slots hold
+        std::vector<T> q_pack, row, scores, bias, key_index, acc, row_max, row_sum;
+        // Per task row: its query position, its head's ALiBi slope, its mask row.
+        std::vector<int64_t> row_pos;
+        std::vector<T> row_slope;
+        std::vector<const char*> row_mask;
+        // rows: the most query rows a task has (<= kQueryBlock; a tiny call has fewer).
+        Workspace(int64_t d, int64_t dv_pad, int64_t slots, int64_t rows)
+            : k_pack(new T[slots * d * kKeyBlock]),
+              v_pack(new T[slots * kKeyBlock * dv_pad]),
+              slot_ready(slots),
+              v_finite(slots),
+              q_pack(rows * d),
+              row(std::max(d, dv_pad)),
+              scores(kTileRows * kKeyBlock),
+              bias(kKeyBlock),
+              key_index(kKeyBlock),
+              acc(rows * dv_pad),
+              row_max(rows),
+              row_sum(rows),
+              row_pos(rows),
+              row_slope(rows),
+              row_mask(rows) {}
+    };
+
+    // A panel of every key block per thread when all threads' panels fit the
+    // budget and a K/V head serves more than one task; else one block, which
+    // stays in L2 instead of writing a copy of K/V; none in direct mode.
+    Workspace make_workspace(int64_t threads) const {
+        const int64_t key_blocks = (a_.lk + kKeyBlock - 1) / kKeyBlock;
+        const int64_t panel_bytes = key_blocks * kKeyBlock * (a_.d + dv_pad_) * static_cast<int64_t>(sizeof(T));
+        const bool reused = q_blocks_ > 1 || group_ / heads_per_task_ > 1;
+        const int64_t slots = direct_ ? 0 : reused && panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1;
+        return Workspace(a_.d, dv_pad_, slots, task_rows_);
+    }
+
+    // Computes the rows of task_rows(task): packs their queries, streams the
+    // key blocks they can see, and writes out and lse.
+    //
+    // With splits > 1 (flash-decoding, see forward_typed) the task streams only
+    // its share `split` of its key blocks and leaves its rows' partial
+    // (max, sum, acc) in `partial` for merge_splits; else it writes its rows.
+    void run_task(int64_t task, Workspace& ws, int64_t split = 0, int64_t splits = 1, T* partial = nullptr) const {
+        const TaskRows t = task_rows(task);
+        const Sequence& seq = t.seq;
+        const int64_t h0 = t.h0, row0 = t.row0, rows_live = t.rows_live;
+        const int64_t h_kv = h0 / group_;
+        int64_t live = 0;
+        for (int64_t h = h0; h < h0 + heads_per_task_ && rows_live > 0; ++h) {
+            const S* q = static_cast<const S*>(a_.q) + seq.b * a_.q_strides.batch + h * a_.q_strides.head +
+                         row0 * a_.q_strides.row;
+            pack_rows(q, a_.q_strides.row, rows_live, a_.d, a_.d, q_scale_, ws.q_pack.data() + live * a_.d);
+            const T slope = rules_.alibi_slope(seq.b, h);
+            for (int64_t i = row0; i < row0 + rows_live; ++i, ++live) {
+                ws.row_pos[live] = i;
+                ws.row_slope[live] = slope;
+                ws.row_mask[live] = rules_.has_mask() ? rules_.mask_row(seq.b, h, i) : nullptr;
+            }
+        }
+        // Keys any live row sees: every head has the same rows, and both ends grow with i.
+        int64_t first = rows_live > 0 ? rules_.key_begin(row0, seq) : 0;
+        int64_t last = rows_live > 0 ? rules_.key_end(row0 + rows_live - 1, seq) : 0;
+        if (splits > 1 && first < last) {  // this split's contiguous share of the key blocks
+            const int64_t block0 = first / kKeyBlock, blocks = (last + kKeyBlock - 1) / kKeyBlock - block0;
+            first = std::max(first, (block0 + blocks * split / splits) * kKeyBlock);
+            last = std::min(last, (block0 + blocks * (split + 1) / splits) * kKeyBlock);
+        }
+        std::fill(ws.row_max.begin(), ws.row_max.begin() + live, neg_inf_);
+        std::fill(ws.row_sum.begin(), ws.row_sum.begin() + live, T(0));
+        std::fill(ws.acc.begin(), ws.acc.begin() + live * dv_pad_, T(0));
+
+        const S* k = static_cast<const S*>(a_.k) + seq.b * a_.k_strides.batch + h_kv * a_.k_strides.head;
+        const S* v = static_cast<const S*>(a_.v) + seq.b * a_.v_strides.batch + h_kv * a_.v_strides.head;
+        const int64_t owner = seq.b * a_.hkv + h_kv;
+        // A mask shared by all the task's rows (key padding) is read once per
+        // block; it also narrows the block to its unmasked keys, and a block it
+        // masks whole is skipped.
+        const bool shared_mask = rules_.mask_shared_by_rows(heads_per_task_);
+        for (int64_t key0 = first / kKeyBlock * kKeyBlock; live > 0 && key0 < last; key0 += kKeyBlock) {
+            const int64_t keys = std::min(kKeyBlock, seq.kv_len - key0);
+            int64_t span_lo = 0, span_hi = keys;
+            if (shared_mask) {
+                rules_.mask_bias(ws.row_mask[0], key0, 0, keys, ws.bias.data());
+                while (span_lo < keys && ws.bias[span_lo] == neg_inf_) ++span_lo;
+                while (span_hi > span_lo && ws.bias[span_hi - 1] == neg_inf_) --span_hi;
+                if (span_lo == span_hi) continue;
+            }
+            const KvBlock kv = direct_ ? KvBlock{nullptr, nullptr, false, k + key0 * a_.k_strides.row,
+                                                 v + key0 * a_.v_strides.row}
+                                       : packed_block(k, v, owner, key0, keys, ws);
+            if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, kKeyBlock, ws.key_index.data());
+            for (int64_t r0 = 0; r0 < live; r0 += kTileRows) {
+                const int64_t n = std::min(kTileRows, live - r0);
+                int64_t lo[kTileRows], hi[kTileRows];  // row r0 + r sees keys [lo[r], hi[r])
+                for (int64_t r = 0; r < n; ++r) {
+                    const int64_t i = ws.row_pos[r0 + r];
+                    lo[r] = std::max(rules_.key_begin(i, seq) - key0, span_lo);
+                    hi[r] = std::min(rules_.key_end(i, seq) - key0, span_hi);
+                }
+                Tile::with_rows(n, [&](auto rows) {
+                    update_rows<decltype(rows)::value>(r0, lo, hi, key0, seq, shared_mask, kv, ws);
+                });
+            }
+        }
+
+        if (splits == 1) {
+            write_rows(t, ws.row_max.data(), ws.row_sum.data(), ws.acc.data());
+            return;
+        }
+        T* part = partial + split * partial_size();
+        std::copy(ws.row_max.begin(), ws.row_max.begin() + live, part);
+        std::copy(ws.row_sum.begin(), ws.row_sum.begin() + live, part + task_rows_);
+        std::copy(ws.acc.begin(), ws.acc.begin() + live * dv_pad_, part + 2 * task_rows_);
+    }
+
+    // The scratch one split of one task leaves: max and sum of up to
+    // task_rows_ rows, then their accumulators.
+    int64_t partial_size() const { return task_rows_ * (2 + dv_pad_); }
+
+    // Combines the `splits` partial states of `task` (each over a disjoint key
+    // range) by the same rescaling identity as the block loop:
+    //     m = max_s m_s,  l = Σ_s l_s·exp(m_s − m),  acc = Σ_s acc_s·exp(m_s − m),
+    // splits in order, so the result depends only on the shape. A NaN
+    // maximum in any split makes the row NaN, as in one pass.
+    void merge_splits(int64_t task, int64_t splits, const T* partial, Workspace& ws) const {
+        const TaskRows t = task_rows(task);
+        const int64_t live = t.rows_live * heads_per_task_;
+        for (int64_t r = 0; r < live; ++r) {
+            T m = neg_inf_;
+            bool nan = false;
+            for (int64_t sp = 0; sp < splits; ++sp) {
+                const T m_s = partial[sp * partial_size() + r];
+                nan |= m_s != m_s;
+                m = std::max(m, m_s);
+            }
+            if (nan) m = std::numeric_limits<T>::quiet_NaN();
+            T l = 0;
+            T* acc = ws.acc.data() + r * dv_pad_;
+            std::fill(acc, acc + dv_pad_, T(0));
+            if (m != neg_inf_) {  // else no split saw a key: the row stays empty
+                for (int64_t sp = 0; sp < splits; ++sp) {
+                    const T* part = partial + sp * partial_size();
+                    const T w = std::exp(part[r] - m);  // 0 for a split that saw nothing
+                    l += part[task_rows_ + r] * w;
+                    const T* acc_s = part + 2 * task_rows_ + r * dv_pad_;
+                    const reg wv = V::set1(w);
+                    for (int64_t c = 0; c < dv_pad_; c += W)
+                        V::store(acc + c, V::fma(V::load(acc_s + c), wv, V::load(acc + c)));
+                }
+            }
+            ws.row_max[r] = m;
+            ws.row_sum[r] = l;
+        }
+        write_rows(t, ws.row_max.data(), ws.row_sum.data(), ws.acc.data());
+    }
+
+private:
+    // Which rows a task owns: rows [row0, row0 + rows) of query heads
+    // [h0, h0 + heads_per_task_) of batch entry seq.b; rows at or past
+    // q_lengths[b] are padding (rows_live <= rows) and finish as zeros with
+    // lse = -inf. Tasks are numbered so that the most expensive query blocks
+    // (the last ones, under causal masking) are handed out first.
+    struct TaskRows {
+        Sequence seq;
+        int64_t h0 = 0, row0 = 0, rows = 0, rows_live = 0;
+    };
+    TaskRows task_rows(int64_t task) const {
+        const int64_t head_groups = a_.hq / heads_per_task_;
+        const int64_t bg = task / q_blocks_;
+        const int64_t q_block = q_blocks_ - 1 - task % q_blocks_;
+        TaskRows t;
+        t.seq = rules_.sequence(bg / head_groups);
+        t.h0 = bg % head_groups * heads_per_task_;
+        t.row0 = q_block * rows_per_head_;
+        t.rows = std::min(rows_per_head_, a_.lq - t.row0);
+        t.rows_live = clamp(t.seq.q_len - t.row0, 0, t.rows);
+        return t;
+    }
+
+    // Writes the task's rows from their final (max, sum, acc), live rows
+    // numbered head by head as run_task packs them.
+    void write_rows(const TaskRows& t, const T* row_max, const T* row_sum, const T* acc) const {
+        for (int64_t h = t.h0, r = 0; h < t.h0 + heads_per_task_; ++h) {
+            const int64_t first_row = (t.seq.b * a_.hq + h) * a_.lq + t.row0;
+            S* out = static_cast<S*>(a_.out) + first_row * a_.dv;
+            T* lse = a_.lse ? static_cast<T*>(a_.lse) + first_row : nullptr;  // compute dtype
+            for (int64_t i = 0; i < t.rows; ++i) {
+                const bool is_live = i < t.rows_live;
+                if (is_live)
+                    finish_row(row_max[r], row_sum[r], acc + r * dv_pad_, out + i * a_.dv, lse ? lse + i : nullptr);
+                else
+                    finish_row(neg_inf_, T(0), acc, out + i * a_.dv, lse ? lse + i : nullptr);
+                r += is_live;
+            }
+        }
+    }
+
+    // One key block of K and V as the tiles read it.
+    struct KvBlock {
+        const T* k;     // K transposed in panels (pack_transposed)
+        const T* v;     // V in column panels of kKeyBlock rows (pack_panels)
+        bool v_finite;  // no NaN or inf among its values
+        // In direct mode (direct_) nothing is packed: the block's keys are
+        // read where they are, from these first rows.
+        const S* k_src = nullptr;
+        const S* v_src = nullptr;
+    };
+
+    // Key block key0 of the (batch, kv head) `owner`, packed: from this
+    // thread's panel when it already holds it, else packed now (into the panel
+    // slot, or into the single slot when there is no panel).
+    KvBlock packed_block(const S* k, const S* v, int64_t owner, int64_t key0, int64_t keys, Workspace& ws) const {
+        const bool panel = ws.slot_ready.size() > 1;
+        const int64_t slot = panel ? key0 / kKeyBlock : 0;
+        T* k_pack = ws.k_pack.get() + slot * a_.d * kKeyBlock;
+        T* v_pack = ws.v_pack.get() + slot * kKeyBlock * dv_pad_;
+        if (panel && ws.panel_owner != owner) {
+            std::fill(ws.slot_ready.begin(), ws.slot_ready.end(), 0);
+            ws.panel_owner = owner;
+        }
+        if (!panel || !ws.slot_ready[slot]) {
+            // Keys past `keys` up to the end of the last K panel are zero; V
+            // leaves them out (the weighted sum reads keys below a row's end only).
+            const int64_t keys_pad = (keys + Tile::kKeys - 1) / Tile::kKeys * Tile::kKeys;
+            pack_transposed(k + key0 * a_.k_strides.row, a_.k_strides.row, keys, keys_pad, a_.d, k_pack,
+                            ws.row.data());
+            pack_panels(v + key0 * a_.v_strides.row, a_.v_strides.row, keys, a_.dv, dv_pad_, kKeyBlock, T(1), v_pack,
+                        nullptr, ws.row.data());
+            ws.v_finite[slot] = all_finite(v_pack, keys, kKeyBlock, dv_pad_);
+            ws.slot_ready[slot] = 1;
+        }
+        return {k_pack, v_pack, ws.v_finite[slot] != 0};
+    }
+
+    // One key block's contribution to rows [r0, r0 + R) of the task; row
+    // r0 + r sees keys [lo[r], hi[r]) of the block (none when lo >= hi).
+    template <int R>
+    void update_rows(int64_t r0, const int64_t* lo, const int64_t* hi, int64_t key0, const Sequence& seq,
+                     bool shared_mask, const KvBlock& kv, Workspace& ws) const {
+        int64_t first = kKeyBlock, last = 0;  // keys any row of the tile sees
+        for (int r = 0; r < R; ++r)
+            if (lo[r] < hi[r]) first = std::min(first, lo[r]), last = std::max(last, hi[r]);
+        if (first >= last) return;
+        const int64_t v_begin = first / W / kTileVecs * kTileVecs;
+        const int64_t v_end = std::min(kKeyVecs, ((last + W - 1) / W + kTileVecs - 1) / kTileVecs * kTileVecs);
+        T* scores = ws.scores.data();
+        const T* q_rows = ws.q_pack.data() + r0 * a_.d;
+        if (direct_) {
+            for (int r = 0; r < R; ++r) {  // keys of the vector range outside [first, last): masked later
+                std::fill(scores + r * kKeyBlock + v_begin * W, scores + r * kKeyBlock + first, T(0));
+                std::fill(scores + r * kKeyBlock + last, scores + r * kKeyBlock + v_end * W, T(0));
+            }
+            Tile::template unpacked_scores<R>(q_rows, a_.d, kv.k_src, a_.k_strides.row, first, last, scores,
+                                              kKeyBlock);
+        } else {
+            Tile::template score_tile<R>(q_rows, a_.d, kv.k, v_begin, v_end, scores, kKeyBlock);
+        }
+        T alpha[R];
+        softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, v_begin, v_end, scores, alpha, ws);
+        T* acc = ws.acc.data() + r0 * dv_pad_;
+        if (direct_) {  // row by row, as below for non-finite values (direct mode never looks at V first)
+            for (int r = 0; r < R; ++r)
+                if (lo[r] < hi[r])
+                    Tile::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], kv.v_src, a_.v_strides.row,
+                                       a_.dv, rules_.has_mask(), acc + r * dv_pad_);
+            return;
+        }
+        if (kv.v_finite) {
+            // Keys outside a row's own [lo, hi) have p = 0 exactly and finite
+            // values: they add exact zeros to that row.
+            Tile::template weighted_sum<R, kKeyBlock, 1>(scores, first, last, alpha, kv.v, kKeyBlock, dv_pad_, acc,
+                                                         dv_pad_);
+            return;
+        }
+        // A NaN or inf value would leak into rows that cannot see its key
+        // through 0·NaN: one row at a time over the row's own keys, and under
+        // a mask (which leaves keys of weight 0 inside [lo, hi)) skipping zeros.
+        for (int r = 0; r < R; ++r) {
+            if (lo[r] >= hi[r]) continue;
+            const T* p = scores + r * kKeyBlock;
+            T* acc_r = acc + r * dv_pad_;
+            if (rules_.has_mask())
+                Tile::template weighted_sum<1, kKeyBlock, 1, true>(p, lo[r], hi[r], alpha + r, kv.v, kKeyBlock,
+                                                                   dv_pad_, acc_r, dv_pad_);
+            else
+                Tile::template weighted_sum<1, kKeyBlock, 1>(p, lo[r], hi[r], alpha + r, kv.v, kKeyBlock, dv_pad_,
+                                                             acc_r, dv_pad_);
+        }
+    }
+
+    // The online-softmax step of task rows [r0, r0 + R) for one key block:
+    // shapes and masks each row's scores, turns them into p = exp(s − m') in
+    // place, updates m and l, and sets alpha[r] = exp(m − m') for the old acc.
+    // A row that sees nothing here gets p = 0 and alpha = 1. The rows are
+    // independent; each pass runs over all of them so their chains overlap.
+    template <int R>
+    void softmax_tile(int64_t r0, const int64_t* lo, const int64_t* hi, int64_t key0, const Sequence& seq,
+                      bool shared_mask, int64_t v_begin, int64_t v_end, T* scores, T* alpha, Workspace& ws) const {
+        bool live[R];
+        for (int r = 0; r < R; ++r) {
+            T* s = scores + r * kKeyBlock;
+            live[r] = lo[r] < hi[r];
+            if (!live[r]) {
+                std::fill(s + v_begin * W, s + v_end * W, T(0));
+                continue;
+            }
+            T* bias = nullptr;
+            if (rules_.has_mask()) {
+                bias = ws.bias.data();
+                if (!shared_mask) rules_.mask_bias(ws.row_mask[r0 + r], key0, lo[r], hi[r], bias);
+            }
+            rules_.shape_row(s, v_begin * W, v_end * W, lo[r], hi[r], static_cast<T>(ws.row_pos[r0 + r] + seq.diag_off),
+                             ws.row_slope[r0 + r], ws.key_index.data(), bias, nullptr);
+        }
+
+        reg block_max[R];
+        for (int r = 0; r < R; ++r) block_max[r] = V::set1(neg_inf_);
+        for (int64_t u = v_begin; u < v_end; ++u)
+            for (int r = 0; r < R; ++r) block_max[r] = V::max(block_max[r], V::load(scores + r * kKeyBlock + u * W));
+
+        T shift[R], decay[R];  // the new maximum, and old − new maximum
+        for (int r = 0; r < R; ++r) {
+            alpha[r] = T(1);
+            decay[r] = shift[r] = T(0);
+            if (!live[r]) continue;
+            T* s = scores + r * kKeyBlock;
+            const T old_max = ws.row_max[r0 + r];
+            const T block = V::reduce_max(block_max[r]);
+            T new_max = std::max(old_max, block);
+            // Vector max may drop or keep a NaN depending on its lane, and
+            // std::max(-inf, NaN) is -inf: decide NaN explicitly, so that a NaN
+            // score always makes the row NaN instead of hiding the block.
+            if (block != block || (new_max == neg_inf_ && has_nan(s + lo[r], hi[r] - lo[r]))) {
+                new_max = std::numeric_limits<T>::quiet_NaN();
+            } else if (new_max == neg_inf_) {  // every visible score is -inf: nothing seen yet
+                std::fill(s + v_begin * W, s + v_end * W, T(0));
+                live[r] = false;
+                continue;
+            }
+            shift[r] = new_max;
+            decay[r] = old_max - new_max;  // -inf on the first visible block: alpha = 0
+            ws.row_max[r0 + r] = new_max;
+        }
+        const reg log2e = V::set1(static_cast<T>(kLog2e));
+        for (int r = 0; r < R; r += W) {  // alpha = exp(decay), a vector at a time
+            T lanes[W] = {};
+            std::copy(decay + r, decay + std::min<int>(R, r + W), lanes);
+            V::store(lanes, vexp2<T>(V::mul(V::load(lanes), log2e)));
+            std::copy(lanes, lanes + std::min<int>(R - r, W), alpha + r);
+        }
+
+        // p_j = exp(s_j − m') = 2^((s_j − m')·log2(e)); a NaN score makes p_j NaN, and the row NaN.
+        for (int r = 0; r < R; ++r) {
+            if (!live[r]) continue;
+            T* s = scores + r * kKeyBlock;
+            const reg m = V::set1(shift[r]);
+            reg sum = V::zero();
+            for (int64_t u = v_begin; u < v_end; ++u) {
+                const reg p = vexp2<T>(V::mul(V::sub(V::load(s + u * W), m), log2e));
+                V::store(s + u * W, p);
+                sum = V::add(sum, p);
+            }
+            ws.row_sum[r0 + r] = ws.row_sum[r0 + r] * alpha[r] + V::reduce_add(sum);
+        }
+    }
+
+    static bool has_nan(const T* x, int64_t n) {
+        return std::any_of(x, x + n, [](T e) { return e != e; });
+    }
+
+    // out = acc / l and lse = m + log(l); a row that saw no key gives zeros
+    // and lse = -inf (never 0/0 = NaN).
+    void finish_row(T m, T l, const T* acc, S* out, T* lse) const {
+        if (m == neg_inf_) {
+            std::fill(out, out + a_.dv, Storage<S>::narrow(T(0)));
+            if (lse) *lse = neg_inf_;
+            return;
+        }
+        const reg denom = V::set1(l);
+        int64_t c = 0;
+        for (; c + W <= a_.dv; c += W) Storage<S>::store(out + c, V::div(V::load(acc + c), denom));
+        for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] / l);
+        if (lse) *lse = m + std::log(l);
+    }
+
+    const AttentionArgs& a_;
+    const Rules<T> rules_;
+    const int64_t dv_pad_, group_, rows_per_head_, heads_per_task_;
+    const int64_t task_rows_;  // the most query rows a task has: rows_per_head_·heads_per_task_
+    const int64_t q_blocks_;
+    const T q_scale_;    // q is packed times the scale
+    const bool direct_;  // decoding: few rows per task, nothing to share: K/V read in place
+    const T neg_inf_;
+};
+
+// Flash-decoding: when a call has few tasks (decoding a few sequences,
+// Lq = 1), each task's key range is cut into splits (count_splits) whose
+// partial states merge_splits combines.
+template <class S>
+void forward_typed(const AttentionArgs& args) {
+    using T = ComputeType<S>;
+    using Kernel = ForwardKernel<S>;
+    const Kernel kernel(args);
+    const int64_t tasks = kernel.num_tasks();
+    const int64_t splits = count_splits(tasks, (args.lk + kKeyBlock - 1) / kKeyBlock);
+    std::vector<T> partial(splits > 1 ? tasks * splits * kernel.partial_size() : 0);
+    T* const partial_data = partial.data();
+    const int64_t task_partial = splits * kernel.partial_size();
+    // attention_forward has resolved num_threads (>= 1, at most the processors).
+    run_work_items<typename Kernel::Workspace>(
+        args.num_threads, tasks, splits, [&](int64_t threads) { return kernel.make_workspace(threads); },
+        [&](int64_t task, int64_t split, typename Kernel::Workspace& ws) {
+            kernel.run_task(task, ws, split, splits, partial_data + task * task_partial);
+        },
+        [&](int64_t task, typename Kernel::Workspace& ws) {
+            kernel.merge_splits(task, splits, partial_data + task * task_partial, ws);
+        });
+}
+
+}  // namespace
+}  // namespace FASTATTN_ISA
+}  // namespace fastattn

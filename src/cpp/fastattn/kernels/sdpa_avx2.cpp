@@ -1,3 +1,0 @@
-#include "vec_avx2.hpp"
-#include "sdpa-inl.hpp"
-#include "backward-inl.hpp"

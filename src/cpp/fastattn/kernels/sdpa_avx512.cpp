@@ -1,3 +1,0 @@
-#include "vec_avx512.hpp"
-#include "sdpa-inl.hpp"
-#include "backward-inl.hpp"

@@ -1,3 +1,0 @@
-#include "vec_neon.hpp"
-#include "sdpa-inl.hpp"
-#include "backward-inl.hpp"

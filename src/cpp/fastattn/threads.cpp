@@ -1,0 +1,97 @@
+// Thread policy of every kernel call: how many threads a call runs with (the
+// request, the process default, the OpenMP limit, the processors, and the
+// work a thread must have), and what a forked child does (runs serially).
+#include <algorithm>
+#include <atomic>
+#include <stdexcept>
+
+#ifdef _OPENMP
+#include <omp.h>
+#include <pthread.h>
+#endif
+
+#include "api.hpp"
+#include "threads.hpp"
+
+namespace fastattn {
+
+#ifdef _OPENMP
+// fork() copies only the calling thread, but libgomp's thread pool state comes
+// along: a child whose parent ever opened a team waits forever at the first
+// barrier of its own parallel region (seen with GCC 12). Such a child runs
+// every call on its own thread instead; results never depend on the count.
+namespace {
+std::atomic<bool> team_opened{false};
+std::atomic<bool> serial_after_fork{false};
+
+void on_fork_in_child() {
+    if (team_opened.load()) serial_after_fork.store(true);
+}
+
+[[maybe_unused]] const int fork_handler_registered = pthread_atfork(nullptr, nullptr, on_fork_in_child);
+}  // namespace
+#endif
+
+// set_default_num_threads: 0 = not set. One value for the whole process, read
+// by calls from every thread (omp_set_num_threads would only reach the
+// thread that calls it, not the workers of a thread pool).
+static std::atomic<int> process_default{0};
+
+void set_default_num_threads(int n) {
+    if (n < 0) throw std::invalid_argument("fastattn kernel: the default thread count must be >= 0");
+    process_default.store(n);
+}
+
+// The thread count a call runs with: the request; else the process default
+// (set_default_num_threads) under the OpenMP limit of the calling thread
+// (OMP_NUM_THREADS, or what threadpoolctl set there with omp_set_num_threads),
+// so that a limit always limits; else that OpenMP limit. Capped at the
+// processors available: more threads than processors only add waiting
+// (OpenMP threads spin at barriers while the one they wait for has no core),
+// and results never depend on the count.
+static int resolve_threads(int requested) {
+#ifdef _OPENMP
+    if (serial_after_fork.load()) return 1;
+    // omp_get_num_procs asks the OS for this process's CPU affinity on every
+    // call (0.4 µs, a tenth of a tiny call): asked once, at the first call.
+    static const int procs = omp_get_num_procs();
+    int n = requested;
+    if (n <= 0) {
+        const int limit = omp_get_max_threads(), chosen = process_default.load();
+        n = chosen > 0 ? std::min(chosen, limit) : limit;
+    }
+    return std::max(1, std::min(n, procs));
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+// Multiply-adds a thread must have before a call opens more threads. Waking
+// an OpenMP team costs microseconds on an idle machine, and milliseconds when
+// the cores are busy, e.g. with NumPy's BLAS threads still spinning after a
+// matmul between two small attention calls (measured in a training loop: 2×
+// slower with 2 threads than with 1). 2^22 multiply-adds take ~50 µs on one
+// core. Results never depend on the thread count, so this is only speed.
+constexpr double kMinWorkPerThread = double(1 << 22);
+
+int threads_for(int requested, double multiply_adds) {
+    const int threads = resolve_threads(requested);
+    const int used = static_cast<int>(std::max(1.0, std::min<double>(threads, multiply_adds / kMinWorkPerThread)));
+#ifdef _OPENMP
+    if (used > 1) team_opened.store(true);
+#endif
+    return used;
+}
+
+bool have_openmp() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+}
+
+int default_num_threads() { return resolve_threads(0); }
+
+}  // namespace fastattn

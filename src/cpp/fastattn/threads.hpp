@@ -1,0 +1,12 @@
+// Internal to the C++ library (not part of api.hpp): the thread count a
+// kernel call runs with, for dispatch.cpp.
+#pragma once
+
+namespace fastattn {
+
+// The threads a call with `requested` threads (0: the default) and
+// `multiply_adds` of work runs with: >= 1, at most the processors available,
+// and only as many as have enough work each. Results never depend on it.
+int threads_for(int requested, double multiply_adds);
+
+}  // namespace fastattn
