@@ -1,5 +1,5 @@
 """Decoding shapes: tasks of at most 8 query rows whose K/V head no other task reads are computed
-in "direct mode" (K and V read in place, not packed; sdpa-inl.hpp). Every feature there against
+in "direct mode" (K and V read in place, not packed; forward-inl.hpp). Every feature there against
 the oracle, including feature and value widths that are not whole vectors."""
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 task's keys into shares run as separate work items and merges their partial (max, sum, acc).
 
 Every case here is one task (B = 1, one K/V head, Lq <= 60) over 2048 keys: 4 shares of 512
-keys (sdpa-inl.hpp: kv_splits). The split depends on the shape only, so results are the same
-for every thread count.
+keys (forward-inl.hpp; count_splits in common/parallel-inl.hpp). The split depends on the shape
+only, so results are the same for every thread count.
 """
 
 from __future__ import annotations

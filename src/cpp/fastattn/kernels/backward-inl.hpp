@@ -62,8 +62,7 @@ constexpr int64_t kPartialBudgetBytes = int64_t(64) << 20;
 template <class S>
 class BackwardKernel {
     using T = ComputeType<S>;
-    using V = Vec<T>;
-    using reg = typename V::reg;
+    using V = Vec<T>;  // registers are `auto` below: V::reg
     using Tile = Tiles<T>;
     static constexpr int64_t W = V::width;
     static constexpr int64_t kTileRows = Tile::kRows, kTileVecs = Tile::kVecs, kTileKeys = Tile::kKeys;
@@ -296,11 +295,11 @@ private:
                 p[j] = ds[j] = p[j] == neg_inf_ ? T(0) : std::numeric_limits<T>::quiet_NaN();
             return;
         }
-        const reg shift = V::set1(ws.lse[r]), log2e = V::set1(static_cast<T>(kLog2e));
-        const reg delta = V::set1(ws.delta[r]), tiny = V::set1(std::numeric_limits<T>::denorm_min());
+        const auto shift = V::set1(ws.lse[r]), log2e = V::set1(static_cast<T>(kLog2e));
+        const auto delta = V::set1(ws.delta[r]), tiny = V::set1(std::numeric_limits<T>::denorm_min());
         for (int64_t j = 0; j < n; j += W) {
-            const reg pj = vexp2<T>(V::mul(V::sub(V::load(p + j), shift), log2e));
-            reg dsj = V::mul(pj, V::sub(V::load(ds + j), delta));
+            const auto pj = vexp2<T>(V::mul(V::sub(V::load(p + j), shift), log2e));
+            auto dsj = V::mul(pj, V::sub(V::load(ds + j), delta));
             if (cap_grad) dsj = V::mul(dsj, V::load(cap_grad + j));
             V::store(p + j, pj);
             V::store(ds + j, V::zero_if_less(pj, tiny, dsj));  // exactly 0 where P is 0 (NaN P stays NaN)
@@ -326,7 +325,7 @@ private:
 
     // Σ_c a[c]·b[c] over a row of Dv, b widened from storage.
     T dot_widened(const T* a, const S* b) const {
-        reg acc = V::zero();
+        auto acc = V::zero();
         int64_t c = 0;
         for (; c + W <= a_.dv; c += W) acc = V::fma(V::load(a + c), Storage<S>::load(b + c), acc);
         T sum = V::reduce_add(acc);
