@@ -53,7 +53,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
@@ -664,6 +663,3 @@ def main(argv=None) -> int:
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
