@@ -60,7 +60,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 import fastattn
-from fastattn import _bench_reliability
+from . import reliability
 
 FLOAT32_BYTES = 4
 IMPLEMENTATION_LABELS = {"cpp": "fastattn C++", "numpy": "fastattn NumPy", "torch": "torch SDPA"}
@@ -636,18 +636,18 @@ def main(argv=None) -> int:
     reliability_rows = []
     if "cpp" in impls and not args.no_reliability:
         if args.quick:
-            shapes, seconds = (_bench_reliability.QUICK_SHAPE,) * 2, 0.01
+            shapes, seconds = (reliability.QUICK_SHAPE,) * 2, 0.01
         else:
-            shapes, seconds = (_bench_reliability.GIL_SHAPE, _bench_reliability.DENORMAL_SHAPE), 0.4
-        reliability_rows = (_bench_reliability.measure_gil(seconds, shapes[0]) +
-                            _bench_reliability.measure_denormals(seconds, shapes[1]))
+            shapes, seconds = (reliability.GIL_SHAPE, reliability.DENORMAL_SHAPE), 0.4
+        reliability_rows = (reliability.measure_gil(seconds, shapes[0]) +
+                            reliability.measure_denormals(seconds, shapes[1]))
 
     print_tables(rows, impls, ceilings)
     if training_rows:
         print_training_table(training_rows, ceilings)
     if reliability_rows:
         print("\nReliability (README \"Guarantees\"): medians of alternating rounds\n")
-        print(_bench_reliability.reliability_table(reliability_rows))
+        print(reliability.reliability_table(reliability_rows))
     failed = [row["label"] for row in rows + training_rows if not row["check"]["ok"]]
     if failed:
         print(f"OUTPUT CHECK FAILED (rtol {CHECK_RTOL}, atol {CHECK_ATOL}): {', '.join(failed)}")
