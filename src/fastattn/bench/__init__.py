@@ -47,11 +47,7 @@ torch and matplotlib are optional: without them their parts are skipped with a n
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import os
-import platform
 import time
 from dataclasses import asdict
 from typing import Callable, Dict, List, Optional
@@ -62,6 +58,7 @@ import fastattn
 from . import reliability
 from .cases import (DEFAULT_DECODE_SHAPES, DEFAULT_PREFILL_SHAPES, DEFAULT_TRAINING_SHAPES, QUICK_DECODE_SHAPES,
                     QUICK_PREFILL_SHAPES, QUICK_TRAINING_SHAPES, Case, build_cases, make_inputs)
+from .environment import describe_machine, fastattn_config, import_torch
 from .timing import DEFAULT_SETTINGS, QUICK_SETTINGS, Settings, measure_ceilings, time_calls
 
 IMPLEMENTATION_LABELS = {"cpp": "fastattn C++", "numpy": "fastattn NumPy", "torch": "torch SDPA"}
@@ -77,53 +74,6 @@ def is_plot_case(row: dict) -> bool:
     """The series the PNG shows: square, non-causal, B=1, H=8 (no GQA), D=64."""
     return (not row["causal"] and row["lq"] == row["lk"] > 1 and row["batch"] == 1
             and row["hq"] == row["hkv"] == 8 and row["d"] == 64)
-
-
-# ----------------------------------------------------------------------------- environment
-
-def import_torch(threads: Optional[int]):
-    """torch, with its thread count set when --threads was given; None (with a note) if absent."""
-    try:
-        import torch
-    except ImportError:
-        print("note: torch is not installed; skipping torch SDPA", flush=True)
-        return None
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return torch
-
-
-def fastattn_config() -> dict:
-    """fastattn.show_config()'s dict, without letting it print."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fastattn.show_config()
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else whatever platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def describe_machine(config: dict, torch, threads: Optional[int]) -> dict:
-    return {
-        "fastattn": config["version"],
-        "fastattn_config": config,
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__ if torch is not None else None,
-        "fastattn_threads": threads if threads is not None else config["num_threads"],
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
-    }
 
 
 def print_header(machine: dict) -> None:
