@@ -50,24 +50,19 @@ import argparse
 import json
 import time
 from dataclasses import asdict
-from typing import Callable, Dict, List, Optional
+from typing import List
 
-import numpy as np
-
-import fastattn
 from . import reliability
 from .cases import (DEFAULT_DECODE_SHAPES, DEFAULT_PREFILL_SHAPES, DEFAULT_TRAINING_SHAPES, QUICK_DECODE_SHAPES,
-                    QUICK_PREFILL_SHAPES, QUICK_TRAINING_SHAPES, Case, build_cases, make_inputs)
+                    QUICK_PREFILL_SHAPES, QUICK_TRAINING_SHAPES, build_cases)
 from .environment import describe_machine, fastattn_config, import_torch
-from .timing import DEFAULT_SETTINGS, QUICK_SETTINGS, Settings, measure_ceilings, time_calls
+from .runners import (CHECK_ATOL, CHECK_RTOL, available_implementations, make_training_runner, run_case,
+                      run_training_case)
+from .timing import DEFAULT_SETTINGS, QUICK_SETTINGS, measure_ceilings
 
 IMPLEMENTATION_LABELS = {"cpp": "fastattn C++", "numpy": "fastattn NumPy", "torch": "torch SDPA"}
 IMPLEMENTATION_COLORS = {"cpp": "C0", "numpy": "C1", "torch": "C2"}  # the same in every plot
 DEFAULT_PLOT_PATH = "fastattn-bench.png"
-
-# Output checks: both sides compute in float32, so they agree to ~1e-6; this only catches bugs.
-CHECK_RTOL = 1e-3
-CHECK_ATOL = 1e-4
 
 
 def is_plot_case(row: dict) -> bool:
@@ -94,137 +89,6 @@ def print_header(machine: dict) -> None:
     print(f"threads   fastattn {machine['fastattn_threads']}, torch {torch_threads}, "
           f"NumPy BLAS its own default")
     print(flush=True)
-
-
-def available_implementations(config: dict, torch, include_numpy: bool) -> List[str]:
-    impls = []
-    if config["backend"] == "cpp":
-        impls.append("cpp")
-    else:
-        print("note: fastattn's C++ extension is not available; skipping fastattn C++", flush=True)
-    if include_numpy:
-        impls.append("numpy")
-    if torch is not None:
-        impls.append("torch")
-    return impls
-
-
-# ----------------------------------------------------------------------------- one case
-
-def make_torch_runner(torch, q, k, v, causal: bool) -> Callable[[], object]:
-    """A call of torch's SDPA on zero-copy views of q, k, v (built here, outside the timing)."""
-    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
-    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-
-    def run():
-        with torch.inference_mode():
-            return sdpa(tq, tk, tv, is_causal=causal, **gqa)
-
-    return run
-
-
-def make_runner(impl: str, q, k, v, causal: bool, threads: Optional[int], torch):
-    if impl == "cpp":
-        return lambda: fastattn.attention(q, k, v, causal=causal, backend="cpp", num_threads=threads)
-    if impl == "numpy":
-        return lambda: fastattn.attention(q, k, v, causal=causal, backend="numpy")
-    return make_torch_runner(torch, q, k, v, causal)
-
-
-def check_outputs(outputs: Dict[str, np.ndarray]) -> dict:
-    """Compare each output with torch's (else the NumPy backend's); max abs differences."""
-    reference = "torch" if "torch" in outputs else "numpy" if "numpy" in outputs else None
-    check: dict = {"reference": reference, "max_abs_diff": {}, "ok": True}
-    if reference is None or len(outputs) < 2:
-        check["reference"] = None
-        return check
-    want = outputs[reference]
-    for impl, got in outputs.items():
-        if impl == reference:
-            continue
-        check["max_abs_diff"][impl] = float(np.max(np.abs(got - want)))
-        if not np.allclose(got, want, rtol=CHECK_RTOL, atol=CHECK_ATOL):
-            check["ok"] = False
-    return check
-
-
-def summarize_timing(case: Case, timing: dict, ceilings: dict) -> dict:
-    result = dict(timing, gflops=case.flops / timing["median_s"] / 1e9)
-    result["gemm_fraction"] = result["gflops"] / ceilings["gemm_gflops"]
-    if case.is_decode:
-        bandwidth = case.kv_bytes / timing["median_s"] / 1e9
-        result["bandwidth_gbs"] = bandwidth
-        result["bandwidth_fraction"] = bandwidth / ceilings["read_bandwidth_gbs"]
-    return result
-
-
-def run_case(case: Case, impls: List[str], settings: Settings, threads: Optional[int],
-             torch, ceilings: dict) -> dict:
-    """Warm up and check each implementation, then time each; one result row."""
-    q, k, v = make_inputs(case)
-    runners = {impl: make_runner(impl, q, k, v, case.causal, threads, torch) for impl in impls}
-    outputs = {impl: np.asarray(runner()) for impl, runner in runners.items()}  # first calls
-    check = check_outputs(outputs)
-    del outputs
-    results = {impl: summarize_timing(case, time_calls(runner, settings), ceilings)
-               for impl, runner in runners.items()}
-    row = dict(asdict(case), label=case.label, flops=case.flops, kv_bytes=case.kv_bytes,
-               check=check, results=results, torch_over_cpp=None)
-    if "torch" in results and "cpp" in results:
-        row["torch_over_cpp"] = results["torch"]["median_s"] / results["cpp"]["median_s"]
-    return row
-
-
-def make_training_runner(impl: str, q, k, v, dout, causal: bool, threads: Optional[int], torch):
-    """A forward + backward call returning (dq, dk, dv)."""
-    if impl == "cpp":
-        def run():
-            out, lse = fastattn.attention(q, k, v, causal=causal, return_lse=True, backend="cpp",
-                                          num_threads=threads)
-            return fastattn.attention_backward(dout, q, k, v, out, lse, causal=causal, backend="cpp",
-                                               num_threads=threads)
-        return run
-    leaves = [torch.from_numpy(a).requires_grad_() for a in (q, k, v)]
-    t_dout = torch.from_numpy(dout)
-
-    def run_torch():
-        for leaf in leaves:
-            leaf.grad = None
-        torch.nn.functional.scaled_dot_product_attention(*leaves, is_causal=causal).backward(t_dout)
-        return tuple(leaf.grad.numpy() for leaf in leaves)
-
-    return run_torch
-
-
-def run_training_case(shape, causal: bool, impls: List[str], settings: Settings, threads: Optional[int],
-                      torch, ceilings: dict) -> dict:
-    batch, heads, length, d = shape
-    case = Case(batch, heads, heads, length, length, d, causal)
-    q, k, v = make_inputs(case)
-    dout = np.random.default_rng(1).standard_normal(q.shape, dtype=np.float32)
-    impls = [impl for impl in impls if impl != "numpy"]  # the NumPy backward would take minutes
-    runners = {impl: make_training_runner(impl, q, k, v, dout, causal, threads, torch) for impl in impls}
-    grads = {impl: runner() for impl, runner in runners.items()}
-    check: dict = {"reference": None, "max_abs_diff": {}, "ok": True}
-    if "torch" in grads and "cpp" in grads:
-        check["reference"] = "torch"
-        diffs = [float(np.max(np.abs(a - b))) for a, b in zip(grads["cpp"], grads["torch"])]
-        check["max_abs_diff"]["cpp"] = max(diffs)
-        check["ok"] = all(np.allclose(a, b, rtol=CHECK_RTOL, atol=CHECK_ATOL)
-                          for a, b in zip(grads["cpp"], grads["torch"]))
-    del grads
-    flops = 3.5 * case.flops  # seven matrix products to the forward's two
-    results = {}
-    for impl, runner in runners.items():
-        timing = time_calls(runner, settings)
-        gflops = flops / timing["median_s"] / 1e9
-        results[impl] = dict(timing, gflops=gflops, gemm_fraction=gflops / ceilings["gemm_gflops"])
-    row = dict(asdict(case), label=case.label + " fwd+bwd", flops=flops, check=check, results=results,
-               torch_over_cpp=None)
-    if "torch" in results and "cpp" in results:
-        row["torch_over_cpp"] = results["torch"]["median_s"] / results["cpp"]["median_s"]
-    return row
 
 
 # ----------------------------------------------------------------------------- output
