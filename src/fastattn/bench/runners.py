@@ -6,7 +6,7 @@ against torch's, or without torch against the NumPy backend's, with a loose tole
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -54,26 +54,50 @@ def make_runner(impl: str, q, k, v, causal: bool, threads: Optional[int], torch)
     return make_torch_runner(torch, q, k, v, causal)
 
 
-def check_outputs(outputs: Dict[str, np.ndarray]) -> dict:
-    """Compare each output with torch's (else the NumPy backend's); max abs differences."""
+def _arrays(output) -> Tuple[np.ndarray, ...]:
+    """An output as a tuple of arrays: (out,) for a forward call, (dq, dk, dv) for a training call."""
+    return tuple(np.asarray(a) for a in output) if isinstance(output, tuple) else (np.asarray(output),)
+
+
+def check_outputs(outputs: Dict[str, object]) -> dict:
+    """Compare each output with torch's (else the NumPy backend's); max abs differences.
+
+    An output is an array or a tuple of arrays (the gradients), compared array by array.
+    """
     reference = "torch" if "torch" in outputs else "numpy" if "numpy" in outputs else None
     check: dict = {"reference": reference, "max_abs_diff": {}, "ok": True}
     if reference is None or len(outputs) < 2:
         check["reference"] = None
         return check
-    want = outputs[reference]
-    for impl, got in outputs.items():
+    want = _arrays(outputs[reference])
+    for impl, output in outputs.items():
         if impl == reference:
             continue
-        check["max_abs_diff"][impl] = float(np.max(np.abs(got - want)))
-        if not np.allclose(got, want, rtol=CHECK_RTOL, atol=CHECK_ATOL):
+        pairs = list(zip(_arrays(output), want))
+        check["max_abs_diff"][impl] = max(float(np.max(np.abs(got - w))) for got, w in pairs)
+        if not all(np.allclose(got, w, rtol=CHECK_RTOL, atol=CHECK_ATOL) for got, w in pairs):
             check["ok"] = False
     return check
 
 
+def check_then_time(runners: Dict[str, Callable[[], object]], settings: Settings,
+                    summarize: Callable[[dict], dict]) -> Tuple[dict, Dict[str, dict]]:
+    """(check, results): each runner's first call checked (check_outputs), then each timed in turn."""
+    outputs = {impl: runner() for impl, runner in runners.items()}  # first calls
+    check = check_outputs(outputs)
+    del outputs
+    results = {impl: summarize(time_calls(runner, settings)) for impl, runner in runners.items()}
+    return check, results
+
+
+def throughput(timing: dict, flops: float, ceilings: dict) -> dict:
+    """The timing, with the GFLOP/s it achieved and their fraction of the GEMM ceiling."""
+    gflops = flops / timing["median_s"] / 1e9
+    return dict(timing, gflops=gflops, gemm_fraction=gflops / ceilings["gemm_gflops"])
+
+
 def summarize_timing(case: Case, timing: dict, ceilings: dict) -> dict:
-    result = dict(timing, gflops=case.flops / timing["median_s"] / 1e9)
-    result["gemm_fraction"] = result["gflops"] / ceilings["gemm_gflops"]
+    result = throughput(timing, case.flops, ceilings)
     if case.is_decode:
         bandwidth = case.kv_bytes / timing["median_s"] / 1e9
         result["bandwidth_gbs"] = bandwidth
@@ -81,21 +105,21 @@ def summarize_timing(case: Case, timing: dict, ceilings: dict) -> dict:
     return result
 
 
+def torch_over_cpp(results: Dict[str, dict]) -> Optional[float]:
+    """torch's median time over fastattn C++'s (> 1: fastattn is faster); None unless both ran."""
+    if "torch" in results and "cpp" in results:
+        return results["torch"]["median_s"] / results["cpp"]["median_s"]
+    return None
+
+
 def run_case(case: Case, impls: List[str], settings: Settings, threads: Optional[int],
              torch, ceilings: dict) -> dict:
     """Warm up and check each implementation, then time each; one result row."""
     q, k, v = make_inputs(case)
     runners = {impl: make_runner(impl, q, k, v, case.causal, threads, torch) for impl in impls}
-    outputs = {impl: np.asarray(runner()) for impl, runner in runners.items()}  # first calls
-    check = check_outputs(outputs)
-    del outputs
-    results = {impl: summarize_timing(case, time_calls(runner, settings), ceilings)
-               for impl, runner in runners.items()}
-    row = dict(asdict(case), label=case.label, flops=case.flops, kv_bytes=case.kv_bytes,
-               check=check, results=results, torch_over_cpp=None)
-    if "torch" in results and "cpp" in results:
-        row["torch_over_cpp"] = results["torch"]["median_s"] / results["cpp"]["median_s"]
-    return row
+    check, results = check_then_time(runners, settings, lambda timing: summarize_timing(case, timing, ceilings))
+    return dict(asdict(case), label=case.label, flops=case.flops, kv_bytes=case.kv_bytes,
+                check=check, results=results, torch_over_cpp=torch_over_cpp(results))
 
 
 def make_training_runner(impl: str, q, k, v, dout, causal: bool, threads: Optional[int], torch):
@@ -127,23 +151,7 @@ def run_training_case(shape, causal: bool, impls: List[str], settings: Settings,
     dout = np.random.default_rng(1).standard_normal(q.shape, dtype=np.float32)
     impls = [impl for impl in impls if impl != "numpy"]  # the NumPy backward would take minutes
     runners = {impl: make_training_runner(impl, q, k, v, dout, causal, threads, torch) for impl in impls}
-    grads = {impl: runner() for impl, runner in runners.items()}
-    check: dict = {"reference": None, "max_abs_diff": {}, "ok": True}
-    if "torch" in grads and "cpp" in grads:
-        check["reference"] = "torch"
-        diffs = [float(np.max(np.abs(a - b))) for a, b in zip(grads["cpp"], grads["torch"])]
-        check["max_abs_diff"]["cpp"] = max(diffs)
-        check["ok"] = all(np.allclose(a, b, rtol=CHECK_RTOL, atol=CHECK_ATOL)
-                          for a, b in zip(grads["cpp"], grads["torch"]))
-    del grads
     flops = 3.5 * case.flops  # seven matrix products to the forward's two
-    results = {}
-    for impl, runner in runners.items():
-        timing = time_calls(runner, settings)
-        gflops = flops / timing["median_s"] / 1e9
-        results[impl] = dict(timing, gflops=gflops, gemm_fraction=gflops / ceilings["gemm_gflops"])
-    row = dict(asdict(case), label=case.label + " fwd+bwd", flops=flops, check=check, results=results,
-               torch_over_cpp=None)
-    if "torch" in results and "cpp" in results:
-        row["torch_over_cpp"] = results["torch"]["median_s"] / results["cpp"]["median_s"]
-    return row
+    check, results = check_then_time(runners, settings, lambda timing: throughput(timing, flops, ceilings))
+    return dict(asdict(case), label=case.label + " fwd+bwd", flops=flops, check=check, results=results,
+                torch_over_cpp=torch_over_cpp(results))
