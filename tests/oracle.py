@@ -1,4 +1,4 @@
-"""An independent float64 oracle and the tolerance rule of DESIGN.md.
+"""An independent float64 oracle and the tolerance rule of docs/architecture.md.
 
 Deliberately the most literal formula: the full score matrix, an explicit mask, K/V heads
 repeated for GQA. It shares no code with fastattn, so a bug in fastattn's reference cannot hide

@@ -1,6 +1,6 @@
 """Bad input: every invalid call raises TypeError (types, dtypes) or ValueError (shapes, options)
 before any kernel runs, with a message that names the argument and gives the actual value
-(DESIGN.md, "Semantics"). Valid edge cases (empty sizes, scale 0, ...) must not raise.
+(docs/architecture.md, "The contract the tests pin"). Valid edge cases (empty sizes, scale 0, ...) must not raise.
 """
 
 from __future__ import annotations

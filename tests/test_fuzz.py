@@ -463,7 +463,7 @@ class Reach(NamedTuple):
 
     The oracle's own NaN pattern cannot be used as it is: its `p @ v` multiplies the exact zero
     weight of a key a row cannot see by that key's v, so a NaN (or inf) there reaches every row.
-    fastattn promises the opposite (DESIGN.md: NaN never leaks into unrelated rows). So the
+    fastattn promises the opposite (docs/architecture.md: NaN never leaks into unrelated rows). So the
     pattern is derived here from the visibility the oracle computes, and the oracle is asked only
     for the entries no non-finite input reaches (with the non-finite inputs zeroed: those
     entries do not depend on them). Arrays have the oracle's shapes (2-D: a leading axis of 1).
