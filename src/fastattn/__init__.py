@@ -5,7 +5,7 @@ the extension is built, and a NumPy implementation of the same contract otherwis
 """
 
 from ._api import attention, attention_backward, attention_weights
-from ._backend import get_isa, get_num_threads, set_isa, set_num_threads, show_config
+from ._runtime import get_isa, get_num_threads, set_isa, set_num_threads, show_config
 from . import layers, optim  # training: layers.MultiHeadAttention, optim.Adam
 
 try:
