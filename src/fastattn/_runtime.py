@@ -8,7 +8,7 @@ from importlib import metadata
 from typing import Optional
 
 from . import _backend
-from ._backend import _check_num_threads
+from ._contract import check_num_threads
 
 ISA_ENV = "FASTATTN_ISA"
 
@@ -56,7 +56,7 @@ def set_num_threads(n: Optional[int]) -> Optional[int]:
     thread does not reach the pool's worker threads: OpenMP limits are per thread.)
     """
     global _chosen_num_threads
-    threads = _check_num_threads(n)
+    threads = check_num_threads(n)
     previous = _chosen_num_threads
     if _backend._core is not None:
         _backend._core.set_default_num_threads(threads)

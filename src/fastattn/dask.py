@@ -13,7 +13,7 @@ try:  # absolute import: this module's own name does not shadow the real dask pa
 except ImportError as exc:
     raise ImportError("fastattn.dask needs Dask: pip install 'dask[array]'") from exc
 
-from . import _api
+from . import _api, _contract
 
 __all__ = ["attention"]
 
@@ -197,18 +197,19 @@ def _chunk_like(x, q, ndim: int):
 def _validate(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap,
               backend, num_threads) -> None:
     """fastattn's own checks, with the same messages, run now on data-free stand-ins."""
-    compute = _api._compute_dtype(q.dtype)
+    compute = _contract.compute_dtype(q.dtype)
 
     def stand_in(x, dtype=None):
         # Dask arrays are validated by shape and dtype only; NumPy lengths and slopes are tiny
         # and checked for real.
-        return _api._stand_in(x.shape, dtype or x.dtype) if isinstance(x, da.Array) else x
+        return _contract.stand_in(x.shape, dtype or x.dtype) if isinstance(x, da.Array) else x
 
     m = mask
     if isinstance(mask, (da.Array, np.ndarray)):  # a float mask is converted by each task
         floating = mask.dtype.kind == "f" or mask.dtype.name == "bfloat16"
         m = stand_in(da.asarray(mask), compute if floating else None)
-    _api._normalise(stand_in(q), stand_in(k), stand_in(v), causal, scale, m, stand_in(kv_lengths),
-                    stand_in(q_lengths), window, stand_in(alibi_slopes), softcap)
-    _api._check_num_threads(num_threads)
-    _api._check_backend(backend)
+    _contract.normalise(stand_in(q), stand_in(k), stand_in(v), causal=causal, scale=scale, mask=m,
+                        kv_lengths=stand_in(kv_lengths), q_lengths=stand_in(q_lengths), window=window,
+                        alibi_slopes=stand_in(alibi_slopes), softcap=softcap)
+    _contract.check_num_threads(num_threads)
+    _contract.check_backend(backend)

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
-from . import _api, _reference
+from . import _contract, _reference
 from ._api import attention, attention_backward
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -83,10 +83,10 @@ class MultiHeadAttention:
             raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
         self.head_dim = self.embed_dim // self.num_heads
         self.causal = causal
-        _api._check_causal(causal)  # the same rules, and messages, as attention()
+        _contract.check_causal(causal)  # the same rules, and messages, as attention()
         self.dtype = _check_dtype(dtype)
-        self.backend = _api._check_backend(backend)
-        _api._check_num_threads(num_threads)
+        self.backend = _contract.check_backend(backend)
+        _contract.check_num_threads(num_threads)
         self.num_threads = num_threads
         rng = _check_rng(rng)
 
@@ -273,7 +273,7 @@ class MultiHeadAttention:
     def _weights(self, q: np.ndarray, k: np.ndarray, lse: np.ndarray, mask) -> np.ndarray:
         """P = exp(s − lse), with s the scores exactly as attention() forms and masks them (the
         NumPy reference's own code for it, so the rules have one home)."""
-        call = _api._normalise(q, k, k, self.causal, None, mask, None, None, None, None, None)
+        call = _contract.normalise(q, k, k, causal=self.causal, mask=mask)
         b, h, l, _ = q.shape
         scores, _ = _reference._Scores(call.q, call.k, call.options).chunk(0, l)
         # A row that sees no key has lse = -inf and all scores -inf: weights exp(-inf) = 0.
