@@ -1,22 +1,20 @@
 """The public functions: attention, attention_backward and attention_weights.
 
 Each one validates and normalises its call through `_contract` (every check and its message
-live there), picks a backend, and runs the C++ kernel or the NumPy reference (`_reference`) on
-the normalised arrays.
+live there), picks a backend through `_backend`, and runs the C++ kernel or the NumPy
+reference (`_reference`) on the normalised arrays.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _backend, _contract, _reference
-from ._contract import (ADDITIVE_MASK, BOOL_MASK, DTYPE_CODES, FLOAT32, FLOAT64, NO_CAUSAL, NO_MASK, UPPER_LEFT, Call,
-                        check_backend, check_num_threads, compute_dtype)
+from ._contract import FLOAT32, FLOAT64, NO_CAUSAL, UPPER_LEFT, check_num_threads, compute_dtype
 
 Causal = Union[bool, str]
 
@@ -117,7 +115,7 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     -------
     out, or ``(out, lse)`` when ``return_lse`` is true.
     """
-    use_cpp = _choose_backend(backend)
+    use_cpp = _backend.use_cpp(backend)
     if use_cpp and mask is None and kv_lengths is None and q_lengths is None and window is None \
             and alibi_slopes is None and softcap is None and out is None:
         result = _plain_forward(q, k, v, causal, scale, return_lse, num_threads)
@@ -142,7 +140,7 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         if lse3 is not None:
             lse3.fill(-np.inf)
     elif use_cpp:
-        _forward_cpp(call, out4, lse3, threads)
+        _backend.forward(call.q, call.k, call.v, out4, lse3, _backend.call_args(call, threads))
     else:
         _reference.forward(call.q, call.k, call.v, out4, lse3, call.options)
     return (out, lse) if return_lse else out
@@ -187,7 +185,7 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     -------
     (dq, dk, dv), new arrays of the shapes of q, k, v in q's dtype.
     """
-    use_cpp = _choose_backend(backend)
+    use_cpp = _backend.use_cpp(backend)
     # The gradients take their shapes from the arrays as read (np.shape of a DLPack object is ()).
     q, k, v = _contract.asarray(q, "q"), _contract.asarray(k, "k"), _contract.asarray(v, "v")
     call = _contract.normalise(q, k, v, causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths,
@@ -206,7 +204,8 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
         for g in grads:  # no query row sees a key, or no value column: every weight is constant
             g.fill(0)
     elif use_cpp:
-        _backward_cpp(call, dout4, out4, lse3, dq4, dk4, dv4, threads)
+        _backend.backward(dout4, out4, lse3, dq4, dk4, dv4, call.q, call.k, call.v,
+                          _backend.call_args(call, threads))
     else:
         _reference.backward(dout4, call.q, call.k, call.v, out4, lse3, dq4, dk4, dv4, call.options)
     return grads
@@ -276,62 +275,5 @@ def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
     threads = check_num_threads(num_threads)
     out = np.empty((batch, hq, lq, dv), dtype)
     lse = np.empty((batch, hq, lq), dtype) if return_lse else None
-    _backend._core.forward(q, k, v, out, lse, DTYPE_CODES[dtype], scale, UPPER_LEFT if causal else NO_CAUSAL, threads,
-                           *_NO_OPTIONS)
+    _backend.forward(q, k, v, out, lse, _backend.binding_args(dtype, scale, UPPER_LEFT if causal else NO_CAUSAL, threads))
     return (out, lse) if return_lse else out
-
-
-def _backward_cpp(call: Call, dout4, out4, lse3, dq4, dk4, dv4, threads: int) -> None:
-    _backend._core.backward(dout4, out4, lse3, dq4, dk4, dv4, call.q, call.k, call.v,
-                            *_option_args(call, threads))
-
-
-def _forward_cpp(call: Call, out4: np.ndarray, lse3: Optional[np.ndarray], threads: int) -> None:
-    _backend._core.forward(call.q, call.k, call.v, out4, lse3, *_option_args(call, threads))
-
-
-def _option_args(call: Call, threads: int) -> tuple:
-    """The binding's arguments from `dtype` to `softcap`, positional, in the order of its signature
-    (src/cpp/bindings/module.cpp): pybind11 matching 19 keywords by name costs about 2 µs per
-    call, a third of a tiny call. (_NO_OPTIONS below is the tail for a call without options.)"""
-    opts = call.options
-    mask_kind, mask_strides, mask_offsets = NO_MASK, (0, 0, 0), None
-    if opts.mask is not None:
-        # The mask view is batch_shape + (Hq, Lq, Lk) with stride-0 broadcast axes. Its batch
-        # axes may not merge into one stride, so the kernel gets one offset per batch index.
-        mask = opts.mask
-        mask_kind = BOOL_MASK if mask.dtype == np.bool_ else ADDITIVE_MASK
-        strides = [s // mask.itemsize for s in mask.strides]
-        nb = len(call.batch_shape)
-        mask_strides = tuple(strides[nb:])
-        mask_offsets = np.zeros(max(1, math.prod(call.batch_shape)), dtype=np.int64)
-        if nb:
-            index = np.indices(call.batch_shape, dtype=np.int64).reshape(nb, -1)
-            mask_offsets = np.ascontiguousarray((index * np.array(strides[:nb], np.int64)[:, None]).sum(0))
-    return (DTYPE_CODES[call.q.dtype], opts.scale, opts.causal, threads,              # dtype .. num_threads
-            opts.mask, mask_kind, mask_strides, mask_offsets,                          # mask view
-            opts.q_lengths, opts.kv_lengths, opts.window[0], opts.window[1],           # positional rules
-            opts.alibi_slopes, opts.softcap)
-
-
-# The arguments of _core.forward from `mask` to `softcap` for a call without those options.
-_NO_OPTIONS = (None, 0, (0, 0, 0), None, None, None, -1, -1, None, 0.0)
-
-_warned_fallback = False
-
-
-def _choose_backend(backend: str) -> bool:
-    """True for the C++ backend."""
-    global _warned_fallback
-    if check_backend(backend) == "numpy":
-        return False
-    if _backend.cpp_available():
-        return True
-    if backend == "cpp":
-        raise RuntimeError(f"backend='cpp' needs fastattn's C++ extension, which failed to import: "
-                           f"{_backend.IMPORT_ERROR}")
-    if not _warned_fallback:
-        _warned_fallback = True
-        warnings.warn(f"fastattn's C++ extension is unavailable ({_backend.IMPORT_ERROR}); "
-                      "using the NumPy backend", RuntimeWarning, stacklevel=3)
-    return False

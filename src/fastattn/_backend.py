@@ -1,8 +1,15 @@
-"""Import of the C++ extension (or the reason it is missing)."""
+"""The C++ extension as a backend: its import (or why it failed), the choice between it and the
+NumPy fallback, and its two kernel calls, whose arguments are built here and nowhere else."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+import warnings
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from ._contract import ADDITIVE_MASK, BOOL_MASK, DTYPE_CODES, NO_CAUSAL, NO_MASK, Call, Options, check_backend
 
 try:
     from . import _core
@@ -11,6 +18,9 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
     IMPORT_ERROR: Optional[ImportError] = exc
 else:
     IMPORT_ERROR = None
+
+_warned_fallback = False
+
 
 def cpp_available() -> bool:
     """True when the C++ extension imported."""
@@ -22,3 +32,81 @@ def require_core(what: str) -> Any:
     if _core is None:
         raise RuntimeError(f"{what} needs fastattn's C++ extension, which failed to import: {IMPORT_ERROR}")
     return _core
+
+
+def use_cpp(backend: Any) -> bool:
+    """Whether a call with this `backend` argument runs the C++ kernel. "auto" falls back to
+    NumPy with a one-time RuntimeWarning when the extension is missing; "cpp" raises then."""
+    global _warned_fallback
+    if check_backend(backend) == "numpy":
+        return False
+    if _core is not None:
+        return True
+    if backend == "cpp":
+        raise RuntimeError(f"backend='cpp' needs fastattn's C++ extension, which failed to import: "
+                           f"{IMPORT_ERROR}")
+    if not _warned_fallback:
+        _warned_fallback = True
+        # stacklevel 3: the warning points at the caller of attention(), not at fastattn.
+        warnings.warn(f"fastattn's C++ extension is unavailable ({IMPORT_ERROR}); "
+                      "using the NumPy backend", RuntimeWarning, stacklevel=3)
+    return False
+
+
+# -- the binding's arguments ------------------------------------------------------------------
+# _core.forward(q, k, v, out, lse, *args) and _core.backward(dout, out, lse, dq, dk, dv, q, k, v,
+# *args) share `args`, dtype .. softcap in the order of src/cpp/bindings/module.cpp, passed
+# positionally: pybind11 matching 19 keywords by name costs about 2 µs per call, a third of a
+# tiny call. binding_args spells dtype .. num_threads, _option_args mask .. softcap.
+
+def _option_args(options: Options, batch_shape: Tuple[int, ...]) -> tuple:
+    """The binding's arguments from `mask` to `softcap`."""
+    mask_kind, mask_strides, mask_offsets = NO_MASK, (0, 0, 0), None
+    mask = options.mask
+    if mask is not None:
+        # The mask view is batch_shape + (Hq, Lq, Lk) with stride-0 broadcast axes. Its batch
+        # axes may not merge into one stride, so the kernel gets one offset per batch index.
+        mask_kind = BOOL_MASK if mask.dtype == np.bool_ else ADDITIVE_MASK
+        strides = [s // mask.itemsize for s in mask.strides]
+        nb = len(batch_shape)
+        mask_strides = tuple(strides[nb:])
+        mask_offsets = np.zeros(max(1, math.prod(batch_shape)), dtype=np.int64)
+        if nb:
+            index = np.indices(batch_shape, dtype=np.int64).reshape(nb, -1)
+            mask_offsets = np.ascontiguousarray((index * np.array(strides[:nb], np.int64)[:, None]).sum(0))
+    return (mask, mask_kind, mask_strides, mask_offsets,                                     # mask view
+            options.q_lengths, options.kv_lengths, options.window[0], options.window[1],  # positional rules
+            options.alibi_slopes, options.softcap)
+
+
+# The tail of a call with none of those options (the fast path's), built once by the same code.
+NO_OPTIONS = _option_args(Options(scale=1.0, causal=NO_CAUSAL), ())
+
+
+def binding_args(dtype: np.dtype, scale: float, causal: int, threads: int, tail: tuple = NO_OPTIONS) -> tuple:
+    """The binding's arguments after its arrays: `dtype` (as its code) .. `num_threads`, then
+    `tail` (from `mask` on; default: a call without options)."""
+    # A dtype here has been accepted by _contract.as_float_array (or is float32/float64, on the
+    # fast path), which put its code in DTYPE_CODES: a plain lookup, no dtype_code() call.
+    return (DTYPE_CODES[dtype], scale, causal, threads) + tail
+
+
+def call_args(call: Call, threads: int) -> tuple:
+    """binding_args for a normalised call."""
+    options = call.options
+    return binding_args(call.q.dtype, options.scale, options.causal, threads,
+                        _option_args(options, call.batch_shape))
+
+
+def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
+            args: tuple) -> None:
+    """The forward kernel on 4-D arrays (see _contract.Call), into out (B, Hq, Lq, Dv) and lse
+    (B, Hq, Lq) or None; `args` from binding_args or call_args."""
+    _core.forward(q, k, v, out, lse, *args)
+
+
+def backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, dq: np.ndarray, dk: np.ndarray, dv: np.ndarray,
+             q: np.ndarray, k: np.ndarray, v: np.ndarray, args: tuple) -> None:
+    """The backward kernel on 4-D arrays, into dq, dk, dv (of q, k, v's shapes); `args` from
+    call_args."""
+    _core.backward(dout, out, lse, dq, dk, dv, q, k, v, *args)
