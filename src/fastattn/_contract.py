@@ -308,7 +308,7 @@ def check_mask(mask: Any, user_shape: Tuple[int, ...], target: Tuple[int, ...],
         return None
     m = asarray(mask, "mask")
     if m.dtype != np.bool_:
-        if m.dtype.kind != "f" and m.dtype.name != "bfloat16":
+        if not is_floating(m.dtype):
             raise TypeError(f"mask.dtype (={m.dtype}) must be bool (True = may attend) or floating (added to "
                             "the scores)")
         if m.dtype != compute:
@@ -359,12 +359,7 @@ def check_window(window: Any) -> Tuple[int, int]:
         if w is None:
             bounds.append(-1)
             continue
-        if isinstance(w, (bool, np.bool_)):
-            raise TypeError(f"window[{i}] ({side}) must be an int or None, got bool")
-        try:
-            n = operator.index(w)
-        except TypeError:
-            raise TypeError(f"window[{i}] ({side}) must be an int or None, got {type(w).__name__}") from None
+        n = check_int(w, f"window[{i}] ({side})", "an int or None")
         if n < 0:
             raise ValueError(f"window[{i}] ({side}) (={n}) must be >= 0, or None for unbounded")
         bounds.append(min(n, 1 << 62))  # beyond any length: unbounded in effect
@@ -376,7 +371,7 @@ def check_alibi(slopes: Any, batch_shape: Tuple[int, ...], hq: int, two_d: bool)
     if slopes is None:
         return None
     a = asarray(slopes, "alibi_slopes")
-    if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
+    if a.dtype.kind not in "iu" and not is_floating(a.dtype):
         exact = _exact_numbers(slopes, numbers.Real)
         if exact is None:
             raise TypeError(f"alibi_slopes.dtype (={a.dtype}) must be a real type")
@@ -400,12 +395,7 @@ def check_num_threads(num_threads: Any) -> int:
     """A num_threads as the kernel takes it: 0 means the default."""
     if num_threads is None:
         return 0
-    if isinstance(num_threads, (bool, np.bool_)):
-        raise TypeError("num_threads must be an int or None, got bool")
-    try:
-        n = operator.index(num_threads)
-    except TypeError:
-        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}") from None
+    n = check_int(num_threads, "num_threads", "an int or None")
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"num_threads (={n}) must be between 1 and {MAX_THREADS}, or None")
     return n
@@ -421,10 +411,27 @@ def check_backend(backend: Any) -> str:
 
 # -- values ---------------------------------------------------------------------------------
 
+def check_int(value: Any, name: str, expected: str = "an int") -> int:
+    """value as an int (a Python or NumPy integer, or anything with __index__), else a TypeError
+    "<name> must be <expected>, got <type>". A bool is refused, although it is an int: True
+    threads or True heads is a mistake, not a count."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {expected}, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}") from None
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
+
+
+def is_floating(dtype: np.dtype) -> bool:
+    """A floating dtype: NumPy's, or ml_dtypes' bfloat16 (recognised by name, as in dtype_code)."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 def is_real(x: Any) -> bool:

@@ -107,8 +107,8 @@ def attention(q, k, v, /, *, causal=False, scale=None, mask=None, kv_lengths=Non
     nb = q.ndim - 3  # batch dimensions; then heads, rows, features
     hq, lq, lk, dv = q.shape[-3], q.shape[-2], k.shape[-2], v.shape[-1]
     group = hq // k.shape[-3] if k.shape[-3] else 1
-    lower_right = isinstance(causal, str) and causal == "lower_right"
-    is_causal = lower_right or bool(causal)
+    mode = _contract.check_causal(causal)
+    lower_right, is_causal = mode == _contract.LOWER_RIGHT, mode != _contract.NO_CAUSAL
 
     q = q.rechunk(q.chunks[:nb] + (_group_chunks(q.chunks[nb], group), q.chunks[nb + 1], -1))
     if is_causal or window is not None or alibi_slopes is not None:
@@ -145,7 +145,7 @@ def _attention_block(rows, q, k, v, mask, q_len, kv_len, slopes, *, lq, lk, caus
     of those heads. Runs on a worker."""
     q, k, v, mask = (_one_block(x) for x in (q, k, v, mask))
     r0, n = (int(rows[0]) if rows.size else 0), q.shape[-2]
-    lower_right = isinstance(causal, str) and causal == "lower_right"
+    lower_right = _contract.check_causal(causal) == _contract.LOWER_RIGHT
     if not shift or r0 == 0 and not lower_right:
         # Rows independent of their position, or a block whose diagonal is the global one.
         if q_len is not None:
@@ -206,8 +206,7 @@ def _validate(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi
 
     m = mask
     if isinstance(mask, (da.Array, np.ndarray)):  # a float mask is converted by each task
-        floating = mask.dtype.kind == "f" or mask.dtype.name == "bfloat16"
-        m = stand_in(da.asarray(mask), compute if floating else None)
+        m = stand_in(da.asarray(mask), compute if _contract.is_floating(mask.dtype) else None)
     _contract.normalise(stand_in(q), stand_in(k), stand_in(v), causal=causal, scale=scale, mask=m,
                         kv_lengths=stand_in(kv_lengths), q_lengths=stand_in(q_lengths), window=window,
                         alibi_slopes=stand_in(alibi_slopes), softcap=softcap)

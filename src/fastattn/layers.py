@@ -9,7 +9,6 @@ style gradient kernel. There is no autograd: ``forward`` caches what ``backward`
 from __future__ import annotations
 
 import math
-import operator
 from typing import Dict, Optional, Union
 
 import numpy as np
@@ -79,8 +78,7 @@ class MultiHeadAttention:
             raise ValueError(f"num_heads (={self.num_heads}) must be a multiple of num_kv_heads "
                              f"(={self.num_kv_heads}): each key/value head serves num_heads // num_kv_heads "
                              "query heads")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        _contract.check_bool(bias, "bias")
         self.head_dim = self.embed_dim // self.num_heads
         self.causal = causal
         _contract.check_causal(causal)  # the same rules, and messages, as attention()
@@ -154,8 +152,7 @@ class MultiHeadAttention:
         replacing those of the previous call; the cache holds ``x``, ``context`` and ``mask``
         themselves, not copies, so do not modify them before ``backward``.
         """
-        if not isinstance(need_weights, (bool, np.bool_)):
-            raise TypeError(f"need_weights must be a bool, got {type(need_weights).__name__}")
+        _contract.check_bool(need_weights, "need_weights")
         x = self._check_input(x, "x")
         unbatched = x.ndim == 2
         x3 = x[None] if unbatched else x
@@ -292,12 +289,7 @@ def _glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: 
 
 
 def _positive_int(n, name: str) -> int:
-    if isinstance(n, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}") from None
+    n = _contract.check_int(n, name)
     if n < 1:
         raise ValueError(f"{name} (={n}) must be >= 1")
     return n
@@ -318,13 +310,7 @@ def _check_rng(rng) -> np.random.Generator:
         return rng
     if rng is None:
         return np.random.default_rng()
-    if isinstance(rng, (bool, np.bool_)):
-        raise TypeError("rng must be a numpy.random.Generator, an int seed or None, got bool")
-    try:
-        seed = operator.index(rng)
-    except TypeError:
-        raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}") \
-            from None
+    seed = _contract.check_int(rng, "rng", "a numpy.random.Generator, an int seed or None")
     if seed < 0:
         raise ValueError(f"rng (={seed}) must be >= 0 as a seed")
     return np.random.default_rng(seed)
