@@ -43,8 +43,7 @@ def use_cpp(backend: Any) -> bool:
     if _core is not None:
         return True
     if backend == "cpp":
-        raise RuntimeError(f"backend='cpp' needs fastattn's C++ extension, which failed to import: "
-                           f"{IMPORT_ERROR}")
+        require_core("backend='cpp'")
     if not _warned_fallback:
         _warned_fallback = True
         # stacklevel 3: the warning points at the caller of attention(), not at fastattn.

@@ -260,27 +260,17 @@ def check_lse(lse: Any, call: Call) -> np.ndarray:
 def check_scale(scale: Any, d: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(d)
-    if not is_real(scale):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    try:
-        scale = float(scale)
-    except OverflowError:  # an int beyond float range
-        raise ValueError(f"scale (={_shown(scale)}) must be finite") from None
-    if not math.isfinite(scale):
-        raise ValueError(f"scale (={scale}) must be finite")
-    return scale
+    value = _real_or_none(scale, "scale")
+    if not math.isfinite(value):
+        raise ValueError(f"scale (={_shown(scale)}) must be finite")
+    return value
 
 
 def check_softcap(softcap: Any, compute: np.dtype) -> float:
     """0.0 means no softcap."""
     if softcap is None:
         return 0.0
-    if not is_real(softcap):
-        raise TypeError(f"softcap must be a real number or None, got {type(softcap).__name__}")
-    try:
-        value = float(softcap)
-    except OverflowError:  # an int beyond float range
-        value = math.inf
+    value = _real_or_none(softcap, "softcap")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"softcap (={_shown(softcap)}) must be a finite number > 0, or None")
     # A cap whose reciprocal is subnormal in the compute dtype changes no score that dtype can
@@ -437,6 +427,17 @@ def is_floating(dtype: np.dtype) -> bool:
 def is_real(x: Any) -> bool:
     """A real number that is not a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _real_or_none(x: Any, name: str) -> float:
+    """An option that is a real number or None, given (not None), as a float: +-inf for an int
+    beyond float range, which the caller then refuses as not finite."""
+    if not is_real(x):
+        raise TypeError(f"{name} must be a real number or None, got {type(x).__name__}")
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
 
 
 def _exact_numbers(x: Any, kind: Any = numbers.Integral) -> Optional[np.ndarray]:
