@@ -13,7 +13,9 @@ from typing import Any, Literal, Optional, Tuple, Union, overload
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend, _contract, _reference
+from . import _contract, _reference
+# Imported by name: a tiny call takes about 5 µs, and each module attribute lookup on its path counts.
+from ._backend import binding_args, call_args, cpp_backward, cpp_forward, use_cpp
 from ._contract import FLOAT32, FLOAT64, NO_CAUSAL, UPPER_LEFT, check_num_threads, compute_dtype
 
 Causal = Union[bool, str]
@@ -115,8 +117,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     -------
     out, or ``(out, lse)`` when ``return_lse`` is true.
     """
-    use_cpp = _backend.use_cpp(backend)
-    if use_cpp and mask is None and kv_lengths is None and q_lengths is None and window is None \
+    cpp = use_cpp(backend)
+    if cpp and mask is None and kv_lengths is None and q_lengths is None and window is None \
             and alibi_slopes is None and softcap is None and out is None:
         result = _plain_forward(q, k, v, causal, scale, return_lse, num_threads)
         if result is not None:
@@ -139,8 +141,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         out4.fill(0)  # no key to see: every row is fully masked
         if lse3 is not None:
             lse3.fill(-np.inf)
-    elif use_cpp:
-        _backend.forward(call.q, call.k, call.v, out4, lse3, _backend.call_args(call, threads))
+    elif cpp:
+        cpp_forward(call.q, call.k, call.v, out4, lse3, call_args(call, threads))
     else:
         _reference.forward(call.q, call.k, call.v, out4, lse3, call.options)
     return (out, lse) if return_lse else out
@@ -185,7 +187,7 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     -------
     (dq, dk, dv), new arrays of the shapes of q, k, v in q's dtype.
     """
-    use_cpp = _backend.use_cpp(backend)
+    cpp = use_cpp(backend)
     # The gradients take their shapes from the arrays as read (np.shape of a DLPack object is ()).
     q, k, v = _contract.asarray(q, "q"), _contract.asarray(k, "k"), _contract.asarray(v, "v")
     call = _contract.normalise(q, k, v, causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths,
@@ -203,9 +205,8 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     if batch * hq * lq == 0 or lk == 0 or dv_cols == 0:
         for g in grads:  # no query row sees a key, or no value column: every weight is constant
             g.fill(0)
-    elif use_cpp:
-        _backend.backward(dout4, out4, lse3, dq4, dk4, dv4, call.q, call.k, call.v,
-                          _backend.call_args(call, threads))
+    elif cpp:
+        cpp_backward(dout4, out4, lse3, dq4, dk4, dv4, call.q, call.k, call.v, call_args(call, threads))
     else:
         _reference.backward(dout4, call.q, call.k, call.v, out4, lse3, dq4, dk4, dv4, call.options)
     return grads
@@ -275,5 +276,5 @@ def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
     threads = check_num_threads(num_threads)
     out = np.empty((batch, hq, lq, dv), dtype)
     lse = np.empty((batch, hq, lq), dtype) if return_lse else None
-    _backend.forward(q, k, v, out, lse, _backend.binding_args(dtype, scale, UPPER_LEFT if causal else NO_CAUSAL, threads))
+    cpp_forward(q, k, v, out, lse, binding_args(dtype, scale, UPPER_LEFT if causal else NO_CAUSAL, threads))
     return (out, lse) if return_lse else out

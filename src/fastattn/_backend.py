@@ -97,15 +97,15 @@ def call_args(call: Call, threads: int) -> tuple:
                         _option_args(options, call.batch_shape))
 
 
-def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
-            args: tuple) -> None:
+def cpp_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
+                args: tuple) -> None:
     """The forward kernel on 4-D arrays (see _contract.Call), into out (B, Hq, Lq, Dv) and lse
     (B, Hq, Lq) or None; `args` from binding_args or call_args."""
     _core.forward(q, k, v, out, lse, *args)
 
 
-def backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, dq: np.ndarray, dk: np.ndarray, dv: np.ndarray,
-             q: np.ndarray, k: np.ndarray, v: np.ndarray, args: tuple) -> None:
+def cpp_backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, dq: np.ndarray, dk: np.ndarray,
+                 dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, args: tuple) -> None:
     """The backward kernel on 4-D arrays, into dq, dk, dv (of q, k, v's shapes); `args` from
     call_args."""
     _core.backward(dout, out, lse, dq, dk, dv, q, k, v, *args)
