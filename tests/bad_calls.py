@@ -65,11 +65,11 @@ def _out_overlapping_v():
 
 def _core_forward(**changes):
     """The extension's forward with consistent arguments except `changes` (its backstop)."""
-    from fastattn import _api, _backend
+    from fastattn import _backend
     q, k, v = _qkv()
     args = dict(q=q, k=k, v=v, out=np.empty((B, HQ, LQ, DV), np.float32), lse=None)
     args.update(changes)
-    tail = list(_api._NO_OPTIONS)
+    tail = list(_backend.NO_OPTIONS)
     return _backend._core.forward(args["q"], args["k"], args["v"], args["out"], args["lse"], 0, 0.5, 0, 1, *tail)
 
 

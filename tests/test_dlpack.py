@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastattn
-from fastattn import _api
+from fastattn import _contract
 
 
 class Foreign:
@@ -25,7 +25,7 @@ class Foreign:
 
 def test_dlpack_input_is_read_in_place(rng):
     base = rng.standard_normal((2, 3, 40, 16)).astype(np.float32)
-    view = _api._asarray(Foreign(base), "q")
+    view = _contract.asarray(Foreign(base), "q")
     assert np.shares_memory(view, base)
     q, k, v = (Foreign(rng.standard_normal((2, 3, 40, 16)).astype(np.float32)) for _ in range(3))
     out = fastattn.attention(q, k, v, causal=True)
@@ -37,7 +37,7 @@ def test_dlpack_input_is_read_in_place(rng):
 def test_strided_dlpack_input_keeps_its_strides(rng):
     base = rng.standard_normal((40, 2, 3, 16)).astype(np.float64)
     q = base.transpose(1, 2, 0, 3)  # (2, 3, 40, 16), not contiguous: still read in place
-    view = _api._asarray(Foreign(q), "q")
+    view = _contract.asarray(Foreign(q), "q")
     assert np.shares_memory(view, base) and view.strides == q.strides
     np.testing.assert_array_equal(fastattn.attention(Foreign(q), q, q), fastattn.attention(q, q, q))
 
@@ -56,7 +56,7 @@ def test_array_likes_still_work():
 def test_jax_arrays_are_read_in_place():
     jnp = pytest.importorskip("jax.numpy")
     q = jnp.arange(2 * 3 * 8 * 4, dtype=jnp.float32).reshape(2, 3, 8, 4) / 50
-    view = _api._asarray(q, "q")
+    view = _contract.asarray(q, "q")
     assert view.ctypes.data == q.unsafe_buffer_pointer()  # no copy
     np.testing.assert_allclose(fastattn.attention(q, q, q), fastattn.attention(*(np.asarray(q),) * 3))
 
@@ -64,6 +64,6 @@ def test_jax_arrays_are_read_in_place():
 def test_torch_tensors_are_read_in_place():
     torch = pytest.importorskip("torch")
     q = torch.randn(2, 3, 8, 4)
-    assert _api._asarray(q, "q").ctypes.data == q.data_ptr()
+    assert _contract.asarray(q, "q").ctypes.data == q.data_ptr()
     with pytest.raises(TypeError, match="q cannot be shared through DLPack"):
         fastattn.attention(q.requires_grad_(), q.detach(), q.detach())

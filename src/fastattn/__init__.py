@@ -4,9 +4,8 @@
 the extension is built, and a NumPy implementation of the same contract otherwise.
 """
 
-from ._api import attention, attention_backward
-from ._weights import attention_weights
-from ._backend import get_isa, get_num_threads, set_isa, set_num_threads, show_config
+from ._api import attention, attention_backward, attention_weights
+from ._runtime import get_isa, get_num_threads, set_isa, set_num_threads, show_config
 from . import layers, optim  # training: layers.MultiHeadAttention, optim.Adam
 
 try:

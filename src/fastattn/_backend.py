@@ -1,13 +1,15 @@
-"""Import of the C++ extension (or the reason it is missing), ISA selection, show_config()."""
+"""The C++ extension as a backend: its import (or why it failed), the choice between it and the
+NumPy fallback, and its two kernel calls, whose arguments are built here and nowhere else."""
 
 from __future__ import annotations
 
-import operator
-import os
-from importlib import metadata
-from typing import Any, Optional
+import math
+import warnings
+from typing import Any, Optional, Tuple
 
 import numpy as np
+
+from ._contract import ADDITIVE_MASK, BOOL_MASK, DTYPE_CODES, NO_CAUSAL, NO_MASK, Call, Options, check_backend
 
 try:
     from . import _core
@@ -17,8 +19,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
 else:
     IMPORT_ERROR = None
 
-ISA_ENV = "FASTATTN_ISA"
-MAX_THREADS = 1024
+_warned_fallback = False
 
 
 def cpp_available() -> bool:
@@ -26,120 +27,85 @@ def cpp_available() -> bool:
     return _core is not None
 
 
-def _require_core(what: str) -> Any:
+def require_core(what: str) -> Any:
+    """The extension, or a RuntimeError saying that `what` needs it and why it is missing."""
     if _core is None:
         raise RuntimeError(f"{what} needs fastattn's C++ extension, which failed to import: {IMPORT_ERROR}")
     return _core
 
 
-def set_isa(name: str) -> str:
-    """Select the kernel's instruction set for every later call; returns the previous one.
-
-    ``name`` is one of ``fastattn.show_config()["supported_isas"]`` (e.g. ``"scalar"``,
-    ``"avx2"``, ``"avx512"``, ``"neon"``) or ``"auto"`` for the best one. An ISA this CPU
-    cannot run, or one not compiled in, raises ``ValueError`` listing what is available.
-    The environment variable ``FASTATTN_ISA`` does the same at import.
-    """
-    core = _require_core("set_isa")
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    previous = core.selected_isa()
-    try:
-        core.select_isa(name)
-    except ValueError as exc:
-        raise ValueError(f"name (={name!r}): {exc}") from None
-    return previous
-
-
-def get_isa() -> Optional[str]:
-    """The ISA the C++ kernel runs with, or None without the extension."""
-    return _core.selected_isa() if _core is not None else None
-
-
-def _check_num_threads(num_threads: Any) -> int:
-    """A per-call num_threads as the kernel takes it: 0 means the default."""
-    if num_threads is None:
-        return 0
-    if isinstance(num_threads, (bool, np.bool_)):
-        raise TypeError("num_threads must be an int or None, got bool")
-    try:
-        n = operator.index(num_threads)
-    except TypeError:
-        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}") from None
-    if not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"num_threads (={n}) must be between 1 and {MAX_THREADS}, or None")
-    return n
-
-
-_chosen_num_threads: Optional[int] = None  # set_num_threads' value, for the NumPy-only build
-
-
-def set_num_threads(n: Optional[int]) -> Optional[int]:
-    """Set how many threads a call with ``num_threads=None`` uses, from any thread of the process;
-    returns the previous setting (None = never set).
-
-    ``n`` is an int in [1, 1024], or None to go back to the OpenMP default (``OMP_NUM_THREADS``,
-    else one thread per processor). The OpenMP limit of the calling thread stays an upper bound:
-    ``OMP_NUM_THREADS`` and ``threadpoolctl.threadpool_limits(...)`` (which sets that limit with
-    ``omp_set_num_threads``) cap it, and so does the number of processors. A per-call
-    ``num_threads=`` overrides all of this. Results never depend on the thread count.
-
-    In a thread pool of W workers each calling fastattn, ``set_num_threads(max(1, cores // W))``
-    keeps the process at one thread per core. (A ``threadpool_limits`` block entered in the main
-    thread does not reach the pool's worker threads: OpenMP limits are per thread.)
-    """
-    global _chosen_num_threads
-    threads = _check_num_threads(n)
-    previous = _chosen_num_threads
+def use_cpp(backend: Any) -> bool:
+    """Whether a call with this `backend` argument runs the C++ kernel. "auto" falls back to
+    NumPy with a one-time RuntimeWarning when the extension is missing; "cpp" raises then."""
+    global _warned_fallback
+    if check_backend(backend) == "numpy":
+        return False
     if _core is not None:
-        _core.set_default_num_threads(threads)
-    _chosen_num_threads = threads or None
-    return previous
+        return True
+    if backend == "cpp":
+        require_core("backend='cpp'")
+    if not _warned_fallback:
+        _warned_fallback = True
+        # stacklevel 3: the warning points at the caller of attention(), not at fastattn.
+        warnings.warn(f"fastattn's C++ extension is unavailable ({IMPORT_ERROR}); "
+                      "using the NumPy backend", RuntimeWarning, stacklevel=3)
+    return False
 
 
-def get_num_threads() -> int:
-    """The number of threads a call with ``num_threads=None`` uses from this thread now (small calls
-    use fewer: a thread is only opened for enough work). 1 without OpenMP or the extension."""
-    return int(_core.default_num_threads()) if _core is not None else 1
+# -- the binding's arguments ------------------------------------------------------------------
+# _core.forward(q, k, v, out, lse, *args) and _core.backward(dout, out, lse, dq, dk, dv, q, k, v,
+# *args) share `args`, dtype .. softcap in the order of src/cpp/bindings/module.cpp, passed
+# positionally: pybind11 matching 19 keywords by name costs about 2 µs per call, a third of a
+# tiny call. binding_args spells dtype .. num_threads, _option_args mask .. softcap.
+
+def _option_args(options: Options, batch_shape: Tuple[int, ...]) -> tuple:
+    """The binding's arguments from `mask` to `softcap`."""
+    mask_kind, mask_strides, mask_offsets = NO_MASK, (0, 0, 0), None
+    mask = options.mask
+    if mask is not None:
+        # The mask view is batch_shape + (Hq, Lq, Lk) with stride-0 broadcast axes. Its batch
+        # axes may not merge into one stride, so the kernel gets one offset per batch index.
+        mask_kind = BOOL_MASK if mask.dtype == np.bool_ else ADDITIVE_MASK
+        strides = [s // mask.itemsize for s in mask.strides]
+        nb = len(batch_shape)
+        mask_strides = tuple(strides[nb:])
+        mask_offsets = np.zeros(max(1, math.prod(batch_shape)), dtype=np.int64)
+        if nb:
+            index = np.indices(batch_shape, dtype=np.int64).reshape(nb, -1)
+            mask_offsets = np.ascontiguousarray((index * np.array(strides[:nb], np.int64)[:, None]).sum(0))
+    return (mask, mask_kind, mask_strides, mask_offsets,                                     # mask view
+            options.q_lengths, options.kv_lengths, options.window[0], options.window[1],  # positional rules
+            options.alibi_slopes, options.softcap)
 
 
-def _apply_isa_env() -> None:
-    requested = os.environ.get(ISA_ENV, "").strip()
-    if not requested or _core is None:
-        return
-    try:
-        _core.select_isa(requested)
-    except ValueError as exc:
-        raise ValueError(f"{ISA_ENV}={requested!r}: {exc}") from None
+# The tail of a call with none of those options (the fast path's), built once by the same code.
+NO_OPTIONS = _option_args(Options(scale=1.0, causal=NO_CAUSAL), ())
 
 
-def show_config() -> dict:
-    """Print and return the build and runtime configuration.
-
-    Keys: ``version``, ``backend`` ("cpp" or "numpy"), ``compiled_isas``, ``supported_isas``
-    (compiled and runnable on this CPU), ``selected_isa``, ``openmp`` (bool), ``num_threads``
-    (what a call with ``num_threads=None`` uses from this thread, as ``get_num_threads()``), and ``import_error`` when the extension is missing.
-    """
-    config: dict = {"version": metadata.version("fastattn"), "backend": "cpp" if _core else "numpy"}
-    if _core is not None:
-        config.update(
-            compiled_isas=list(_core.compiled_isas()),
-            supported_isas=list(_core.supported_isas()),
-            selected_isa=_core.selected_isa(),
-            openmp=bool(_core.have_openmp()),
-            num_threads=int(_core.default_num_threads()),
-        )
-    else:
-        config.update(compiled_isas=[], supported_isas=[], selected_isa=None, openmp=False,
-                      num_threads=1, import_error=str(IMPORT_ERROR))
-    width = max(len(key) for key in config)
-    for key, value in config.items():
-        if isinstance(value, list):
-            value = ", ".join(value) or "-"
-        elif isinstance(value, bool):
-            value = "on" if value else "off"
-        print(f"{key:<{width}}  {value}")
-    return config
+def binding_args(dtype: np.dtype, scale: float, causal: int, threads: int, tail: tuple = NO_OPTIONS) -> tuple:
+    """The binding's arguments after its arrays: `dtype` (as its code) .. `num_threads`, then
+    `tail` (from `mask` on; default: a call without options)."""
+    # A dtype here has been accepted by _contract.as_float_array (or is float32/float64, on the
+    # fast path), which put its code in DTYPE_CODES: a plain lookup, no dtype_code() call.
+    return (DTYPE_CODES[dtype], scale, causal, threads) + tail
 
 
-_apply_isa_env()
+def call_args(call: Call, threads: int) -> tuple:
+    """binding_args for a normalised call."""
+    options = call.options
+    return binding_args(call.q.dtype, options.scale, options.causal, threads,
+                        _option_args(options, call.batch_shape))
+
+
+def cpp_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
+                args: tuple) -> None:
+    """The forward kernel on 4-D arrays (see _contract.Call), into out (B, Hq, Lq, Dv) and lse
+    (B, Hq, Lq) or None; `args` from binding_args or call_args."""
+    _core.forward(q, k, v, out, lse, *args)
+
+
+def cpp_backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, dq: np.ndarray, dk: np.ndarray,
+                 dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, args: tuple) -> None:
+    """The backward kernel on 4-D arrays, into dq, dk, dv (of q, k, v's shapes); `args` from
+    call_args."""
+    _core.backward(dout, out, lse, dq, dk, dv, q, k, v, *args)

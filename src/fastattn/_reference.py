@@ -1,35 +1,22 @@
 """The NumPy implementation of attention: the fallback backend, and a readable statement of the contract.
 
-It takes the arrays `_api.py` has normalised to 4-D — q (B, Hq, Lq, D), k (B, Hkv, Lk, D),
-v (B, Hkv, Lk, Dv) — plus `Options`, and writes into out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) or
-None. float64 is computed in float64, everything else in float32. Scores are materialised only
+It takes the arrays `_contract.normalise` has made 4-D — q (B, Hq, Lq, D), k (B, Hkv, Lk, D),
+v (B, Hkv, Lk, Dv) — plus their `Options`, and writes into out (B, Hq, Lq, Dv) and lse (B, Hq, Lq)
+or None. float64 is computed in float64, everything else in float32. Scores are materialised only
 for a chunk of query rows at a time, so memory stays bounded for long sequences (the C++ kernel
 never materialises them at all).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
-NO_CAUSAL, UPPER_LEFT, LOWER_RIGHT = 0, 1, 2
+from ._contract import LOWER_RIGHT, NO_CAUSAL, Options, compute_dtype
 
 # Elements of one chunk's score matrix (B·Hq·rows·Lk): about 64 MiB in float32.
 _SCORE_BUDGET = 1 << 24
-
-
-class Options(NamedTuple):
-    """Every option of one call, validated and normalised once by `_api.py`."""
-
-    scale: float
-    causal: int  # NO_CAUSAL, UPPER_LEFT or LOWER_RIGHT
-    mask: Optional[np.ndarray] = None  # bool or compute-dtype view, batch_shape + (Hq, Lq, Lk)
-    q_lengths: Optional[np.ndarray] = None  # (B,) int64
-    kv_lengths: Optional[np.ndarray] = None  # (B,) int64
-    window: Tuple[int, int] = (-1, -1)  # (left, right); -1 = unbounded
-    alibi_slopes: Optional[np.ndarray] = None  # (B·Hq,) float64
-    softcap: float = 0.0  # 0 = off
 
 
 class _Scores:
@@ -43,7 +30,7 @@ class _Scores:
         batch, hq, lq, d = q.shape
         hkv, lk = k.shape[1], k.shape[2]
         self.group = group = hq // hkv
-        self.compute = compute = np.float64 if q.dtype == np.float64 else np.float32
+        self.compute = compute = compute_dtype(q.dtype).type
         self.q_g = q.reshape(batch, hkv, group, lq, d)
         self.k_t = k[:, :, None].swapaxes(-1, -2).astype(compute, copy=False)  # (B, Hkv, 1, D, Lk)
         self.opts = opts

@@ -13,7 +13,7 @@ try:  # absolute import: this module's own name does not shadow the real dask pa
 except ImportError as exc:
     raise ImportError("fastattn.dask needs Dask: pip install 'dask[array]'") from exc
 
-from . import _api
+from . import _api, _contract
 
 __all__ = ["attention"]
 
@@ -107,8 +107,8 @@ def attention(q, k, v, /, *, causal=False, scale=None, mask=None, kv_lengths=Non
     nb = q.ndim - 3  # batch dimensions; then heads, rows, features
     hq, lq, lk, dv = q.shape[-3], q.shape[-2], k.shape[-2], v.shape[-1]
     group = hq // k.shape[-3] if k.shape[-3] else 1
-    lower_right = isinstance(causal, str) and causal == "lower_right"
-    is_causal = lower_right or bool(causal)
+    mode = _contract.check_causal(causal)
+    lower_right, is_causal = mode == _contract.LOWER_RIGHT, mode != _contract.NO_CAUSAL
 
     q = q.rechunk(q.chunks[:nb] + (_group_chunks(q.chunks[nb], group), q.chunks[nb + 1], -1))
     if is_causal or window is not None or alibi_slopes is not None:
@@ -145,7 +145,7 @@ def _attention_block(rows, q, k, v, mask, q_len, kv_len, slopes, *, lq, lk, caus
     of those heads. Runs on a worker."""
     q, k, v, mask = (_one_block(x) for x in (q, k, v, mask))
     r0, n = (int(rows[0]) if rows.size else 0), q.shape[-2]
-    lower_right = isinstance(causal, str) and causal == "lower_right"
+    lower_right = _contract.check_causal(causal) == _contract.LOWER_RIGHT
     if not shift or r0 == 0 and not lower_right:
         # Rows independent of their position, or a block whose diagonal is the global one.
         if q_len is not None:
@@ -197,18 +197,18 @@ def _chunk_like(x, q, ndim: int):
 def _validate(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap,
               backend, num_threads) -> None:
     """fastattn's own checks, with the same messages, run now on data-free stand-ins."""
-    compute = _api._compute_dtype(q.dtype)
+    compute = _contract.compute_dtype(q.dtype)
 
     def stand_in(x, dtype=None):
         # Dask arrays are validated by shape and dtype only; NumPy lengths and slopes are tiny
         # and checked for real.
-        return _api._stand_in(x.shape, dtype or x.dtype) if isinstance(x, da.Array) else x
+        return _contract.stand_in(x.shape, dtype or x.dtype) if isinstance(x, da.Array) else x
 
     m = mask
     if isinstance(mask, (da.Array, np.ndarray)):  # a float mask is converted by each task
-        floating = mask.dtype.kind == "f" or mask.dtype.name == "bfloat16"
-        m = stand_in(da.asarray(mask), compute if floating else None)
-    _api._normalise(stand_in(q), stand_in(k), stand_in(v), causal, scale, m, stand_in(kv_lengths),
-                    stand_in(q_lengths), window, stand_in(alibi_slopes), softcap)
-    _api._check_num_threads(num_threads)
-    _api._check_backend(backend)
+        m = stand_in(da.asarray(mask), compute if _contract.is_floating(mask.dtype) else None)
+    _contract.normalise(stand_in(q), stand_in(k), stand_in(v), causal=causal, scale=scale, mask=m,
+                        kv_lengths=stand_in(kv_lengths), q_lengths=stand_in(q_lengths), window=window,
+                        alibi_slopes=stand_in(alibi_slopes), softcap=softcap)
+    _contract.check_num_threads(num_threads)
+    _contract.check_backend(backend)

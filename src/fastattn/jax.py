@@ -30,7 +30,7 @@ try:  # an absolute import: the real JAX, not this module
 except ImportError as exc:
     raise ImportError("fastattn.jax needs JAX: pip install jax") from exc
 
-from . import _api
+from . import _api, _contract
 
 __all__ = ["dot_product_attention"]
 
@@ -159,15 +159,15 @@ def _check(options: _Options, q, k, v, mask, q_lengths, kv_lengths) -> None:
 
     def stand_in(x, dtype=None):
         x = jnp.asarray(x)
-        return _api._stand_in(x.shape, x.dtype if dtype is None else dtype)
+        return _contract.stand_in(x.shape, x.dtype if dtype is None else dtype)
 
     q, k, v = (_t_n(stand_in(x)) for x in (q, k, v))
     if mask is not None:  # a float mask of the compute dtype: fastattn would convert another at full size
-        mask = stand_in(mask, None if mask.dtype == jnp.bool_ else _api._compute_dtype(q.dtype))
+        mask = stand_in(mask, None if mask.dtype == jnp.bool_ else _contract.compute_dtype(q.dtype))
     q_lengths, kv_lengths = (None if x is None else stand_in(x) for x in (q_lengths, kv_lengths))
     try:  # the internal function behind fastattn.attention's checks (it allocates nothing)
-        _api._normalise(q, k, v, options.causal, options.scale, mask, kv_lengths, q_lengths, options.window,
-                        None, None)
+        _contract.normalise(q, k, v, causal=options.causal, scale=options.scale, mask=mask, kv_lengths=kv_lengths,
+                            q_lengths=q_lengths, window=options.window)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{exc}{_NAMES_NOTE}") from None
 
@@ -202,7 +202,7 @@ def _attention_fwd(options: _Options, q, k, v, mask, q_lengths, kv_lengths):
     b, t, n, _ = q.shape
     # out stays in fastattn's layout as a residual: attention_backward then reads it without a copy
     shapes = (jax.ShapeDtypeStruct((b, n, t, v.shape[-1]), q.dtype),
-              jax.ShapeDtypeStruct((b, n, t), _lse_dtype(q.dtype)))
+              jax.ShapeDtypeStruct((b, n, t), _contract.compute_dtype(q.dtype)))  # lse's dtype
     out, lse = jax.pure_callback(_callback(_host_forward, options, True), shapes, *args,
                                  vmap_method=_VMAP_METHOD)
     return jnp.swapaxes(out, 1, 2), (args, out, lse)
@@ -229,19 +229,13 @@ def _callback(function, *args):
     return functools.partial(function, *args)
 
 
-def _lse_dtype(dtype):
-    """float64 for float64 inputs, else float32: what fastattn computes in and returns the lse in
-    (a 16-bit lse would cost the gradients its precision)."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 def _host_forward(options: _Options, with_lse: bool, q, k, v, mask, q_lengths, kv_lengths):
     """On the host: out in JAX's layout (B, T, N, Hv), or (out, lse) in fastattn's (B, N, T, ...)."""
     (q, k, v), masks = _host_arrays((q, k, v), mask, q_lengths, kv_lengths)
     if not with_lse:  # JAX copies the result into its own buffer either way
         return _t_n(_api.attention(_t_n(q), _t_n(k), _t_n(v), **masks, **options._asdict()))
     out, lse = _api.attention(_t_n(q), _t_n(k), _t_n(v), return_lse=True, **masks, **options._asdict())
-    return out, lse.astype(_lse_dtype(q.dtype), copy=False)  # the declared dtype; no copy when it has it
+    return out, lse.astype(_contract.compute_dtype(q.dtype), copy=False)  # the declared dtype; no copy when it has it
 
 
 def _host_grads(options: _Options, dout, out, lse, q, k, v, mask, q_lengths, kv_lengths):

@@ -9,12 +9,11 @@ style gradient kernel. There is no autograd: ``forward`` caches what ``backward`
 from __future__ import annotations
 
 import math
-import operator
 from typing import Dict, Optional, Union
 
 import numpy as np
 
-from . import _api, _reference
+from . import _contract, _reference
 from ._api import attention, attention_backward
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -79,14 +78,13 @@ class MultiHeadAttention:
             raise ValueError(f"num_heads (={self.num_heads}) must be a multiple of num_kv_heads "
                              f"(={self.num_kv_heads}): each key/value head serves num_heads // num_kv_heads "
                              "query heads")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        _contract.check_bool(bias, "bias")
         self.head_dim = self.embed_dim // self.num_heads
         self.causal = causal
-        _api._check_causal(causal)  # the same rules, and messages, as attention()
+        _contract.check_causal(causal)  # the same rules, and messages, as attention()
         self.dtype = _check_dtype(dtype)
-        self.backend = _api._check_backend(backend)
-        _api._check_num_threads(num_threads)
+        self.backend = _contract.check_backend(backend)
+        _contract.check_num_threads(num_threads)
         self.num_threads = num_threads
         rng = _check_rng(rng)
 
@@ -154,8 +152,7 @@ class MultiHeadAttention:
         replacing those of the previous call; the cache holds ``x``, ``context`` and ``mask``
         themselves, not copies, so do not modify them before ``backward``.
         """
-        if not isinstance(need_weights, (bool, np.bool_)):
-            raise TypeError(f"need_weights must be a bool, got {type(need_weights).__name__}")
+        _contract.check_bool(need_weights, "need_weights")
         x = self._check_input(x, "x")
         unbatched = x.ndim == 2
         x3 = x[None] if unbatched else x
@@ -273,7 +270,7 @@ class MultiHeadAttention:
     def _weights(self, q: np.ndarray, k: np.ndarray, lse: np.ndarray, mask) -> np.ndarray:
         """P = exp(s − lse), with s the scores exactly as attention() forms and masks them (the
         NumPy reference's own code for it, so the rules have one home)."""
-        call = _api._normalise(q, k, k, self.causal, None, mask, None, None, None, None, None)
+        call = _contract.normalise(q, k, k, causal=self.causal, mask=mask)
         b, h, l, _ = q.shape
         scores, _ = _reference._Scores(call.q, call.k, call.options).chunk(0, l)
         # A row that sees no key has lse = -inf and all scores -inf: weights exp(-inf) = 0.
@@ -292,12 +289,7 @@ def _glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: 
 
 
 def _positive_int(n, name: str) -> int:
-    if isinstance(n, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}") from None
+    n = _contract.check_int(n, name)
     if n < 1:
         raise ValueError(f"{name} (={n}) must be >= 1")
     return n
@@ -318,13 +310,7 @@ def _check_rng(rng) -> np.random.Generator:
         return rng
     if rng is None:
         return np.random.default_rng()
-    if isinstance(rng, (bool, np.bool_)):
-        raise TypeError("rng must be a numpy.random.Generator, an int seed or None, got bool")
-    try:
-        seed = operator.index(rng)
-    except TypeError:
-        raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}") \
-            from None
+    seed = _contract.check_int(rng, "rng", "a numpy.random.Generator, an int seed or None")
     if seed < 0:
         raise ValueError(f"rng (={seed}) must be >= 0 as a seed")
     return np.random.default_rng(seed)

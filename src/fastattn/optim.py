@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
+
+from ._contract import is_real
 
 
 class Adam:
@@ -52,7 +53,7 @@ class Adam:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         for i, beta in enumerate(betas):
-            if not _is_real(beta):
+            if not is_real(beta):
                 raise TypeError(f"betas[{i}] must be a real number, got {type(beta).__name__}")
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"betas[{i}] (={beta}) must be in [0, 1)")
@@ -113,12 +114,8 @@ class Adam:
             p -= step_size * (m / denom)
 
 
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
-
-
 def _non_negative(x, name: str) -> float:
-    if not _is_real(x):
+    if not is_real(x):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
     x = float(x)
     if not (math.isfinite(x) and x >= 0):

@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - only without torch
 from torch import Tensor
 
 from ._api import attention, attention_backward
+from ._contract import compute_dtype
 
 __all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched"]
 
@@ -74,7 +75,7 @@ def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor]
 
 @_sdpa.register_fake
 def _sdpa_fake(query, key, value, attn_mask, is_causal, scale):
-    lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32  # the compute dtype
+    lse_dtype = compute_dtype(query.dtype, torch.float32, torch.float64)
     return query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=lse_dtype)
 
 

@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ._contract import check_int
+
 try:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -61,8 +63,7 @@ def plot_attention(weights: Any, *, tokens_q: Optional[Sequence[str]] = None,
     elif w.ndim == 3:
         heads = list(range(w.shape[0]))
         if head is not None:
-            if isinstance(head, (bool, np.bool_)) or not isinstance(head, (int, np.integer)):
-                raise TypeError(f"head must be an int or None, got {type(head).__name__}")
+            head = check_int(head, "head", "an int or None")
             if not -len(heads) <= head < len(heads):
                 raise ValueError(f"head (={head}) must be in [{-len(heads)}, {len(heads)}): weights has {len(heads)} heads")
             heads = [heads[head]]

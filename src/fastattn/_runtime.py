@@ -1,0 +1,114 @@
+"""Process-wide settings of the C++ kernel: ISA selection (also from FASTATTN_ISA at import), the
+default thread count, and show_config()."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from typing import Optional
+
+from . import _backend
+from ._contract import check_num_threads
+
+ISA_ENV = "FASTATTN_ISA"
+
+
+def set_isa(name: str) -> str:
+    """Select the kernel's instruction set for every later call; returns the previous one.
+
+    ``name`` is one of ``fastattn.show_config()["supported_isas"]`` (e.g. ``"scalar"``,
+    ``"avx2"``, ``"avx512"``, ``"neon"``) or ``"auto"`` for the best one. An ISA this CPU
+    cannot run, or one not compiled in, raises ``ValueError`` listing what is available.
+    The environment variable ``FASTATTN_ISA`` does the same at import.
+    """
+    core = _backend.require_core("set_isa")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    previous = core.selected_isa()
+    try:
+        core.select_isa(name)
+    except ValueError as exc:
+        raise ValueError(f"name (={name!r}): {exc}") from None
+    return previous
+
+
+def get_isa() -> Optional[str]:
+    """The ISA the C++ kernel runs with, or None without the extension."""
+    core = _backend._core
+    return core.selected_isa() if core is not None else None
+
+
+_chosen_num_threads: Optional[int] = None  # set_num_threads' value, for the NumPy-only build
+
+
+def set_num_threads(n: Optional[int]) -> Optional[int]:
+    """Set how many threads a call with ``num_threads=None`` uses, from any thread of the process;
+    returns the previous setting (None = never set).
+
+    ``n`` is an int in [1, 1024], or None to go back to the OpenMP default (``OMP_NUM_THREADS``,
+    else one thread per processor). The OpenMP limit of the calling thread stays an upper bound:
+    ``OMP_NUM_THREADS`` and ``threadpoolctl.threadpool_limits(...)`` (which sets that limit with
+    ``omp_set_num_threads``) cap it, and so does the number of processors. A per-call
+    ``num_threads=`` overrides all of this. Results never depend on the thread count.
+
+    In a thread pool of W workers each calling fastattn, ``set_num_threads(max(1, cores // W))``
+    keeps the process at one thread per core. (A ``threadpool_limits`` block entered in the main
+    thread does not reach the pool's worker threads: OpenMP limits are per thread.)
+    """
+    global _chosen_num_threads
+    threads = check_num_threads(n)
+    previous = _chosen_num_threads
+    if _backend._core is not None:
+        _backend._core.set_default_num_threads(threads)
+    _chosen_num_threads = threads or None
+    return previous
+
+
+def get_num_threads() -> int:
+    """The number of threads a call with ``num_threads=None`` uses from this thread now (small calls
+    use fewer: a thread is only opened for enough work). 1 without OpenMP or the extension."""
+    core = _backend._core
+    return int(core.default_num_threads()) if core is not None else 1
+
+
+def _apply_isa_env() -> None:
+    requested = os.environ.get(ISA_ENV, "").strip()
+    if not requested or _backend._core is None:
+        return
+    try:
+        _backend._core.select_isa(requested)
+    except ValueError as exc:
+        raise ValueError(f"{ISA_ENV}={requested!r}: {exc}") from None
+
+
+def show_config() -> dict:
+    """Print and return the build and runtime configuration.
+
+    Keys: ``version``, ``backend`` ("cpp" or "numpy"), ``compiled_isas``, ``supported_isas``
+    (compiled and runnable on this CPU), ``selected_isa``, ``openmp`` (bool), ``num_threads``
+    (what a call with ``num_threads=None`` uses from this thread, as ``get_num_threads()``), and ``import_error`` when the extension is missing.
+    """
+    core = _backend._core
+    config: dict = {"version": metadata.version("fastattn"), "backend": "cpp" if core else "numpy"}
+    if core is not None:
+        config.update(
+            compiled_isas=list(core.compiled_isas()),
+            supported_isas=list(core.supported_isas()),
+            selected_isa=core.selected_isa(),
+            openmp=bool(core.have_openmp()),
+            num_threads=int(core.default_num_threads()),
+        )
+    else:
+        config.update(compiled_isas=[], supported_isas=[], selected_isa=None, openmp=False,
+                      num_threads=1, import_error=str(_backend.IMPORT_ERROR))
+    width = max(len(key) for key in config)
+    for key, value in config.items():
+        if isinstance(value, list):
+            value = ", ".join(value) or "-"
+        elif isinstance(value, bool):
+            value = "on" if value else "off"
+        print(f"{key:<{width}}  {value}")
+    return config
+
+
+_apply_isa_env()
