@@ -36,7 +36,7 @@ class _Scores:
         self.opts = opts
         q_len = np.full(batch, lq) if opts.q_lengths is None else opts.q_lengths
         self.kv_len = np.full(batch, lk) if opts.kv_lengths is None else opts.kv_lengths
-        # The diagonal of every positional rule: query i is at key position i + off (DESIGN.md).
+        # The diagonal of every positional rule: query i is at key position i + off (docs/architecture.md).
         self.diag_off = self.kv_len - q_len if opts.causal == LOWER_RIGHT else np.zeros(batch, dtype=np.int64)
         self.q_len = q_len
         left, right = opts.window
