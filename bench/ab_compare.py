@@ -15,7 +15,8 @@ ONE repetition per request (``time.perf_counter`` around the call). The driver a
 base/new (ABAB…, the order swapped every other round to cancel drift), takes ``--reps`` timings
 per side and reports medians. Cases: forward / backward (``attention_backward`` alone, its
 ``out, lse`` from one forward at setup) × float32 / bfloat16 × D ∈ {64, 128} × causal or not,
-shape (B, H, L, D) = (1, 8, 1024, D), L = 256 with ``--quick``.
+shape (B, H, L, D) = (1, 8, 1024, D), L = 256 with ``--quick``; ``--decode`` adds decoding
+(Lq = 1, 32 query heads on 8 K/V heads, Lk = 4096, D = 128, B = 1 and 4).
 
 Columns: medians in ms, new/base (ratio of medians), noise = IQR/median of each side, the
 q1–q3 of the per-round paired ratios new/base (a ``*`` marks a case where that whole range is
@@ -48,7 +49,9 @@ def worker():
             dtype = ml_dtypes.bfloat16
         rng = np.random.default_rng(SEED)
         shape = (c["B"], c["H"], c["L"], c["D"])
-        q, k, v = (rng.standard_normal(shape, dtype=np.float32).astype(dtype) for _ in range(3))
+        kv_shape = (c["B"], c.get("Hkv", c["H"]), c.get("Lk", c["L"]), c["D"])
+        q = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        k, v = (rng.standard_normal(kv_shape, dtype=np.float32).astype(dtype) for _ in range(2))
         kw = dict(causal=c["causal"], num_threads=c["threads"])
         if c["pass"] == "forward":
             fn = lambda: fastattn.attention(q, k, v, **kw)
@@ -165,6 +168,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="num_threads of every call")
     ap.add_argument("--quick", action="store_true", help="L = 256 instead of 1024")
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
+    ap.add_argument("--decode", action="store_true",
+                    help="add decoding cases (forward, Lq = 1, GQA 32/8 heads, Lk = 4096, D = 128)")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     args = ap.parse_args()
     if args.reps < 2:
@@ -173,9 +178,15 @@ def main():
     cases = [dict(B=1, H=8, L=L, D=D, causal=c, threads=args.threads, dtype=dt, **{"pass": p})
              for p in ("forward", "backward") for dt in ("float32", "bfloat16")
              for D in (64, 128) for c in (False, True)]
+    if args.decode:  # direct mode (K/V read in place) and split-KV; B = 1 and 4
+        cases += [dict(B=b, H=32, Hkv=8, L=1, Lk=4096, D=128, causal=False, threads=args.threads, dtype=dt,
+                       **{"pass": "forward"}) for b in (1, 4) for dt in ("float32", "bfloat16")]
+
     def name(c):
         dt = "f32" if c["dtype"] == "float32" else "bf16"
         kind = "fwd" if c["pass"] == "forward" else "bwd"
+        if c["L"] == 1:
+            return f"decode {dt} B{c['B']} H32/8 Lk{c['Lk']} D{c['D']}"
         return f"{kind} {dt} D{c['D']}{' causal' if c['causal'] else ''}"
     cases = [c for c in cases if args.filter in name(c)]
     t_start = time.perf_counter()

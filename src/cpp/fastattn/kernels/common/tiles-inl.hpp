@@ -25,6 +25,18 @@
 
 #include "storage-inl.hpp"
 
+// The tiles are inlined into their callers, as when each pass had its own
+// copy. Left to GCC 12, the forward's 6-row score_tile and weighted_sum stayed
+// out of line once shared, and the forward ran 1-4% slower on AVX-512 (AMD
+// EPYC, bench/ab_compare.py against the per-pass code); inlined, it matches.
+#ifndef FASTATTN_TILE
+#if defined(__GNUC__)
+#define FASTATTN_TILE __attribute__((always_inline))
+#else
+#define FASTATTN_TILE
+#endif
+#endif
+
 namespace fastattn {
 namespace FASTATTN_ISA {
 namespace {
@@ -62,7 +74,7 @@ struct Tiles {
     // vectors [v_begin, v_end) (whole tiles); bt is transposed in panels of
     // kKeys keys (pack_transposed), out has row stride out_stride.
     template <int R>
-    static void score_tile(const T* a, int64_t depth, const T* bt, int64_t v_begin, int64_t v_end, T* out,
+    FASTATTN_TILE static void score_tile(const T* a, int64_t depth, const T* bt, int64_t v_begin, int64_t v_end, T* out,
                            int64_t out_stride) {
         for (int64_t v0 = v_begin; v0 < v_end; v0 += kVecs) {
             reg dot[R][kVecs];
@@ -89,7 +101,7 @@ struct Tiles {
     // transposed (kAr = 1, kAi = its row stride). With kSkipZero (R = 1),
     // terms whose weight is exactly 0 are skipped: 0·NaN must not reach c.
     template <int R, int64_t kAr, int64_t kAi, bool kSkipZero = false>
-    static void weighted_sum(const T* a, int64_t lo, int64_t hi, const T* alpha, const T* panels, int64_t rows_cap,
+    FASTATTN_TILE static void weighted_sum(const T* a, int64_t lo, int64_t hi, const T* alpha, const T* panels, int64_t rows_cap,
                              int64_t cols_pad, T* c, int64_t c_stride) {
         for (int64_t c0 = 0; c0 < cols_pad; c0 += panel_width(c0, cols_pad)) {
             const T* b = panels + c0 * rows_cap;
@@ -135,7 +147,7 @@ struct Tiles {
 
 private:
     template <int R, int N, int64_t kAr, int64_t kAi, bool kSkipZero>
-    static void weighted_sum_cols(const T* a, int64_t lo, int64_t hi, const T* alpha, const T* b, T* c,
+    FASTATTN_TILE static void weighted_sum_cols(const T* a, int64_t lo, int64_t hi, const T* alpha, const T* b, T* c,
                                   int64_t c_stride) {
         static_assert(!kSkipZero || R == 1, "zero skipping is per row");
         reg acc[R][N];
