@@ -69,17 +69,40 @@ def _scores(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_
     return np.where(visible, scores, -np.inf), cap_grad, (q, k, v), two_d
 
 
-def oracle(q, k, v, *, dtype=np.float64, **options):
-    """(out, lse) computed in `dtype` (float64: the oracle; float32: the naive baseline)."""
-    scores, _, (q, k, v), two_d = _scores(q, k, v, dtype=dtype, **options)
-    lk = k.shape[-2]
-    m = scores.max(axis=-1, keepdims=True) if lk else np.full(scores.shape[:-1] + (1,), -np.inf, dtype)
+def _sink_column(scores, sinks, q_lengths, dtype):
+    """The attention sinks as one more column of scores, (..., Hq, Lq, 1): each head's logit,
+    -inf for padded rows (i >= q_lengths, which have no query)."""
+    batch_shape, (hq, lq) = scores.shape[:-3], scores.shape[-3:-1]
+    sink = np.broadcast_to(np.asarray(sinks, np.float64), batch_shape + (hq,)).astype(dtype)
+    q_len = np.broadcast_to(lq if q_lengths is None else np.asarray(q_lengths), batch_shape).astype(np.int64)
+    live = np.arange(lq)[:, None] < q_len[..., None, None, None]  # batch_shape + (1, Lq, 1)
+    return np.where(live, sink[..., None, None], -np.inf).astype(dtype)
+
+
+def _softmax_with_sink(q, k, v, dtype, options):
+    """(exp(s − m) over keys and, last, the sink; its row sums; whether a row is empty; lse;
+    the softcap's derivative; q, k, v; two_d; whether sinks were given)."""
+    sinks = options.pop("sinks", None)
+    scores, cap_grad, (q, k, v), two_d = _scores(q, k, v, dtype=dtype, **options)
+    if sinks is not None:  # the sink is one more column of the softmax, with no value
+        scores = np.concatenate([scores, _sink_column(scores, sinks, options.get("q_lengths"), dtype)], axis=-1)
+    m = scores.max(axis=-1, keepdims=True) if scores.shape[-1] else np.full(scores.shape[:-1] + (1,), -np.inf, dtype)
     empty = np.isneginf(m)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = np.exp(scores - np.where(empty, 0, m))
         s = p.sum(axis=-1, keepdims=True)
-        out = np.where(empty, 0, (p @ v) / s)
         lse = (np.where(empty, 0, m) + np.log(s))[..., 0]
+    return p, s, empty, lse, cap_grad, (q, k, v), two_d, sinks is not None
+
+
+def oracle(q, k, v, *, dtype=np.float64, **options):
+    """(out, lse) computed in `dtype` (float64: the oracle; float32: the naive baseline).
+    With sinks=, the sink is a last column of the scores whose value is 0."""
+    p, s, empty, lse, _, (q, k, v), two_d, has_sinks = _softmax_with_sink(q, k, v, dtype, dict(options))
+    if has_sinks:
+        p = p[..., :-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(empty, 0, (p @ v) / s)
     if two_d:
         out, lse = out[0], lse[0]
     return out, lse
@@ -88,20 +111,24 @@ def oracle(q, k, v, *, dtype=np.float64, **options):
 def oracle_grads(q, k, v, dout, *, dtype=np.float64, **options):
     """(dq, dk, dv) of sum(dout ∘ attention(q, k, v)) in `dtype`, from the full matrices and
     the textbook softmax Jacobian: dS = P ∘ (dP − rowsum(P ∘ dP)). (The kernels use
-    rowsum(dout ∘ out) instead: the same number, computed differently.)"""
+    rowsum(dout ∘ out) instead: the same number, computed differently.) With sinks=, the sink
+    is a last column of P with dP = 0, and a fourth gradient, d sinks of batch_shape + (Hq,),
+    sums its dS over the rows."""
     hkv = np.shape(k)[-3] if np.ndim(k) > 2 else 1
-    scores, cap_grad, (q, k, v), two_d = _scores(q, k, v, dtype=dtype, **options)
+    scale = 1 / np.sqrt(np.shape(q)[-1]) if options.get("scale") is None else options["scale"]
+    p, s, empty, _, cap_grad, (q, k, v), two_d, has_sinks = _softmax_with_sink(q, k, v, dtype, dict(options))
+    with np.errstate(invalid="ignore"):
+        p = np.where(empty, 0, p / s)
     dout = np.asarray(dout).astype(dtype)
     if two_d:
         dout = dout[None]
-    scale = 1 / np.sqrt(q.shape[-1]) if options.get("scale") is None else options["scale"]
-    m = scores.max(axis=-1, keepdims=True) if scores.shape[-1] else np.full(scores.shape[:-1] + (1,), -np.inf)
-    empty = np.isneginf(m)
-    p = np.exp(scores - np.where(empty, 0, m))
-    with np.errstate(invalid="ignore"):
-        p = np.where(empty, 0, p / p.sum(axis=-1, keepdims=True))
     dp = dout @ np.swapaxes(v, -1, -2)
+    if has_sinks:
+        dp = np.concatenate([dp, np.zeros(dp.shape[:-1] + (1,), dtype)], axis=-1)
     ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
+    d_sinks = None
+    if has_sinks:
+        d_sinks, ds, p = ds[..., -1].sum(axis=-1), ds[..., :-1], p[..., :-1]
     if cap_grad is not None:
         ds = ds * cap_grad
     dq = (ds @ k) * dtype(scale)
@@ -112,7 +139,8 @@ def oracle_grads(q, k, v, dout, *, dtype=np.float64, **options):
         return g.reshape(g.shape[:-3] + (hkv, -1) + g.shape[-2:]).sum(axis=-3)
 
     dk, dv = per_kv_head(dk), per_kv_head(dv)
-    return (dq[0], dk[0], dv[0]) if two_d else (dq, dk, dv)
+    grads = (dq[0], dk[0], dv[0]) if two_d else (dq, dk, dv)
+    return grads if d_sinks is None else grads + (d_sinks[0] if two_d else d_sinks,)
 
 
 def max_err(a, b) -> float:

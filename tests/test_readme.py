@@ -32,7 +32,7 @@ def test_usage_and_option_examples_run(readme):
     for block in python_blocks(section(readme, "Usage")):
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["out"].shape == (2, 8, 1024, 64) and namespace["lse"].shape == (2, 8, 1024)
-    blocks = python_blocks(section(readme, "Masks, padding, windows, ALiBi, softcap"))
+    blocks = python_blocks(section(readme, "Masks, padding, windows, ALiBi, softcap, sinks"))
     assert len(blocks) >= 5
     for block in blocks:  # each continues from the usage example's q, k, v
         exec(compile(block, str(README), "exec"), namespace)

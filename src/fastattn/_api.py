@@ -28,19 +28,22 @@ Window = Optional[Tuple[Optional[int], Optional[int]]]
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
               scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
               q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
-              softcap: Optional[float] = ..., return_lse: Literal[False] = ..., out: Optional[Array] = ...,
+              softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
+              return_lse: Literal[False] = ..., out: Optional[Array] = ...,
               backend: str = ..., num_threads: Optional[int] = ...) -> Array: ...
 @overload
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
               scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
               q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
-              softcap: Optional[float] = ..., return_lse: Literal[True], out: Optional[Array] = ...,
+              softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
+              return_lse: Literal[True], out: Optional[Array] = ...,
               backend: str = ..., num_threads: Optional[int] = ...) -> Tuple[Array, Array]: ...
 @overload
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
               scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
               q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
-              softcap: Optional[float] = ..., return_lse: bool, out: Optional[Array] = ...,
+              softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
+              return_lse: bool, out: Optional[Array] = ...,
               backend: str = ..., num_threads: Optional[int] = ...) -> Union[Array, Tuple[Array, Array]]: ...
 
 
@@ -48,7 +51,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
               scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
               kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
               window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None, softcap: Optional[float] = None,
-              return_lse: bool = False, out: Optional[Array] = None, backend: str = "auto",
+              sinks: Optional[npt.ArrayLike] = None, return_lse: bool = False, out: Optional[Array] = None,
+              backend: str = "auto",
               num_threads: Optional[int] = None) -> Union[Array, Tuple[Array, Array]]:
     """Exact scaled dot-product attention, ``softmax(q·kᵀ·scale)·v``, without an Lq×Lk matrix.
 
@@ -81,7 +85,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     causal, the window and the lengths make it ``-inf``.
 
     A query row that sees no key (e.g. ``"lower_right"`` with Lq > Lk, a mask row that is all
-    False or all ``-inf``, a padded query row) returns zeros, and its lse is ``-inf``.
+    False or all ``-inf``, a padded query row) returns zeros, and its lse is ``-inf`` (the
+    sink's logit with ``sinks``, except for padded rows).
 
     Parameters
     ----------
@@ -103,6 +108,11 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     alibi_slopes : real array of shape ``(Hq,)`` or broadcastable to ``(..., Hq)``: adds
         ``-slope·|i + off - j|`` to the scores.
     softcap : positive float: ``scores -> softcap·tanh(scores / softcap)`` (Gemma 2).
+    sinks : attention sinks (gpt-oss; vLLM's ``s_aux``, ONNX Runtime's ``head_sink``): a real
+        logit per query head, shape ``(Hq,)`` or broadcastable to ``(..., Hq)``, added to each
+        row's softmax denominator with no value, ``out_i = Σ_j exp(s_ij)·v_j / (Σ_j exp(s_ij)
+        + exp(sink))``, so a row's weights sum to less than 1. The lse includes it. Finite, or
+        ``-inf`` for a head without a sink.
     return_lse : also return the log-sum-exp of each row's scores, in the compute dtype (float64
         for float64 inputs, else float32: a 16-bit lse would cost the backward its precision).
     out : optional C-contiguous, writeable array of the output's shape and dtype, sharing no
@@ -119,12 +129,13 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     """
     cpp = use_cpp(backend)
     if cpp and mask is None and kv_lengths is None and q_lengths is None and window is None \
-            and alibi_slopes is None and softcap is None and out is None:
+            and alibi_slopes is None and softcap is None and sinks is None and out is None:
         result = _plain_forward(q, k, v, causal, scale, return_lse, num_threads)
         if result is not None:
             return result
     call = _contract.normalise(q, k, v, causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths,
-                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap)
+                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                               sinks=sinks)
     threads = check_num_threads(num_threads)
     _contract.check_bool(return_lse, "return_lse")
     out = _contract.check_out(out, call, (q, k, v))
@@ -140,7 +151,7 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     elif lk == 0:
         out4.fill(0)  # no key to see: every row is fully masked
         if lse3 is not None:
-            lse3.fill(-np.inf)
+            lse3[...] = _reference.empty_rows_lse(call)
     elif cpp:
         cpp_forward(call.q, call.k, call.v, out4, lse3, call_args(call, threads))
     else:
@@ -148,13 +159,32 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     return (out, lse) if return_lse else out
 
 
+@overload
+def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike,
+                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, causal: Causal = ...,
+                       scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ...,
+                       kv_lengths: Optional[npt.ArrayLike] = ..., q_lengths: Optional[npt.ArrayLike] = ...,
+                       window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
+                       softcap: Optional[float] = ..., sinks: None = ..., backend: str = ...,
+                       num_threads: Optional[int] = ...) -> Tuple[Array, Array, Array]: ...
+@overload
+def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike,
+                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, causal: Causal = ...,
+                       scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ...,
+                       kv_lengths: Optional[npt.ArrayLike] = ..., q_lengths: Optional[npt.ArrayLike] = ...,
+                       window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
+                       softcap: Optional[float] = ..., sinks: npt.ArrayLike, backend: str = ...,
+                       num_threads: Optional[int] = ...) -> Tuple[Array, Array, Array, Array]: ...
+
+
 def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike,
                        out: npt.ArrayLike, lse: npt.ArrayLike, /, *, causal: Causal = False,
                        scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
                        kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
                        window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None,
-                       softcap: Optional[float] = None, backend: str = "auto",
-                       num_threads: Optional[int] = None) -> Tuple[Array, Array, Array]:
+                       softcap: Optional[float] = None, sinks: Optional[npt.ArrayLike] = None,
+                       backend: str = "auto", num_threads: Optional[int] = None
+                       ) -> Union[Tuple[Array, Array, Array], Tuple[Array, Array, Array, Array]]:
     """Gradients ``(dq, dk, dv)`` of ``attention`` for the upstream gradient ``dout``.
 
     ``out, lse = attention(q, k, v, return_lse=True, **options)`` must come from the forward
@@ -166,9 +196,10 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
         dv = Pᵀ·dout            dq = scale·dS·k                dk = scale·dSᵀ·q
 
     (with ``dS ∘ (1 − tanh²(s₀ / softcap))`` under a softcap). GQA: dk and dv are summed over
-    the query heads of each group. Gradients are with respect to q, k and v only; masks,
+    the query heads of each group. Gradients are with respect to q, k, v (and the sinks); masks,
     lengths and ALiBi slopes are constants. A query row that sees no key gets dq = 0 and
-    contributes nothing to dk, dv.
+    contributes nothing to dk, dv. With sinks, lse includes the sink's term, so the formulas
+    above hold unchanged, and ``d sink = −Σ_i exp(sink − lse_i)·D_i`` over the head's rows.
 
     Parameters
     ----------
@@ -178,20 +209,23 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     lse : the forward's log-sum-exp, shape (..., Hq, Lq): float32 or float64 (as ``attention``
         returns it), or q's dtype. For float16/bfloat16 inputs an lse rounded to 16 bits costs
         the gradients about that relative precision (2-3x the error of the float32 one).
-    causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap, backend,
+    causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap, sinks, backend,
     num_threads : as for ``attention``. The C++ kernel splits the work so that no two threads
         write the same gradient rows: no atomics, and results are bitwise the same for every
         thread count.
 
     Returns
     -------
-    (dq, dk, dv), new arrays of the shapes of q, k, v in q's dtype.
+    (dq, dk, dv), new arrays of the shapes of q, k, v in q's dtype; with ``sinks``,
+    ``(dq, dk, dv, dsinks)``, dsinks of the shape ``sinks`` was given in (summed over the axes it
+    was broadcast along) in the compute dtype (float64 for float64 inputs, else float32).
     """
     cpp = use_cpp(backend)
     # The gradients take their shapes from the arrays as read (np.shape of a DLPack object is ()).
     q, k, v = _contract.asarray(q, "q"), _contract.asarray(k, "k"), _contract.asarray(v, "v")
     call = _contract.normalise(q, k, v, causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths,
-                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap)
+                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                               sinks=sinks)
     threads = check_num_threads(num_threads)
     batch, hq, lq, d = call.q.shape
     lk, dv_cols = call.k.shape[2], call.v.shape[3]
@@ -209,14 +243,18 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
         cpp_backward(dout4, out4, lse3, dq4, dk4, dv4, call.q, call.k, call.v, call_args(call, threads))
     else:
         _reference.backward(dout4, call.q, call.k, call.v, out4, lse3, dq4, dk4, dv4, call.options)
-    return grads
+    if call.options.sinks is None:
+        return grads
+    d_sinks = _reference.sink_grads(call.options.sinks, dout4, out4, lse3)  # (B, Hq)
+    d_sinks = d_sinks.reshape(call.batch_shape + (hq,))
+    return grads + (_contract.sum_to_shape(d_sinks, np.shape(_contract.asarray(sinks, "sinks"))),)
 
 
 def attention_weights(q: npt.ArrayLike, k: npt.ArrayLike, /, *, causal: Causal = False,
                       scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
                       kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
                       window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None,
-                      softcap: Optional[float] = None) -> npt.NDArray[Any]:
+                      softcap: Optional[float] = None, sinks: Optional[npt.ArrayLike] = None) -> npt.NDArray[Any]:
     """The attention weights ``P = softmax(scores)`` of every head, materialised.
 
     ``scores`` are formed and masked exactly as ``fastattn.attention`` forms them from ``q`` and
@@ -227,24 +265,32 @@ def attention_weights(q: npt.ArrayLike, k: npt.ArrayLike, /, *, causal: Causal =
 
     Shapes: q ``(..., Hq, Lq, D)`` (2-D ``(Lq, D)``: one head), k ``(..., Hkv, Lk, D)``; the
     result is ``(..., Hq, Lq, Lk)`` in the compute dtype (float64 for float64 inputs, else
-    float32). Each row sums to 1, or is all zeros for a query that sees no key (as its output is).
-    Errors are those of ``attention``.
+    float32). Each row sums to 1 (less than 1 with ``sinks``: the sink takes the rest), or is all
+    zeros for a query that sees no key (as its output is). Errors are those of ``attention``.
     """
     call = _contract.normalise(q, k, k, causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths,
-                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap)
+                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                               sinks=sinks)
     batch, hq, lq, _ = call.q.shape
     lk = call.k.shape[2]
     shape = call.out_shape[:-1] + (lk,)
     compute = compute_dtype(call.q.dtype)
     if batch * hq * lq * lk == 0:
         return np.zeros(shape, compute)
-    scores, _ = _reference._Scores(call.q, call.k, call.options).chunk(0, lq)
+    ctx = _reference._Scores(call.q, call.k, call.options)
+    scores, _ = ctx.chunk(0, lq)
     row_max = scores.max(axis=-1, keepdims=True)
+    sink = ctx.sink_logits(0, lq)
+    if sink is not None:
+        row_max = np.maximum(row_max, sink)
     # Subtract the row max (every exponent <= 0: no overflow); a row that sees nothing has max
     # -inf and all scores -inf: shifted by 0 instead, its weights are exp(-inf) = 0.
     with np.errstate(invalid="ignore"):  # NaN scores propagate to their row, as in attention
-        p = np.exp(scores - np.where(row_max == -np.inf, 0, row_max))
+        shift = np.where(row_max == -np.inf, 0, row_max)
+        p = np.exp(scores - shift)
         row_sum = p.sum(axis=-1, keepdims=True)
+        if sink is not None:
+            row_sum = row_sum + np.exp(sink - shift)
         weights = np.where(row_sum > 0, p / np.where(row_sum > 0, row_sum, 1), p)
     return weights.reshape(shape).astype(compute, copy=False)  # ALiBi promotes
 

@@ -54,12 +54,12 @@ def use_cpp(backend: Any) -> bool:
 
 # -- the binding's arguments ------------------------------------------------------------------
 # _core.forward(q, k, v, out, lse, *args) and _core.backward(dout, out, lse, dq, dk, dv, q, k, v,
-# *args) share `args`, dtype .. softcap in the order of src/cpp/bindings/module.cpp, passed
-# positionally: pybind11 matching 19 keywords by name costs about 2 µs per call, a third of a
-# tiny call. binding_args spells dtype .. num_threads, _option_args mask .. softcap.
+# *args) share `args`, dtype .. sinks in the order of src/cpp/bindings/module.cpp, passed
+# positionally: pybind11 matching 20 keywords by name costs about 2 µs per call, a third of a
+# tiny call. binding_args spells dtype .. num_threads, _option_args mask .. sinks.
 
 def _option_args(options: Options, batch_shape: Tuple[int, ...]) -> tuple:
-    """The binding's arguments from `mask` to `softcap`."""
+    """The binding's arguments from `mask` to `sinks`."""
     mask_kind, mask_strides, mask_offsets = NO_MASK, (0, 0, 0), None
     mask = options.mask
     if mask is not None:
@@ -75,7 +75,7 @@ def _option_args(options: Options, batch_shape: Tuple[int, ...]) -> tuple:
             mask_offsets = np.ascontiguousarray((index * np.array(strides[:nb], np.int64)[:, None]).sum(0))
     return (mask, mask_kind, mask_strides, mask_offsets,                                     # mask view
             options.q_lengths, options.kv_lengths, options.window[0], options.window[1],  # positional rules
-            options.alibi_slopes, options.softcap)
+            options.alibi_slopes, options.softcap, options.sinks)
 
 
 # The tail of a call with none of those options (the fast path's), built once by the same code.

@@ -53,6 +53,7 @@ class Options(NamedTuple):
     window: Tuple[int, int] = (-1, -1)  # (left, right); -1 = unbounded
     alibi_slopes: Optional[np.ndarray] = None  # (B·Hq,) float64
     softcap: float = 0.0  # 0 = off
+    sinks: Optional[np.ndarray] = None  # (B·Hq,) float64, finite or -inf (no sink)
 
 
 class Call(NamedTuple):
@@ -83,7 +84,7 @@ def compute_dtype(dtype: Any, float32: Any = FLOAT32, float64: Any = FLOAT64) ->
 
 def normalise(q: Any, k: Any, v: Any, *, causal: Any = False, scale: Any = None, mask: Any = None,
               kv_lengths: Any = None, q_lengths: Any = None, window: Any = None, alibi_slopes: Any = None,
-              softcap: Any = None) -> Call:
+              softcap: Any = None, sinks: Any = None) -> Call:
     """The call ``attention(q, k, v, **options)`` describes, validated: a `Call`, or the error
     that call raises. Allocates nothing of the output's size."""
     q = as_float_array(q, "q")
@@ -145,10 +146,20 @@ def normalise(q: Any, k: Any, v: Any, *, causal: Any = False, scale: Any = None,
         q_lengths=check_lengths(q_lengths, "q_lengths", batch_shape, lq, "Lq"),
         kv_lengths=check_lengths(kv_lengths, "kv_lengths", batch_shape, lk, "Lk"),
         window=check_window(window),
-        alibi_slopes=check_alibi(alibi_slopes, batch_shape, hq, q.ndim == 2),
+        alibi_slopes=check_per_head(alibi_slopes, "alibi_slopes", batch_shape, hq, q.ndim == 2),
         softcap=check_softcap(softcap, compute),
+        sinks=check_per_head(sinks, "sinks", batch_shape, hq, q.ndim == 2, allow_neg_inf=True),
     )
     return Call(as_4d(q), as_4d(k), as_4d(v), out_shape, batch_shape, options)
+
+
+def sum_to_shape(x: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """x summed over the axes along which an array of `shape` was broadcast to x.shape: the
+    gradient of a broadcast parameter has the parameter's shape."""
+    lead = x.ndim - len(shape)
+    x = x.sum(axis=tuple(range(lead))) if lead > 0 else x
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+    return (x.sum(axis=axes, keepdims=True) if axes else x).reshape(shape)
 
 
 def stand_in(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -356,29 +367,35 @@ def check_window(window: Any) -> Tuple[int, int]:
     return bounds[0], bounds[1]
 
 
-def check_alibi(slopes: Any, batch_shape: Tuple[int, ...], hq: int, two_d: bool) -> Optional[np.ndarray]:
-    """(B·Hq,) float64, C-contiguous."""
-    if slopes is None:
+def check_per_head(values: Any, name: str, batch_shape: Tuple[int, ...], hq: int, two_d: bool,
+                   allow_neg_inf: bool = False) -> Optional[np.ndarray]:
+    """A real value per query head (alibi_slopes, sinks), broadcast to batch_shape + (Hq,): (B·Hq,)
+    float64, C-contiguous. Finite; with allow_neg_inf, -inf too (a head without a sink)."""
+    if values is None:
         return None
-    a = asarray(slopes, "alibi_slopes")
+    a = asarray(values, name)
     if a.dtype.kind not in "iu" and not is_floating(a.dtype):
-        exact = _exact_numbers(slopes, numbers.Real)
+        exact = _exact_numbers(values, numbers.Real)
         if exact is None:
-            raise TypeError(f"alibi_slopes.dtype (={a.dtype}) must be a real type")
+            raise TypeError(f"{name}.dtype (={a.dtype}) must be a real type")
         a = exact  # ints beyond float range: caught as not finite below
+    given = a
     target = tuple(batch_shape) + (hq,)
     try:
         a = np.broadcast_to(a, target)
     except ValueError:
         want = "() or (1,)" if two_d else f"(Hq,) = ({hq},) or broadcast to (..., Hq) = {target}"
-        raise ValueError(f"alibi_slopes.shape (={np.shape(slopes)}) must be {want}") from None
+        raise ValueError(f"{name}.shape (={np.shape(values)}) must be {want}") from None
     flat = a.reshape(-1)
-    values = np.array([float(x) if abs(x) < 1e308 else math.inf for x in flat]) if a.dtype == object \
+    values64 = np.array([float(x) if abs(x) < 1e308 else math.inf for x in flat]) if a.dtype == object \
         else np.asarray(flat, dtype=np.float64)
-    if not np.isfinite(values).all():
-        where = np.unravel_index(int(np.argmin(np.isfinite(values))), a.shape)
-        raise ValueError(f"alibi_slopes{_index_text(a, where)} (={_shown(a[where])}) must be finite")
-    return np.ascontiguousarray(values)
+    ok = np.isfinite(values64) | (values64 == -np.inf) if allow_neg_inf else np.isfinite(values64)
+    if not ok.all():  # name the element as the caller indexes it, not the broadcast view
+        where = np.unravel_index(int(np.argmin(ok)), a.shape)[a.ndim - given.ndim:]
+        where = tuple(i if n != 1 else 0 for i, n in zip(where, given.shape))
+        allowed = "finite or -inf" if allow_neg_inf else "finite"
+        raise ValueError(f"{name}{_index_text(given, where)} (={_shown(given[where])}) must be {allowed}")
+    return np.ascontiguousarray(values64)
 
 
 def check_num_threads(num_threads: Any) -> int:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._contract import LOWER_RIGHT, NO_CAUSAL, Options, compute_dtype
+from ._contract import LOWER_RIGHT, NO_CAUSAL, Call, Options, compute_dtype
 
 # Elements of one chunk's score matrix (B·Hq·rows·Lk): about 64 MiB in float32.
 _SCORE_BUDGET = 1 << 24
@@ -46,6 +46,15 @@ class _Scores:
         self.keys = np.arange(lk)
         self.slopes = None if opts.alibi_slopes is None else opts.alibi_slopes.reshape(batch, hkv, group, 1, 1)
         self.rows_per_chunk = max(1, _SCORE_BUDGET // max(1, batch * hq * lk))
+        self.sinks = None if opts.sinks is None else opts.sinks.reshape(batch, hkv, group, 1, 1).astype(compute)
+
+    def sink_logits(self, row0: int, row1: int):
+        """The sinks of query rows [row0, row1), (B, Hkv, group, rows, 1), -inf for rows past
+        q_lengths (padding has no query, so no sink either); None without sinks."""
+        if self.sinks is None:
+            return None
+        live = (np.arange(row0, row1)[None, :] < self.q_len[:, None])[:, None, None, :, None]
+        return np.where(live, self.sinks, -np.inf)
 
     def chunk(self, row0: int, row1: int):
         """(scores, cap_grad) of query rows [row0, row1), (B, Hkv, group, rows, Lk): the shaped
@@ -94,15 +103,48 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: O
         row_max = scores.max(axis=-1, keepdims=True) if scores.shape[-1] else np.full(scores.shape[:-1] + (1,), -np.inf)
         # A row that sees no key has max -inf; shifting it by 0 gives p = 0 and l = 0.
         sees_nothing = row_max == -np.inf
-        shift = np.where(sees_nothing, 0, row_max)
-        with np.errstate(invalid="ignore"):  # a score of +inf: inf - inf is NaN, as the kernel gives
+        sink = ctx.sink_logits(row0, row1)  # None, or (B, Hkv, group, rows, 1): -inf for padding rows
+        if sink is not None:  # one more term of the denominator, with no value: shift by the larger
+            row_max = np.maximum(row_max, sink)  # a NaN row stays NaN
+        shift = np.where(row_max == -np.inf, 0, row_max)
+        with np.errstate(invalid="ignore", over="ignore"):  # a score of +inf: inf - inf is NaN, as the kernel gives
             p = np.exp(scores - shift)
             row_sum = p.sum(axis=-1, keepdims=True)
+            if sink is not None:
+                row_sum = row_sum + np.exp(sink - shift)
             acc = _weighted_sum(p, v_g)
         with np.errstate(divide="ignore", invalid="ignore"):
             out_g[..., row0:row1, :] = np.where(sees_nothing, 0, acc / row_sum)
             if lse_g is not None:
                 lse_g[..., row0:row1] = (shift + np.log(row_sum))[..., 0]
+
+
+def empty_rows_lse(call: Call) -> np.ndarray:
+    """lse (B, Hq, Lq) of a call with no key (Lk = 0): -inf, or each live row's sink."""
+    batch, hq, lq, _ = call.q.shape
+    sinks = call.options.sinks
+    if sinks is None:
+        return np.full((batch, hq, lq), -np.inf)
+    q_len = np.full(batch, lq) if call.options.q_lengths is None else call.options.q_lengths
+    live = np.arange(lq)[None, :] < q_len[:, None]  # (B, Lq)
+    return np.where(live[:, None, :], sinks.reshape(batch, hq, 1), -np.inf)
+
+
+def sink_grads(sinks: np.ndarray, dout: np.ndarray, out: np.ndarray, lse: np.ndarray) -> np.ndarray:
+    """d loss / d sink of every (batch, head), (B, Hq), for the forward's out, lse (B, Hq, Lq, Dv),
+    (B, Hq, Lq): out_i = Σ_j P_ij·v_j with the sink's weight P_i,sink = exp(sink − lse_i) in the
+    denominator only, so d out_i / d sink = −P_i,sink·out_i and
+
+        d sink = −Σ_i exp(sink − lse_i)·D_i,    D_i = Σ_c dout_ic·out_ic.
+
+    Rows with lse -inf (padding, no sink) add nothing; NaN propagates."""
+    batch, hq = lse.shape[:2]
+    compute = lse.dtype.type
+    sink = sinks.reshape(batch, hq, 1).astype(compute)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p_sink = np.where(lse == -np.inf, 0, np.exp(sink - np.where(lse == -np.inf, 0, lse)))
+        delta = np.sum(dout.astype(compute, copy=False) * out.astype(compute, copy=False), axis=-1)
+        return -np.sum(p_sink * delta, axis=-1)
 
 
 def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: np.ndarray,

@@ -67,7 +67,8 @@ fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py:
                           bool out_written, int dtype, double scale, int causal, int num_threads,
                           const py::object& mask, int mask_kind, std::array<int64_t, 3> mask_strides,
                           const py::object& mask_offsets, const py::object& q_lengths, const py::object& kv_lengths,
-                          int64_t window_left, int64_t window_right, const py::object& alibi_slopes, double softcap) {
+                          int64_t window_left, int64_t window_right, const py::object& alibi_slopes, double softcap,
+                          const py::object& sinks) {
     fastattn::AttentionArgs args;
     args.dtype = static_cast<DType>(dtype);
     if (q.itemsize() != itemsize_of(args.dtype)) fail("q's itemsize does not match its dtype code");
@@ -99,6 +100,7 @@ fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py:
     args.window_right = window_right;
     args.alibi_slopes = optional_data<double>(alibi_slopes, args.batch * args.hq, "alibi_slopes");
     args.softcap = softcap;
+    args.sinks = optional_data<double>(sinks, args.batch * args.hq, "sinks");
     args.mask.kind = static_cast<fastattn::MaskKind>(mask_kind);
     if (args.mask.kind != fastattn::MaskKind::none) {
         const auto m = mask.cast<py::array>();
@@ -120,10 +122,10 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
              int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
              std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
              const py::object& kv_lengths, int64_t window_left, int64_t window_right,
-             const py::object& alibi_slopes, double softcap) {
+             const py::object& alibi_slopes, double softcap, const py::object& sinks) {
     fastattn::AttentionArgs args = unpack(q, k, v, out, true, dtype, scale, causal, num_threads, mask, mask_kind,
                                      mask_strides, mask_offsets, q_lengths, kv_lengths, window_left, window_right,
-                                     alibi_slopes, softcap);
+                                     alibi_slopes, softcap, sinks);
     if (!lse.is_none()) {
         auto lse_array = lse.cast<py::array>();
         const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
@@ -143,10 +145,10 @@ void backward(const py::array& dout, const py::array& out, const py::array& lse,
               int causal, int num_threads, const py::object& mask, int mask_kind,
               std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
               const py::object& kv_lengths, int64_t window_left, int64_t window_right,
-              const py::object& alibi_slopes, double softcap) {
+              const py::object& alibi_slopes, double softcap, const py::object& sinks) {
     const fastattn::AttentionArgs args = unpack(q, k, v, out, false, dtype, scale, causal, num_threads, mask, mask_kind,
                                            mask_strides, mask_offsets, q_lengths, kv_lengths, window_left,
-                                           window_right, alibi_slopes, softcap);
+                                           window_right, alibi_slopes, softcap, sinks);
     fastattn::GradArgs grad;
     require_c_contiguous(dout, "dout", q.dtype(), false);
     const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
@@ -203,12 +205,13 @@ PYBIND11_MODULE(_core, m) {
           py::arg("dtype"), py::arg("scale"), py::arg("causal"), py::arg("num_threads"),
           py::arg("mask"), py::arg("mask_kind"), py::arg("mask_strides"), py::arg("mask_offsets"),
           py::arg("q_lengths"), py::arg("kv_lengths"), py::arg("window_left"), py::arg("window_right"),
-          py::arg("alibi_slopes"), py::arg("softcap"));
+          py::arg("alibi_slopes"), py::arg("softcap"), py::arg("sinks"));
     m.def("backward", &backward, py::arg("dout"), py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"),
           py::arg("dv"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dtype"), py::arg("scale"),
           py::arg("causal"), py::arg("num_threads"), py::arg("mask"), py::arg("mask_kind"),
           py::arg("mask_strides"), py::arg("mask_offsets"), py::arg("q_lengths"), py::arg("kv_lengths"),
-          py::arg("window_left"), py::arg("window_right"), py::arg("alibi_slopes"), py::arg("softcap"));
+          py::arg("window_left"), py::arg("window_right"), py::arg("alibi_slopes"), py::arg("softcap"),
+          py::arg("sinks"));
     m.def("math", &math_array, py::arg("fn"), py::arg("x"),
           "exp, exp2 or tanh with the selected ISA's vectorised kernel implementation");
     m.def("compiled_isas", &fastattn::compiled_isas);

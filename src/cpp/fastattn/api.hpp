@@ -63,6 +63,10 @@ struct AttentionArgs {
     int64_t window_left = -1, window_right = -1;
     const double* alibi_slopes = nullptr;  // (batch, hq): adds -slope·|i + off - j|
     double softcap = 0.0;                  // > 0: scores -> softcap·tanh(scores / softcap)
+    // Attention sinks, (batch, hq) or null: a per-head logit in each row's softmax
+    // denominator, with no value: out_i = Σ_j exp(s_ij)·v_j / (Σ_j exp(s_ij) + exp(sink)),
+    // and lse_i includes it. -inf: no sink. Rows past q_lengths[b] are padding (lse -inf).
+    const double* sinks = nullptr;
     MaskView mask;
     // 0: the OpenMP default (OMP_NUM_THREADS). Capped at the processors
     // available: more threads than cores would only wait on each other.

@@ -132,6 +132,8 @@ void check_args(const AttentionArgs& a) {
     require(a.num_threads >= 0, "num_threads must be >= 0");
     require(a.window_left >= -1 && a.window_right >= -1, "window bounds must be >= 0, or -1 for none");
     require(a.softcap >= 0 && a.softcap < HUGE_VAL, "softcap must be finite and >= 0 (0: off)");
+    for (int64_t i = 0; a.sinks && i < a.batch * a.hq; ++i)
+        require(a.sinks[i] < HUGE_VAL && a.sinks[i] == a.sinks[i], "sinks must be finite or -inf");
     // Lengths index memory: out-of-range values would read out of bounds.
     for (int64_t b = 0; b < a.batch; ++b) {
         require(!a.q_lengths || (a.q_lengths[b] >= 0 && a.q_lengths[b] <= a.lq), "q_lengths out of [0, lq]");

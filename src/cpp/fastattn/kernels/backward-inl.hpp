@@ -33,6 +33,11 @@
 // weighted_sum's B operands (dO, Q, K) are packed in column panels one tile
 // wide, so each is walked contiguously.
 //
+// Attention sinks need nothing here: the forward's lse includes the sink's
+// term, so exp(s − lse) are already the keys' weights, and the sink's own
+// gradient, −Σ_i exp(sink − lse_i)·D_i, is formed from lse, out and dO in
+// Python (fastattn._api.attention_backward).
+//
 // Rows that see no key (lse = -inf) get dQ = 0 and contribute nothing: their
 // dO is packed as zeros. A key a row cannot see gets dS = 0 exactly (not
 // 0·dP, which is NaN when its value row holds a NaN), and a K block with a

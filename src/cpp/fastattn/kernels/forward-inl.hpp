@@ -322,12 +322,14 @@ private:
             const int64_t first_row = (t.seq.b * a_.hq + h) * a_.lq + t.row0;
             S* out = static_cast<S*>(a_.out) + first_row * a_.dv;
             T* lse = a_.lse ? static_cast<T*>(a_.lse) + first_row : nullptr;  // compute dtype
+            const T sink = a_.sinks ? static_cast<T>(a_.sinks[t.seq.b * a_.hq + h]) : neg_inf_;
             for (int64_t i = 0; i < t.rows; ++i) {
                 const bool is_live = i < t.rows_live;
                 if (is_live)
-                    finish_row(row_max[r], row_sum[r], acc + r * dv_pad_, out + i * a_.dv, lse ? lse + i : nullptr);
-                else
-                    finish_row(neg_inf_, T(0), acc, out + i * a_.dv, lse ? lse + i : nullptr);
+                    finish_row(row_max[r], row_sum[r], sink, acc + r * dv_pad_, out + i * a_.dv,
+                               lse ? lse + i : nullptr);
+                else  // padding past q_lengths: no query, no sink
+                    finish_row(neg_inf_, T(0), neg_inf_, acc, out + i * a_.dv, lse ? lse + i : nullptr);
                 r += is_live;
             }
         }
@@ -507,17 +509,35 @@ private:
     }
 
     // out = acc / l and lse = m + log(l); a row that saw no key gives zeros
-    // and lse = -inf (never 0/0 = NaN).
-    void finish_row(T m, T l, const T* acc, S* out, T* lse) const {
+    // and lse = -inf (never 0/0 = NaN), or lse = sink with a sink.
+    // A sink (> -inf) is one more term exp(sink) of the denominator, with no
+    // value. With m' = max(m, sink), so that no exponent is positive:
+    //     l' = l·exp(m − m') + exp(sink − m'),  out = acc·exp(m − m') / l',
+    //     lse = m' + log(l').
+    void finish_row(T m, T l, T sink, const T* acc, S* out, T* lse) const {
         if (m == neg_inf_) {
             std::fill(out, out + a_.dv, Storage<S>::narrow(T(0)));
-            if (lse) *lse = neg_inf_;
+            if (lse) *lse = sink;
             return;
+        }
+        T decay = T(1);  // exp(m − m'): 1 without a sink (and for a NaN row)
+        if (sink != neg_inf_ && m == m) {
+            const T m_new = std::max(m, sink);
+            decay = std::exp(m - m_new);
+            l = l * decay + std::exp(sink - m_new);
+            m = m_new;
         }
         const reg denom = V::set1(l);
         int64_t c = 0;
-        for (; c + W <= a_.dv; c += W) Storage<S>::store(out + c, V::div(V::load(acc + c), denom));
-        for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] / l);
+        if (decay == T(1)) {
+            for (; c + W <= a_.dv; c += W) Storage<S>::store(out + c, V::div(V::load(acc + c), denom));
+            for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] / l);
+        } else {
+            const reg scale = V::set1(decay);
+            for (; c + W <= a_.dv; c += W)
+                Storage<S>::store(out + c, V::div(V::mul(V::load(acc + c), scale), denom));
+            for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] * decay / l);
+        }
         if (lse) *lse = m + std::log(l);
     }
 
