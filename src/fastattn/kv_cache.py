@@ -68,7 +68,8 @@ def _bfloat16() -> np.dtype:
         import ml_dtypes
     except ImportError:
         raise TypeError("bfloat16 storage needs ml_dtypes: pip install 'fastattn[bf16]'") from None
-    return np.dtype(ml_dtypes.bfloat16)
+    bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+    return bfloat16
 
 
 def _dtype(dtype: Any, name: str, allowed: Tuple[np.dtype, ...], names: str) -> np.dtype:
@@ -79,7 +80,7 @@ def _dtype(dtype: Any, name: str, allowed: Tuple[np.dtype, ...], names: str) -> 
     if dtype is None or isinstance(dtype, bool):
         raise TypeError(f"{name} must be {names}, got {dtype!r}")
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"{name} must be {names}, got {dtype!r}") from None
     if dt in allowed or (dt.name == "bfloat16" and dt.itemsize == 2 and dt.isnative):
@@ -441,7 +442,7 @@ class KVCache:
                 raise TypeError(f"{name}.dtype (={seq_ids.dtype}) must be an integer dtype")
             if seq_ids.ndim != 1:
                 raise ValueError(f"{name}.ndim (={seq_ids.ndim}) must be 1")
-            values = seq_ids.tolist()
+            values: List[int] = seq_ids.tolist()
         elif isinstance(seq_ids, (list, tuple, range)):
             values = [check_int(x, f"{name}[{i}]", "a non-negative int") for i, x in enumerate(seq_ids)]
         else:
@@ -511,20 +512,21 @@ def quantise(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def _slots(tables: List[List[int]], starts: List[int], stops: List[int],
            block_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For tokens starts[i] <= t < stops[i] of each sequence i (block table tables[i]), in that
-    order: the sequence index, the position t, the block id and the row within the block."""
+    order: the sequence index, the position t, the block id and the row within the block. Costs
+    O(blocks touched), not O(blocks of the sequences): an append to long sequences stays cheap."""
     counts = [b - a for a, b in zip(starts, stops)]
-    total = sum(counts)
     rows = np.repeat(np.arange(len(counts), dtype=np.intp), counts)
-    if not total:
+    if not sum(counts):
         empty = np.zeros(0, dtype=np.intp)
         return rows, empty, empty, empty
     positions = np.concatenate([np.arange(a, b, dtype=np.intp) for a, b in zip(starts, stops)])
-    width = max(len(t) for t in tables)
-    padded = np.zeros((len(tables), width), dtype=np.intp)
-    for row, table in zip(padded, tables):
-        row[:len(table)] = table
-    blocks = padded[rows, positions // block_size]
-    return rows, positions, blocks, positions % block_size
+    firsts = [a // block_size for a in starts]
+    touched = [t[f:-(-b // block_size)] for t, f, b in zip(tables, firsts, stops)]
+    padded = np.zeros((len(tables), max(map(len, touched))), dtype=np.intp)
+    for row, blocks in zip(padded, touched):
+        row[:len(blocks)] = blocks
+    first = np.array(firsts, dtype=np.intp)[rows]
+    return rows, positions, padded[rows, positions // block_size - first], positions % block_size
 
 
 def _check_floating(a: np.ndarray, name: str) -> None:
