@@ -320,6 +320,15 @@ def test_bfloat16_storage():
     k, _, _ = cache.gather([0])
     assert same(k[0], x.astype(ml_dtypes.bfloat16))
     assert same(cache.gather([0], dtype=np.float32)[0][0], x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    # bfloat16 inputs, mixed with others in one append (each is cast on its own, no promotion).
+    y = np.float32([1 + 2**-8, -3.3, 0.1, 6e4]).reshape(1, 1, 4)
+    inputs = [y.astype(ml_dtypes.bfloat16), y.astype(np.float16), y.astype(np.float64)]
+    for name in ("float32", "float16", "int8"):
+        cache = KVCache(1, 4, dtype=name)
+        cache.append([0, 1, 2], inputs, inputs)
+        model = Model(cache)
+        model.append([0, 1, 2], inputs, inputs)
+        check_against(model)
 
 
 def test_bfloat16_without_ml_dtypes(monkeypatch):
