@@ -82,6 +82,16 @@ def test_visualize_attention_draws_the_reversal(tmp_path):
     assert share > 0.5  # the script's own bar; these settings reach ~0.75
 
 
+def test_generate_with_cache_agrees_with_recomputing():
+    """The KV-cache decoder gives recomputation's greedy outputs (float32) and learns (int8)."""
+    result = run_example("generate_with_cache.py", *CHAR_CI_ARGS, "--held-out", "100", "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rates = dict(re.findall(r"^\((\w)\) .*?\s+(\d+)\s+[\d.]+", result.stdout, re.M))
+    assert set(rates) == {"a", "b", "c"}, result.stdout  # tokens/s of each method
+    accuracy = [float(x) for x in re.findall(r"^\(\w\) .*?\s+\d+\s+([\d.]+)", result.stdout, re.M)]
+    assert min(accuracy) > 0.25, result.stdout
+
+
 def test_char_transformer_quiet():
     result = run_example("char_transformer.py", *CHAR_CI_ARGS, "--steps", "5", "--quiet")
     assert result.returncode in (0, 1)

@@ -37,9 +37,11 @@ rounding error of each element is at most half a step, ``scale / 2 = max|x| / 25
 token's largest element. Float inputs are first rounded to float32; a NaN or infinity cannot be
 quantised and is refused.
 
-``gather`` turns sequences back into a dense, zero-padded batch (a copy): the reference path,
-the tests' view of the cache and the NumPy fallback. A kernel that reads the blocks in place
-takes ``block_table`` and ``lengths``.
+``attention(q, seq_ids, ...)`` attends from new queries to the cached sequences (prefill and
+decode, with windows, ALiBi, softcap, sinks and GQA). ``gather`` turns sequences back into a
+dense, zero-padded batch (a copy): the reference path, the tests' view of the cache, and today
+also what ``attention`` runs on. A kernel that reads the blocks in place takes ``block_table``
+and ``lengths``.
 
 A ``KVCache`` is not thread-safe: calls that modify it must not run concurrently with any other
 call on the same cache.
@@ -308,6 +310,49 @@ class KVCache:
             dense[rows, :, positions, :] = tokens
             results.append(dense if out_dtype is None or out_dtype == base else dense.astype(out_dtype))
         return results[0], results[1], lengths
+
+    def attention(self, q: Any, seq_ids: Sequence[int], *, causal: Any = "lower_right", scale: Any = None,
+                  window: Any = None, alibi_slopes: Any = None, softcap: Any = None, sinks: Any = None,
+                  q_lengths: Any = None, return_lse: bool = False, backend: str = "auto",
+                  num_threads: Optional[int] = None) -> Any:
+        """``fastattn.attention`` of the queries ``q`` over the cached keys and values of the
+        sequences ``seq_ids``: prefill (Lq > 1) and decode (Lq = 1).
+
+        ``q`` is ``(B, Hq, Lq, D)`` with ``B = len(seq_ids)`` and ``Hq`` a multiple of the cache's
+        ``Hkv`` (GQA), in the storage dtype (float32 for an int8 cache). Append the new tokens'
+        keys and values first: with the default ``causal="lower_right"``, query row ``i`` of
+        sequence ``b`` is at position ``length_b − q_len_b + i`` and sees the keys up to it
+        (``q_lengths`` for a ragged prefill: rows past it return zeros). ``window``,
+        ``alibi_slopes``, ``softcap``, ``sinks``, ``scale``, ``return_lse``, ``backend`` and
+        ``num_threads`` are those of ``fastattn.attention`` (``causal`` too: False attends to the
+        whole cache). The result has q's shape with Dv and q's dtype.
+
+        Today this gathers the sequences into a dense, zero-padded copy (``gather``) and calls
+        ``fastattn.attention`` with their lengths, so it equals that call bitwise; int8 is
+        dequantised to float32 in the copy. A kernel reading the blocks in place through
+        ``block_table`` is the planned next step: the results will stay the same.
+        """
+        from ._api import attention
+
+        ids = self._ids(seq_ids, "seq_ids")
+        q = asarray(q, "q")
+        want = _FLOAT32 if self._quantized else self._dtype
+        if q.dtype != want:
+            raise TypeError(f"q.dtype (={q.dtype}) must be the cache's compute dtype {want} "
+                            f"(the storage dtype, float32 for int8)")
+        if q.ndim != 4 or q.shape[0] != len(ids) or q.shape[-1] != self._d or q.shape[1] % self._hkv:
+            raise ValueError(f"q.shape (={q.shape}) must be (len(seq_ids), Hq, Lq, head_dim) = "
+                             f"({len(ids)}, Hq, Lq, {self._d}) with Hq a multiple of num_kv_heads (={self._hkv})")
+        k, v, kv_lengths = self.gather(ids)
+        if q_lengths is None and np.any(kv_lengths < q.shape[2]) and causal == "lower_right":
+            # A query needs its own key: more queries than cached tokens means the caller forgot to
+            # append them (the first rows would see no key at all).
+            short = int(np.argmax(kv_lengths < q.shape[2]))
+            raise ValueError(f"sequence {ids[short]} holds {int(kv_lengths[short])} tokens, fewer than the "
+                             f"{q.shape[2]} queries (q.shape[2]): append their keys and values first")
+        return attention(q, k, v, causal=causal, scale=scale, kv_lengths=kv_lengths, q_lengths=q_lengths,
+                         window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
+                         return_lse=return_lse, backend=backend, num_threads=num_threads)
 
     # -- writing ------------------------------------------------------------------------------
 
