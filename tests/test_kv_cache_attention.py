@@ -59,9 +59,9 @@ OPTIONS = {
 
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("lq", [1, 3])
+@pytest.mark.parametrize("lq", [1, 3, 70])  # decoding (K/V read in place) and prefill (K/V packed)
 def test_float_storage_equals_dense_attention(backend, rng, dtype, lq, options):
-    lengths = [23, 5, 40]
+    lengths = [23, 5, 40] if lq < 5 else [300, 70, 129]
     cache, k_all, v_all = filled_cache(rng, dtype, lengths)
     k, v = stored(k_all, dtype), stored(v_all, dtype)
     for b, n in enumerate(lengths):  # the dense copy is zero past each length, as gather's
@@ -75,12 +75,13 @@ def test_float_storage_equals_dense_attention(backend, rng, dtype, lq, options):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("lq", [2, 70])
 @pytest.mark.parametrize("options", OPTIONS)
-def test_int8_storage_matches_the_oracle_on_dequantised_values(backend, rng, options):
-    lengths = [23, 5, 40]
+def test_int8_storage_matches_the_oracle_on_dequantised_values(backend, rng, options, lq):
+    lengths = [23, 5, 40] if lq < 5 else [300, 70, 129]
     cache, k_all, v_all = filled_cache(rng, "int8", lengths)
     k, v = quantised(k_all), quantised(v_all)
-    q = rng.standard_normal((3, HQ, 2, D)).astype(np.float32)
+    q = rng.standard_normal((3, HQ, lq, D)).astype(np.float32)
     opts = dict(OPTIONS[options])
     causal = opts.pop("causal", "lower_right")
     out, lse = cache.attention(q, [0, 1, 2], causal=causal, return_lse=True, backend=backend, **opts)
@@ -106,6 +107,22 @@ def test_token_by_token_decode_equals_full_causal_attention(backend, rng, dtype)
     want = fastattn.attention(q_all, k.astype(np.float32), v.astype(np.float32), causal=True, backend=backend)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
     assert_matches_oracle(q_all, k.astype(np.float32), v.astype(np.float32), got, causal=True)
+
+
+@pytest.mark.parametrize("lq", [1, 70])
+def test_the_kernel_reads_the_blocks_in_place(rng, monkeypatch, lq):
+    """With the C++ backend nothing is gathered: the kernel reads the pools through the table."""
+    if not fastattn.show_config()["backend"] == "cpp":
+        pytest.skip("the C++ extension is not built")
+    cache, _, _ = filled_cache(rng, "int8", [200, 90])
+    want = cache.attention(np.ones((2, HQ, lq, D), np.float32), [0, 1], backend="numpy")
+
+    def no_gather(*args, **kwargs):
+        raise AssertionError("gathered")
+
+    monkeypatch.setattr(cache, "gather", no_gather)
+    got = cache.attention(np.ones((2, HQ, lq, D), np.float32), [0, 1], backend="cpp")
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
 def test_ragged_prefill_with_q_lengths(rng):

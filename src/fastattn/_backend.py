@@ -104,6 +104,15 @@ def cpp_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, ls
     _core.forward(q, k, v, out, lse, *args)
 
 
+def cpp_forward_paged(q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, out: np.ndarray,
+                      lse: Optional[np.ndarray], table: np.ndarray, k_scale: Optional[np.ndarray],
+                      v_scale: Optional[np.ndarray], args: tuple) -> None:
+    """The forward kernel over a KVCache's block pools (num_blocks, Hkv, block_size, D | Dv) read
+    through `table` (B, width) int32 (int8 pools with their float32 scales); `args` from call_args
+    of a call whose kv_lengths are the sequences' lengths."""
+    _core.forward_paged(q, k_pool, v_pool, out, lse, table, k_scale, v_scale, *args)
+
+
 def cpp_backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, dq: np.ndarray, dk: np.ndarray,
                  dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, args: tuple) -> None:
     """The backward kernel on 4-D arrays, into dq, dk, dv (of q, k, v's shapes); `args` from

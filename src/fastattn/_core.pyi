@@ -9,6 +9,13 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: O
             q_lengths: Optional[np.ndarray], kv_lengths: Optional[np.ndarray], window_left: int,
             window_right: int, alibi_slopes: Optional[np.ndarray], softcap: float,
             sinks: Optional[np.ndarray]) -> None: ...
+def forward_paged(q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, out: np.ndarray,
+                  lse: Optional[np.ndarray], table: np.ndarray, k_scale: Optional[np.ndarray],
+                  v_scale: Optional[np.ndarray], dtype: int, scale: float, causal: int, num_threads: int,
+                  mask: Optional[np.ndarray], mask_kind: int, mask_strides: Tuple[int, int, int],
+                  mask_offsets: Optional[np.ndarray], q_lengths: Optional[np.ndarray],
+                  kv_lengths: Optional[np.ndarray], window_left: int, window_right: int,
+                  alibi_slopes: Optional[np.ndarray], softcap: float, sinks: Optional[np.ndarray]) -> None: ...
 def backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, dq: np.ndarray, dk: np.ndarray,
              dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, dtype: int, scale: float,
              causal: int, num_threads: int, mask: Optional[np.ndarray], mask_kind: int,

@@ -38,10 +38,10 @@ token's largest element. Float inputs are first rounded to float32; a NaN or inf
 quantised and is refused.
 
 ``attention(q, seq_ids, ...)`` attends from new queries to the cached sequences (prefill and
-decode, with windows, ALiBi, softcap, sinks and GQA). ``gather`` turns sequences back into a
-dense, zero-padded batch (a copy): the reference path, the tests' view of the cache, and today
-also what ``attention`` runs on. A kernel that reads the blocks in place takes ``block_table``
-and ``lengths``.
+decode, with windows, ALiBi, softcap, sinks and GQA): the C++ kernel reads the blocks in place
+through ``block_table`` and dequantises int8 as it reads them. ``gather`` turns sequences back
+into a dense, zero-padded batch (a copy): the reference path, the tests' view of the cache, and
+what the NumPy backend runs on.
 
 A ``KVCache`` is not thread-safe: calls that modify it must not run concurrently with any other
 call on the same cache.
@@ -53,7 +53,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._contract import asarray, check_int, is_floating
+from ._backend import call_args, cpp_forward_paged, use_cpp
+from ._contract import asarray, check_bool, check_int, check_num_threads, compute_dtype, is_floating, normalise, stand_in
 
 __all__ = ["KVCache"]
 
@@ -327,10 +328,10 @@ class KVCache:
         ``num_threads`` are those of ``fastattn.attention`` (``causal`` too: False attends to the
         whole cache). The result has q's shape with Dv and q's dtype.
 
-        Today this gathers the sequences into a dense, zero-padded copy (``gather``) and calls
-        ``fastattn.attention`` with their lengths, so it equals that call bitwise; int8 is
-        dequantised to float32 in the copy. A kernel reading the blocks in place through
-        ``block_table`` is the planned next step: the results will stay the same.
+        The C++ backend reads the blocks in place through the block table (int8 dequantised
+        inside the kernel, per block): no gathered or dequantised copy, and the result equals
+        ``fastattn.attention`` over ``gather``'s dense copy bitwise (float storage). The NumPy
+        backend runs on that copy.
         """
         from ._api import attention
 
@@ -343,16 +344,28 @@ class KVCache:
         if q.ndim != 4 or q.shape[0] != len(ids) or q.shape[-1] != self._d or q.shape[1] % self._hkv:
             raise ValueError(f"q.shape (={q.shape}) must be (len(seq_ids), Hq, Lq, head_dim) = "
                              f"({len(ids)}, Hq, Lq, {self._d}) with Hq a multiple of num_kv_heads (={self._hkv})")
-        k, v, kv_lengths = self.gather(ids)
+        table, kv_lengths = self.block_table(ids)
         if q_lengths is None and np.any(kv_lengths < q.shape[2]) and causal == "lower_right":
             # A query needs its own key: more queries than cached tokens means the caller forgot to
             # append them (the first rows would see no key at all).
             short = int(np.argmax(kv_lengths < q.shape[2]))
             raise ValueError(f"sequence {ids[short]} holds {int(kv_lengths[short])} tokens, fewer than the "
                              f"{q.shape[2]} queries (q.shape[2]): append their keys and values first")
-        return attention(q, k, v, causal=causal, scale=scale, kv_lengths=kv_lengths, q_lengths=q_lengths,
-                         window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
-                         return_lse=return_lse, backend=backend, num_threads=num_threads)
+        options = dict(causal=causal, scale=scale, kv_lengths=kv_lengths, q_lengths=q_lengths, window=window,
+                       alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
+        if not (use_cpp(backend) and q.size and table.size):  # NumPy, or nothing to read in place
+            k, v, _ = self.gather(ids)
+            return attention(q, k, v, return_lse=return_lse, backend=backend, num_threads=num_threads, **options)
+        lmax = int(kv_lengths.max())
+        call = normalise(q, stand_in((len(ids), self._hkv, lmax, self._d), q.dtype),
+                         stand_in((len(ids), self._hkv, lmax, self._dv), q.dtype), **options)
+        threads = check_num_threads(num_threads)
+        check_bool(return_lse, "return_lse")
+        out = np.empty(call.out_shape, q.dtype)
+        lse = np.empty(call.out_shape[:-1], compute_dtype(q.dtype)) if return_lse else None
+        cpp_forward_paged(call.q, self._k_blocks, self._v_blocks, out, lse, np.ascontiguousarray(table),
+                          self._k_scales, self._v_scales, call_args(call, threads))
+        return (out, lse) if return_lse else out
 
     # -- writing ------------------------------------------------------------------------------
 

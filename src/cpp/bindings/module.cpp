@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <stdexcept>
@@ -60,9 +61,16 @@ void require_c_contiguous(const py::array& a, const char* name, const py::dtype&
         fail(std::string(name) + " must be a " + (written ? "writeable " : "") + "C-contiguous array of its dtype");
 }
 
+// The options of a call into args, in the order of the Python-side tuple
+// (fastattn._backend._option_args), after q's dtype, batch and hq are set.
+void set_options(fastattn::AttentionArgs& args, double scale, int causal, int num_threads, const py::object& mask,
+                 int mask_kind, std::array<int64_t, 3> mask_strides, const py::object& mask_offsets,
+                 const py::object& q_lengths, const py::object& kv_lengths, int64_t window_left,
+                 int64_t window_right, const py::object& alibi_slopes, double softcap, const py::object& sinks);
+
 // The AttentionArgs of q, k, v, the forward output `out` (written by forward, read
 // by backward) and the options, in the order of the Python-side tuple
-// _api._option_args.
+// _backend._option_args.
 fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py::array& v, const py::array& out,
                           bool out_written, int dtype, double scale, int causal, int num_threads,
                           const py::object& mask, int mask_kind, std::array<int64_t, 3> mask_strides,
@@ -91,6 +99,15 @@ fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py:
     args.k = k.data();
     args.v = v.data();
     args.out = const_cast<void*>(out.data());  // written only by forward, which required it writeable
+    set_options(args, scale, causal, num_threads, mask, mask_kind, mask_strides, mask_offsets, q_lengths, kv_lengths,
+                window_left, window_right, alibi_slopes, softcap, sinks);
+    return args;
+}
+
+void set_options(fastattn::AttentionArgs& args, double scale, int causal, int num_threads, const py::object& mask,
+                 int mask_kind, std::array<int64_t, 3> mask_strides, const py::object& mask_offsets,
+                 const py::object& q_lengths, const py::object& kv_lengths, int64_t window_left,
+                 int64_t window_right, const py::object& alibi_slopes, double softcap, const py::object& sinks) {
     args.scale = scale;
     args.causal = static_cast<fastattn::Causal>(causal);
     args.num_threads = num_threads;
@@ -114,7 +131,18 @@ fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py:
         args.mask.row = mask_strides[1];
         args.mask.col = mask_strides[2];
     }
-    return args;
+}
+
+// lse (None, or a writeable C-contiguous (batch, hq, lq) array of the compute dtype) into args.
+void set_lse(fastattn::AttentionArgs& args, const py::object& lse) {
+    if (lse.is_none()) return;
+    auto lse_array = lse.cast<py::array>();
+    const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+    require_c_contiguous(lse_array, "lse", compute, true);
+    if (lse_array.ndim() != 3 || lse_array.shape(0) != args.batch || lse_array.shape(1) != args.hq ||
+        lse_array.shape(2) != args.lq)
+        fail("lse must have shape (batch, hq, lq)");
+    args.lse = lse_array.mutable_data();
 }
 
 // out (and lse, or None: in the compute dtype) are written in place.
@@ -126,15 +154,66 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
     fastattn::AttentionArgs args = unpack(q, k, v, out, true, dtype, scale, causal, num_threads, mask, mask_kind,
                                      mask_strides, mask_offsets, q_lengths, kv_lengths, window_left, window_right,
                                      alibi_slopes, softcap, sinks);
-    if (!lse.is_none()) {
-        auto lse_array = lse.cast<py::array>();
-        const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
-        require_c_contiguous(lse_array, "lse", compute, true);
-        if (lse_array.ndim() != 3 || lse_array.shape(0) != args.batch || lse_array.shape(1) != args.hq ||
-            lse_array.shape(2) != args.lq)
-            fail("lse must have shape (batch, hq, lq)");
-        args.lse = lse_array.mutable_data();
-    }
+    set_lse(args, lse);
+    py::gil_scoped_release release;
+    fastattn::attention_forward(args);
+}
+
+// The forward over a KVCache's pools (num_blocks, hkv, block_size, d | dv) read
+// through `table` (batch, width) int32; int8 pools come with their float32
+// scales (num_blocks, hkv, block_size), else None. kv_lengths is required.
+void forward_paged(const py::array& q, const py::array& k_pool, const py::array& v_pool, py::array& out,
+                   const py::object& lse, const py::array& table, const py::object& k_scale,
+                   const py::object& v_scale, int dtype, double scale, int causal, int num_threads,
+                   const py::object& mask, int mask_kind, std::array<int64_t, 3> mask_strides,
+                   const py::object& mask_offsets, const py::object& q_lengths, const py::object& kv_lengths,
+                   int64_t window_left, int64_t window_right, const py::object& alibi_slopes, double softcap,
+                   const py::object& sinks) {
+    fastattn::AttentionArgs args;
+    args.dtype = static_cast<DType>(dtype);
+    if (q.itemsize() != itemsize_of(args.dtype)) fail("q's itemsize does not match its dtype code");
+    const bool int8 = k_pool.dtype().equal(py::dtype::of<int8_t>());
+    const py::dtype pool_dtype = int8 ? py::dtype::of<int8_t>() : q.dtype();
+    args.q_strides = strides_of(q, "q", q.dtype());
+    require_c_contiguous(k_pool, "k_pool", pool_dtype, false);
+    require_c_contiguous(v_pool, "v_pool", pool_dtype, false);
+    require_c_contiguous(out, "out", q.dtype(), true);
+    require_c_contiguous(table, "table", py::dtype::of<int32_t>(), false);
+    if (q.ndim() != 4 || k_pool.ndim() != 4 || v_pool.ndim() != 4 || table.ndim() != 2 || out.ndim() != 4)
+        fail("q, the pools and out must be 4-D, the table 2-D");
+    args.batch = q.shape(0);
+    args.hq = q.shape(1);
+    args.lq = q.shape(2);
+    args.d = q.shape(3);
+    args.hkv = k_pool.shape(1);
+    args.dv = v_pool.shape(3);
+    fastattn::PagedKv& pages = args.paged;
+    pages.num_blocks = k_pool.shape(0);
+    pages.block_size = k_pool.shape(2);
+    pages.table_width = table.shape(1);
+    if (v_pool.shape(0) != pages.num_blocks || v_pool.shape(1) != args.hkv || v_pool.shape(2) != pages.block_size ||
+        k_pool.shape(3) != args.d || table.shape(0) != args.batch || out.shape(0) != args.batch ||
+        out.shape(1) != args.hq || out.shape(2) != args.lq || out.shape(3) != args.dv)
+        fail("inconsistent shapes");
+    args.lk = std::max<int64_t>(1, pages.table_width * pages.block_size);
+    args.k_strides = {k_pool.strides(0) / k_pool.itemsize(), k_pool.strides(1) / k_pool.itemsize(),
+                      k_pool.strides(2) / k_pool.itemsize()};
+    args.v_strides = {v_pool.strides(0) / v_pool.itemsize(), v_pool.strides(1) / v_pool.itemsize(),
+                      v_pool.strides(2) / v_pool.itemsize()};
+    pages.table = static_cast<const int32_t*>(table.data());
+    pages.int8 = int8;
+    const py::ssize_t scales = pages.num_blocks * args.hkv * pages.block_size;
+    pages.k_scale = optional_data<float>(k_scale, scales, "k_scale");
+    pages.v_scale = optional_data<float>(v_scale, scales, "v_scale");
+    if (int8 != (pages.k_scale != nullptr) || int8 != (pages.v_scale != nullptr))
+        fail("int8 pools need their scales, other pools none");
+    args.q = q.data();
+    args.k = k_pool.data();
+    args.v = v_pool.data();
+    args.out = out.mutable_data();
+    set_options(args, scale, causal, num_threads, mask, mask_kind, mask_strides, mask_offsets, q_lengths, kv_lengths,
+                window_left, window_right, alibi_slopes, softcap, sinks);
+    set_lse(args, lse);
     py::gil_scoped_release release;
     fastattn::attention_forward(args);
 }
@@ -206,6 +285,12 @@ PYBIND11_MODULE(_core, m) {
           py::arg("mask"), py::arg("mask_kind"), py::arg("mask_strides"), py::arg("mask_offsets"),
           py::arg("q_lengths"), py::arg("kv_lengths"), py::arg("window_left"), py::arg("window_right"),
           py::arg("alibi_slopes"), py::arg("softcap"), py::arg("sinks"));
+    m.def("forward_paged", &forward_paged, py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("out"),
+          py::arg("lse"), py::arg("table"), py::arg("k_scale"), py::arg("v_scale"), py::arg("dtype"),
+          py::arg("scale"), py::arg("causal"), py::arg("num_threads"), py::arg("mask"), py::arg("mask_kind"),
+          py::arg("mask_strides"), py::arg("mask_offsets"), py::arg("q_lengths"), py::arg("kv_lengths"),
+          py::arg("window_left"), py::arg("window_right"), py::arg("alibi_slopes"), py::arg("softcap"),
+          py::arg("sinks"));
     m.def("backward", &backward, py::arg("dout"), py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"),
           py::arg("dv"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dtype"), py::arg("scale"),
           py::arg("causal"), py::arg("num_threads"), py::arg("mask"), py::arg("mask_kind"),

@@ -42,6 +42,18 @@ struct MaskView {
     int64_t head = 0, row = 0, col = 0;      // element strides
 };
 
+// K and V read through a block table (fastattn.KVCache) instead of dense arrays:
+// args.k and args.v point at the pools, (num_blocks, hkv, block_size, d | dv),
+// with k_strides/v_strides.batch the stride of a block; key j of sequence b is
+// row j % block_size of block table[b·table_width + j / block_size]. Forward only.
+struct PagedKv {
+    const int32_t* table = nullptr;  // null: K/V are dense (batch, hkv, lk, ·) arrays
+    int64_t table_width = 0, block_size = 0, num_blocks = 0;
+    bool int8 = false;               // int8 pools (q, out: float32), dequantised by the scales
+    const float* k_scale = nullptr;  // int8: (num_blocks, hkv, block_size) float32, C-contiguous
+    const float* v_scale = nullptr;
+};
+
 struct AttentionArgs {
     DType dtype = DType::f32;
     const void* q = nullptr;  // (batch, hq,  lq, d)   strided, last axis contiguous
@@ -67,6 +79,9 @@ struct AttentionArgs {
     // denominator, with no value: out_i = Σ_j exp(s_ij)·v_j / (Σ_j exp(s_ij) + exp(sink)),
     // and lse_i includes it. -inf: no sink. Rows past q_lengths[b] are padding (lse -inf).
     const double* sinks = nullptr;
+    // Paged K/V (decoding from a KVCache); then lk is the longest sequence's
+    // length and kv_lengths must be given.
+    PagedKv paged;
     MaskView mask;
     // 0: the OpenMP default (OMP_NUM_THREADS). Capped at the processors
     // available: more threads than cores would only wait on each other.

@@ -139,6 +139,22 @@ void check_args(const AttentionArgs& a) {
         require(!a.q_lengths || (a.q_lengths[b] >= 0 && a.q_lengths[b] <= a.lq), "q_lengths out of [0, lq]");
         require(!a.kv_lengths || (a.kv_lengths[b] >= 0 && a.kv_lengths[b] <= a.lk), "kv_lengths out of [0, lk]");
     }
+    const PagedKv& pages = a.paged;
+    if (pages.table) {  // the table indexes memory: every block a sequence uses must exist
+        require(pages.block_size >= 1 && pages.table_width >= 1 && pages.num_blocks >= 1 && a.kv_lengths,
+                "paged K/V need block_size, table_width, num_blocks >= 1 and kv_lengths");
+        require(!pages.int8 || (a.dtype == DType::f32 && pages.k_scale && pages.v_scale),
+                "int8 pools need float32 q and their scales");
+        for (int64_t b = 0; b < a.batch; ++b) {
+            require(a.kv_lengths[b] <= pages.table_width * pages.block_size, "kv_lengths beyond the block table");
+            for (int64_t i = 0; i < (a.kv_lengths[b] + pages.block_size - 1) / pages.block_size; ++i) {
+                const int32_t block = pages.table[b * pages.table_width + i];
+                require(block >= 0 && block < pages.num_blocks, "block table entry out of [0, num_blocks)");
+            }
+        }
+    } else {
+        require(!pages.int8, "int8 K/V only through a block table");
+    }
     const MaskKind kind = a.mask.kind;
     require(kind == MaskKind::none || kind == MaskKind::boolean || kind == MaskKind::additive, "unknown mask kind");
     require(kind == MaskKind::none || (a.mask.data && a.mask.batch_offsets), "mask without data or batch offsets");
@@ -159,6 +175,7 @@ void attention_forward(const AttentionArgs& args) {
 void attention_backward(const AttentionArgs& args, const GradArgs& grad) {
     check_args(args);
     require(grad.dout && grad.lse && grad.dq && grad.dk && grad.dv, "null gradient pointer");
+    require(!args.paged.table, "paged K/V are forward only");
     AttentionArgs resolved = args;
     resolved.num_threads = threads_for(args.num_threads, 2.5 * forward_work(args));
     selected().load()->backward(resolved, grad);

@@ -44,6 +44,7 @@ namespace fastattn {
 namespace FASTATTN_ISA {
 
 void forward(const AttentionArgs& args) {
+    if (args.paged.int8) return forward_typed<float, int8_t>(args);  // check_args: q is float32
     with_storage_type(args.dtype, [&](auto storage) { forward_typed<decltype(storage)>(args); });
 }
 

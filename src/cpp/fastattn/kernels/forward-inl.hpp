@@ -66,6 +66,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "common/pack-inl.hpp"
@@ -92,9 +93,12 @@ constexpr int64_t kDirectMaxRows = 8;
 // a head whose panel does not fit is packed block by block as it streams.
 constexpr int64_t kPanelBudgetBytes = 8 << 20;
 
-template <class S>
+// S: the storage type of q and out; K: of k and v (S, or int8 for a
+// quantised KVCache, computed in float32).
+template <class S, class K = S>
 class ForwardKernel {
     using T = ComputeType<S>;
+    static_assert(std::is_same<ComputeType<K>, T>::value, "K/V are computed in q's compute type");
     using V = Vec<T>;
     using reg = typename V::reg;
     using Tile = Tiles<T>;
@@ -207,8 +211,7 @@ public:
         std::fill(ws.row_sum.begin(), ws.row_sum.begin() + live, T(0));
         std::fill(ws.acc.begin(), ws.acc.begin() + live * dv_pad_, T(0));
 
-        const S* k = static_cast<const S*>(a_.k) + seq.b * a_.k_strides.batch + h_kv * a_.k_strides.head;
-        const S* v = static_cast<const S*>(a_.v) + seq.b * a_.v_strides.batch + h_kv * a_.v_strides.head;
+        const KvSource src = kv_source(seq.b, h_kv);
         const int64_t owner = seq.b * a_.hkv + h_kv;
         // A mask shared by all the task's rows (key padding) is read once per
         // block; it also narrows the block to its unmasked keys, and a block it
@@ -223,9 +226,8 @@ public:
                 while (span_hi > span_lo && ws.bias[span_hi - 1] == neg_inf_) --span_hi;
                 if (span_lo == span_hi) continue;
             }
-            const KvBlock kv = direct_ ? KvBlock{nullptr, nullptr, false, k + key0 * a_.k_strides.row,
-                                                 v + key0 * a_.v_strides.row}
-                                       : packed_block(k, v, owner, key0, keys, ws);
+            const KvBlock kv = direct_ ? KvBlock{nullptr, nullptr, false, &src, key0}
+                                       : packed_block(src, owner, key0, keys, ws);
             if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, kKeyBlock, ws.key_index.data());
             for (int64_t r0 = 0; r0 < live; r0 += kTileRows) {
                 const int64_t n = std::min(kTileRows, live - r0);
@@ -335,21 +337,63 @@ private:
         }
     }
 
+    // Where the keys and values of one (batch, K/V head) are: dense rows, or
+    // the blocks of a paged cache (api.hpp, PagedKv).
+    struct KvSource {
+        const K* k;
+        const K* v;                      // dense: row 0 of this (b, h_kv); paged: the pools at head h_kv
+        const int32_t* table = nullptr;  // paged: this sequence's block ids
+        const T* k_scale = nullptr;      // int8: the scales at head h_kv
+        const T* v_scale = nullptr;
+    };
+
+    KvSource kv_source(int64_t b, int64_t h_kv) const {
+        const K* k = static_cast<const K*>(a_.k) + h_kv * a_.k_strides.head;
+        const K* v = static_cast<const K*>(a_.v) + h_kv * a_.v_strides.head;
+        const PagedKv& pages = a_.paged;
+        if (!pages.table) return {k + b * a_.k_strides.batch, v + b * a_.v_strides.batch};
+        const int64_t scales_at = h_kv * pages.block_size;
+        return {k, v, pages.table + b * pages.table_width,
+                pages.k_scale ? reinterpret_cast<const T*>(pages.k_scale) + scales_at : nullptr,
+                pages.v_scale ? reinterpret_cast<const T*>(pages.v_scale) + scales_at : nullptr};
+    }
+
+    // f(j, n, k_rows, v_rows, k_scales, v_scales) for each run of keys
+    // [j, j + n) stored contiguously that together make up keys [j0, j1):
+    // one run for dense K/V, one per block of a paged cache. Scales are null
+    // unless int8.
+    template <class F>
+    void for_each_run(const KvSource& src, int64_t j0, int64_t j1, F&& f) const {
+        const int64_t k_row = a_.k_strides.row, v_row = a_.v_strides.row;
+        if (!src.table) {
+            if (j0 < j1) f(j0, j1 - j0, src.k + j0 * k_row, src.v + j0 * v_row, nullptr, nullptr);
+            return;
+        }
+        const int64_t size = a_.paged.block_size, scale_block = a_.hkv * size;
+        for (int64_t j = j0; j < j1;) {
+            const int64_t block = src.table[j / size], row = j % size, n = std::min(size - row, j1 - j);
+            const int64_t scale_at = block * scale_block + row;
+            f(j, n, src.k + block * a_.k_strides.batch + row * k_row, src.v + block * a_.v_strides.batch + row * v_row,
+              src.k_scale ? src.k_scale + scale_at : nullptr, src.v_scale ? src.v_scale + scale_at : nullptr);
+            j += n;
+        }
+    }
+
     // One key block of K and V as the tiles read it.
     struct KvBlock {
         const T* k;     // K transposed in panels (pack_transposed)
         const T* v;     // V in column panels of kKeyBlock rows (pack_panels)
         bool v_finite;  // no NaN or inf among its values
-        // In direct mode (direct_) nothing is packed: the block's keys are
-        // read where they are, from these first rows.
-        const S* k_src = nullptr;
-        const S* v_src = nullptr;
+        // In direct mode (direct_) nothing is packed: the block's keys
+        // [key0, key0 + kKeyBlock) are read where they are.
+        const KvSource* src = nullptr;
+        int64_t key0 = 0;
     };
 
     // Key block key0 of the (batch, kv head) `owner`, packed: from this
     // thread's panel when it already holds it, else packed now (into the panel
     // slot, or into the single slot when there is no panel).
-    KvBlock packed_block(const S* k, const S* v, int64_t owner, int64_t key0, int64_t keys, Workspace& ws) const {
+    KvBlock packed_block(const KvSource& src, int64_t owner, int64_t key0, int64_t keys, Workspace& ws) const {
         const bool panel = ws.slot_ready.size() > 1;
         const int64_t slot = panel ? key0 / kKeyBlock : 0;
         T* k_pack = ws.k_pack.get() + slot * a_.d * kKeyBlock;
@@ -362,10 +406,13 @@ private:
             // Keys past `keys` up to the end of the last K panel are zero; V
             // leaves them out (the weighted sum reads keys below a row's end only).
             const int64_t keys_pad = (keys + Tile::kKeys - 1) / Tile::kKeys * Tile::kKeys;
-            pack_transposed(k + key0 * a_.k_strides.row, a_.k_strides.row, keys, keys_pad, a_.d, k_pack,
-                            ws.row.data());
-            pack_panels(v + key0 * a_.v_strides.row, a_.v_strides.row, keys, a_.dv, dv_pad_, kKeyBlock, T(1), v_pack,
-                        nullptr, ws.row.data());
+            for_each_run(src, key0, key0 + keys, [&](int64_t j, int64_t n, const K* k_rows, const K* v_rows,
+                                                     const T* k_scale, const T* v_scale) {
+                pack_transposed(k_rows, a_.k_strides.row, n, n, a_.d, k_pack, ws.row.data(), j - key0, k_scale);
+                pack_panels(v_rows, a_.v_strides.row, n, a_.dv, dv_pad_, kKeyBlock, T(1), v_pack, nullptr,
+                            ws.row.data(), j - key0, v_scale);
+            });
+            pack_transposed(src.k, 0, 0, keys_pad - keys, a_.d, k_pack, ws.row.data(), keys);  // the zero tail
             ws.v_finite[slot] = all_finite(v_pack, keys, kKeyBlock, dv_pad_);
             ws.slot_ready[slot] = 1;
         }
@@ -390,8 +437,11 @@ private:
                 std::fill(scores + r * kKeyBlock + v_begin * W, scores + r * kKeyBlock + first, T(0));
                 std::fill(scores + r * kKeyBlock + last, scores + r * kKeyBlock + v_end * W, T(0));
             }
-            Tile::template unpacked_scores<R>(q_rows, a_.d, kv.k_src, a_.k_strides.row, first, last, scores,
-                                              kKeyBlock);
+            for_each_run(*kv.src, kv.key0 + first, kv.key0 + last,
+                         [&](int64_t j, int64_t n, const K* k_rows, const K*, const T* k_scale, const T*) {
+                             Tile::template unpacked_scores<R>(q_rows, a_.d, k_rows, a_.k_strides.row, 0, n,
+                                                               scores + (j - kv.key0), kKeyBlock, k_scale);
+                         });
         } else {
             Tile::template score_tile<R>(q_rows, a_.d, kv.k, v_begin, v_end, scores, kKeyBlock);
         }
@@ -399,10 +449,16 @@ private:
         softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, v_begin, v_end, scores, alpha, ws);
         T* acc = ws.acc.data() + r0 * dv_pad_;
         if (direct_) {  // row by row, as below for non-finite values (direct mode never looks at V first)
-            for (int r = 0; r < R; ++r)
-                if (lo[r] < hi[r])
-                    Tile::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], kv.v_src, a_.v_strides.row,
-                                       a_.dv, rules_.has_mask(), acc + r * dv_pad_);
+            for (int r = 0; r < R; ++r) {
+                T scale_old = alpha[r];  // rescales acc once, before the first run
+                for_each_run(*kv.src, kv.key0 + lo[r], kv.key0 + hi[r],
+                             [&](int64_t j, int64_t n, const K*, const K* v_rows, const T*, const T* v_scale) {
+                                 Tile::unpacked_sum(scores + r * kKeyBlock + (j - kv.key0), 0, n, scale_old, v_rows,
+                                                    a_.v_strides.row, a_.dv, rules_.has_mask(), acc + r * dv_pad_,
+                                                    v_scale);
+                                 scale_old = T(1);
+                             });
+            }
             return;
         }
         if (kv.v_finite) {
@@ -554,10 +610,10 @@ private:
 // Flash-decoding: when a call has few tasks (decoding a few sequences,
 // Lq = 1), each task's key range is cut into splits (count_splits) whose
 // partial states merge_splits combines.
-template <class S>
+template <class S, class K = S>
 void forward_typed(const AttentionArgs& args) {
     using T = ComputeType<S>;
-    using Kernel = ForwardKernel<S>;
+    using Kernel = ForwardKernel<S, K>;
     const Kernel kernel(args);
     const int64_t tasks = kernel.num_tasks();
     const int64_t splits = count_splits(tasks, (args.lk + kKeyBlock - 1) / kKeyBlock);

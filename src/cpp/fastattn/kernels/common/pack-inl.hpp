@@ -37,43 +37,48 @@ void pack_rows(const S* src, int64_t stride, int64_t rows, int64_t cols, int64_t
 }
 
 // Keys [0, keys) of src (row stride `stride`, `depth` features) transposed
-// into panels; keys [keys, keys_pad) are zero, so that their scores are
-// finite (and then masked), never NaN from uninitialised memory.
+// into panels at key positions [j0, j0 + keys); positions [j0 + keys, j0 +
+// keys_pad) are zero, so that their scores are finite (and then masked), never
+// NaN from uninitialised memory. row_scale (int8 keys): key j's values are
+// widened times row_scale[j].
 template <class S>
 void pack_transposed(const S* src, int64_t stride, int64_t keys, int64_t keys_pad, int64_t depth,
-                     ComputeType<S>* dst, ComputeType<S>* scratch) {
+                     ComputeType<S>* dst, ComputeType<S>* scratch, int64_t j0 = 0,
+                     const ComputeType<S>* row_scale = nullptr) {
     using T = ComputeType<S>;
     constexpr int64_t kKeys = Tiles<T>::kKeys;
     for (int64_t j = 0; j < keys_pad; ++j) {
-        T* d = dst + j / kKeys * depth * kKeys + j % kKeys;
+        T* d = dst + (j0 + j) / kKeys * depth * kKeys + (j0 + j) % kKeys;
         if (j >= keys) {
             for (int64_t c = 0; c < depth; ++c) d[c * kKeys] = T(0);
             continue;
         }
         const S* s = src + j * stride;
         const T* row = reinterpret_cast<const T*>(s);
-        if (!std::is_same<S, T>::value) {
-            widen_row(s, depth, T(1), scratch);
+        if (!std::is_same<S, T>::value || row_scale) {
+            widen_row(s, depth, row_scale ? row_scale[j] : T(1), scratch);
             row = scratch;
         }
         for (int64_t c = 0; c < depth; ++c) d[c * kKeys] = row[c];
     }
 }
 
-// rows × cols of src (row stride `stride`), widened and times `factor`, into
-// column panels of rows_cap rows (columns past cols are zero); when rows_out
-// is given, also row by row at stride cols. scratch holds cols_pad values.
+// rows × cols of src (row stride `stride`), widened and times `factor` (or,
+// for int8 rows, times row_scale[r]), into column panels of rows_cap rows at
+// rows [r0, r0 + rows) (columns past cols are zero); when rows_out is given,
+// also row by row at stride cols. scratch holds cols_pad values.
 template <class S>
 void pack_panels(const S* src, int64_t stride, int64_t rows, int64_t cols, int64_t cols_pad, int64_t rows_cap,
-                 ComputeType<S> factor, ComputeType<S>* dst, ComputeType<S>* rows_out, ComputeType<S>* scratch) {
+                 ComputeType<S> factor, ComputeType<S>* dst, ComputeType<S>* rows_out, ComputeType<S>* scratch,
+                 int64_t r0 = 0, const ComputeType<S>* row_scale = nullptr) {
     using T = ComputeType<S>;
     std::fill(scratch + cols, scratch + cols_pad, T(0));
     for (int64_t r = 0; r < rows; ++r) {
-        widen_row(src + r * stride, cols, factor, scratch);
-        if (rows_out) std::copy(scratch, scratch + cols, rows_out + r * cols);
+        widen_row(src + r * stride, cols, row_scale ? row_scale[r] : factor, scratch);
+        if (rows_out) std::copy(scratch, scratch + cols, rows_out + (r0 + r) * cols);
         for (int64_t c0 = 0; c0 < cols_pad;) {
             const int64_t w = Tiles<T>::panel_width(c0, cols_pad);
-            std::copy(scratch + c0, scratch + c0 + w, dst + c0 * rows_cap + r * w);
+            std::copy(scratch + c0, scratch + c0 + w, dst + c0 * rows_cap + (r0 + r) * w);
             c0 += w;
         }
     }

@@ -62,6 +62,16 @@ struct Storage<bf16> {
     static void store(bf16* p, Vec<float>::reg x) { Vec<float>::store_bf16(reinterpret_cast<uint16_t*>(p), x); }
 };
 
+// int8 (a KVCache's quantised keys and values; read, never written): each row
+// is dequantised as int8 values times that row's float32 scale, which the
+// callers pass as widen_row's factor.
+template <>
+struct Storage<int8_t> {
+    using T = float;
+    static T widen(int8_t x) { return static_cast<T>(x); }
+    static Vec<float>::reg load(const int8_t* p) { return Vec<float>::load_i8(p); }
+};
+
 template <class S>
 using ComputeType = typename Storage<S>::T;
 

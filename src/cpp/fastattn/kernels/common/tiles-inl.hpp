@@ -116,33 +116,28 @@ struct Tiles {
     // out[r][j] = Σ_c a[r·depth + c]·widen(k[j·stride + c]) for keys
     // [first, last), kJ keys at a time so that R·kJ independent FMA chains
     // hide the FMA latency; each score sums its features in order, then
-    // reduce_add, whatever R and kJ are.
+    // reduce_add, whatever R and kJ are. row_scale (int8 keys): the score of
+    // key j is that sum times row_scale[j].
     template <int R, class S>
     static void unpacked_scores(const T* a, int64_t depth, const S* k, int64_t stride, int64_t first, int64_t last,
-                                T* out, int64_t out_stride) {
+                                T* out, int64_t out_stride, const T* row_scale = nullptr) {
         constexpr int kJ = R <= 2 ? 4 : 2;
         int64_t j = first;
-        for (; j + kJ <= last; j += kJ) unpacked_dots<R, kJ>(a, depth, k, stride, j, out, out_stride);
-        for (; j < last; ++j) unpacked_dots<R, 1>(a, depth, k, stride, j, out, out_stride);
+        for (; j + kJ <= last; j += kJ) unpacked_dots<R, kJ>(a, depth, k, stride, j, out, out_stride, row_scale);
+        for (; j < last; ++j) unpacked_dots<R, 1>(a, depth, k, stride, j, out, out_stride, row_scale);
     }
 
     // acc[c] = acc[c]·alpha + Σ_{lo <= j < hi} p[j]·widen(v[j·stride + c]) for
     // one row, V in place, a few columns at a time; with skip_zero, keys of
-    // weight exactly 0 are skipped.
+    // weight exactly 0 are skipped. row_scale (int8 values): p[j] is
+    // multiplied by row_scale[j] first.
     template <class S>
     static void unpacked_sum(const T* p, int64_t lo, int64_t hi, T alpha, const S* v, int64_t stride, int64_t dv,
-                             bool skip_zero, T* acc) {
-        constexpr int kCols = 4;  // vectors of columns per pass
-        int64_t c = 0;
-        for (; c + kCols * W <= dv; c += kCols * W)
-            unpacked_sum_cols<kCols>(p, lo, hi, alpha, v + c, stride, skip_zero, acc + c);
-        for (; c + W <= dv; c += W) unpacked_sum_cols<1>(p, lo, hi, alpha, v + c, stride, skip_zero, acc + c);
-        for (; c < dv; ++c) {
-            T sum = acc[c] * alpha;
-            for (int64_t j = lo; j < hi; ++j)
-                if (!(skip_zero && p[j] == T(0))) sum += p[j] * Storage<S>::widen(v[j * stride + c]);
-            acc[c] = sum;
-        }
+                             bool skip_zero, T* acc, const T* row_scale = nullptr) {
+        if (row_scale)
+            unpacked_sum_impl<true>(p, lo, hi, alpha, v, stride, dv, skip_zero, acc, row_scale);
+        else
+            unpacked_sum_impl<false>(p, lo, hi, alpha, v, stride, dv, skip_zero, acc, row_scale);
     }
 
 private:
@@ -171,9 +166,27 @@ private:
             for (int n = 0; n < N; ++n) V::store(c + r * c_stride + n * W, acc[r][n]);
     }
 
+    template <bool kScaled, class S>
+    static void unpacked_sum_impl(const T* p, int64_t lo, int64_t hi, T alpha, const S* v, int64_t stride,
+                                  int64_t dv, bool skip_zero, T* acc, const T* row_scale) {
+        constexpr int kCols = 4;  // vectors of columns per pass
+        int64_t c = 0;
+        for (; c + kCols * W <= dv; c += kCols * W)
+            unpacked_sum_cols<kCols, kScaled>(p, lo, hi, alpha, v + c, stride, skip_zero, acc + c, row_scale);
+        for (; c + W <= dv; c += W)
+            unpacked_sum_cols<1, kScaled>(p, lo, hi, alpha, v + c, stride, skip_zero, acc + c, row_scale);
+        for (; c < dv; ++c) {
+            T sum = acc[c] * alpha;
+            for (int64_t j = lo; j < hi; ++j)
+                if (!(skip_zero && p[j] == T(0)))
+                    sum += (kScaled ? p[j] * row_scale[j] : p[j]) * Storage<S>::widen(v[j * stride + c]);
+            acc[c] = sum;
+        }
+    }
+
     template <int R, int J, class S>
     static void unpacked_dots(const T* a, int64_t depth, const S* k, int64_t stride, int64_t j0, T* out,
-                              int64_t out_stride) {
+                              int64_t out_stride, const T* row_scale) {
         reg dot[R][J];
         for (int r = 0; r < R; ++r)
             for (int j = 0; j < J; ++j) dot[r][j] = V::zero();
@@ -190,19 +203,19 @@ private:
             for (int j = 0; j < J; ++j) {
                 T sum = V::reduce_add(dot[r][j]);
                 for (int64_t t = c; t < depth; ++t) sum += a[r * depth + t] * Storage<S>::widen(k[(j0 + j) * stride + t]);
-                out[r * out_stride + j0 + j] = sum;
+                out[r * out_stride + j0 + j] = row_scale ? sum * row_scale[j0 + j] : sum;
             }
     }
 
-    template <int N, class S>
+    template <int N, bool kScaled, class S>
     static void unpacked_sum_cols(const T* p, int64_t lo, int64_t hi, T alpha, const S* v, int64_t stride,
-                                  bool skip_zero, T* acc) {
+                                  bool skip_zero, T* acc, const T* row_scale) {
         reg out[N];
         const reg scale = V::set1(alpha);
         for (int n = 0; n < N; ++n) out[n] = V::mul(V::load(acc + n * W), scale);
         for (int64_t j = lo; j < hi; ++j) {
             if (skip_zero && p[j] == T(0)) continue;
-            const reg pj = V::set1(p[j]);
+            const reg pj = V::set1(kScaled ? p[j] * row_scale[j] : p[j]);
             for (int n = 0; n < N; ++n) out[n] = V::fma(pj, Storage<S>::load(v + j * stride + n * W), out[n]);
         }
         for (int n = 0; n < N; ++n) V::store(acc + n * W, out[n]);

@@ -14,6 +14,7 @@
 //   add_bias(s, b) s + b, except -inf where b is -inf: a masked key's score is
 //                  -inf even when s is NaN, so NaN cannot leak past a mask
 //   load_f16/bf16  (float only) 16-bit floats widened to float32, exactly
+//   load_i8        (float only) int8 values (a KVCache's) converted to float32, exactly
 //   store_f16/bf16 (float only) narrowed with round to nearest even, NaN kept
 #pragma once
 
@@ -63,6 +64,9 @@ struct Vec<float> {
     }
     static reg load_f16(const uint16_t* p) {  // F16C
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+    static reg load_i8(const int8_t* p) {  // 8 int8 values, exactly
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
     }
     static reg load_bf16(const uint16_t* p) {
         const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));

@@ -45,6 +45,10 @@ struct Vec<float> {
         return vbslq_f32(vceqq_f32(b, vdupq_n_f32(-__builtin_inff())), b, vaddq_f32(s, b));
     }
     static reg load_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+    static reg load_i8(const int8_t* p) {
+        int8_t lanes[8] = {p[0], p[1], p[2], p[3], 0, 0, 0, 0};  // 4 values: never read past them
+        return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vld1_s8(lanes)))));
+    }
     static reg load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
     static void store_f16(uint16_t* p, reg x) { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(x))); }
     static void store_bf16(uint16_t* p, reg x) {  // as in vec/avx2.hpp

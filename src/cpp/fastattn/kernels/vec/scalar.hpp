@@ -41,6 +41,7 @@ struct Vec {
     static reg add_bias(reg s, reg b) { return b == -std::numeric_limits<T>::infinity() ? b : s + b; }
     static reg load_f16(const uint16_t* p) { return f16_to_f32(*p); }
     static reg load_bf16(const uint16_t* p) { return bf16_to_f32(*p); }
+    static reg load_i8(const int8_t* p) { return static_cast<T>(*p); }
     static void store_f16(uint16_t* p, reg x) { *p = f32_to_f16(x); }
     static void store_bf16(uint16_t* p, reg x) { *p = f32_to_bf16(x); }
     static T reduce_add(reg x) { return x; }
