@@ -313,7 +313,7 @@ def test_bfloat16_storage():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     for dtype in ("bfloat16", ml_dtypes.bfloat16, np.dtype(ml_dtypes.bfloat16)):
         cache = KVCache(2, 4, dtype=dtype)
-        assert cache.dtype == np.dtype(ml_dtypes.bfloat16) and cache.block_bytes == 2 * 16 * 8 * 2
+        assert cache.dtype == np.dtype(ml_dtypes.bfloat16) and cache.block_bytes == 2 * 128 * 8 * 2  # the default block_size: 128
     x = np.float32([1 + 2**-8, 1 + 3 * 2**-8, -2.5, 1e30]).reshape(1, 1, 4)  # ties round to even
     cache = KVCache(1, 4, dtype="bfloat16")
     cache.append([0], [x], [x])

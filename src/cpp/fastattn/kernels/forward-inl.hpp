@@ -449,16 +449,18 @@ private:
         softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, v_begin, v_end, scores, alpha, ws);
         T* acc = ws.acc.data() + r0 * dv_pad_;
         if (direct_) {  // row by row, as below for non-finite values (direct mode never looks at V first)
-            for (int r = 0; r < R; ++r) {
-                T scale_old = alpha[r];  // rescales acc once, before the first run
-                for_each_run(*kv.src, kv.key0 + lo[r], kv.key0 + hi[r],
-                             [&](int64_t j, int64_t n, const K*, const K* v_rows, const T*, const T* v_scale) {
-                                 Tile::unpacked_sum(scores + r * kKeyBlock + (j - kv.key0), 0, n, scale_old, v_rows,
-                                                    a_.v_strides.row, a_.dv, rules_.has_mask(), acc + r * dv_pad_,
-                                                    v_scale);
-                                 scale_old = T(1);
-                             });
-            }
+            // The block's value rows, run by run (one run for dense V).
+            using Run = typename Tile::template Run<K>;
+            Run runs[kKeyBlock];
+            int64_t num_runs = 0;
+            for_each_run(*kv.src, kv.key0 + first, kv.key0 + last,
+                         [&](int64_t j, int64_t n, const K*, const K* v_rows, const T*, const T* v_scale) {
+                             runs[num_runs++] = Run{j - kv.key0, n, v_rows, v_scale};
+                         });
+            for (int r = 0; r < R; ++r)
+                if (lo[r] < hi[r])
+                    Tile::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], runs, num_runs,
+                                       a_.v_strides.row, a_.dv, rules_.has_mask(), acc + r * dv_pad_);
             return;
         }
         if (kv.v_finite) {

@@ -127,17 +127,41 @@ struct Tiles {
         for (; j < last; ++j) unpacked_dots<R, 1>(a, depth, k, stride, j, out, out_stride, row_scale);
     }
 
-    // acc[c] = acc[c]·alpha + Σ_{lo <= j < hi} p[j]·widen(v[j·stride + c]) for
-    // one row, V in place, a few columns at a time; with skip_zero, keys of
-    // weight exactly 0 are skipped. row_scale (int8 values): p[j] is
-    // multiplied by row_scale[j] first.
+    // Rows of V read in place: keys [j0, j0 + n) at v (row stride of the call),
+    // int8 ones times scale[j − j0] (null otherwise). Dense V is one run, a
+    // paged cache's one per block.
     template <class S>
-    static void unpacked_sum(const T* p, int64_t lo, int64_t hi, T alpha, const S* v, int64_t stride, int64_t dv,
-                             bool skip_zero, T* acc, const T* row_scale = nullptr) {
-        if (row_scale)
-            unpacked_sum_impl<true>(p, lo, hi, alpha, v, stride, dv, skip_zero, acc, row_scale);
-        else
-            unpacked_sum_impl<false>(p, lo, hi, alpha, v, stride, dv, skip_zero, acc, row_scale);
+    struct Run {
+        int64_t j0, n;
+        const S* v;
+        const T* scale;
+    };
+
+    // acc[c] = acc[c]·alpha + Σ_{lo <= j < hi} p[j]·widen(v_j[c]) for one row,
+    // V in place in `runs` (ascending keys), a few columns at a time, every
+    // run inside the column loop so that acc stays in registers; with
+    // skip_zero, keys of weight exactly 0 are skipped. Keys are summed in
+    // order, however V is cut into runs.
+    template <class S>
+    static void unpacked_sum(const T* p, int64_t lo, int64_t hi, T alpha, const Run<S>* runs, int64_t num_runs,
+                             int64_t stride, int64_t dv, bool skip_zero, T* acc) {
+        constexpr int kCols = 4;  // vectors of columns per pass
+        int64_t c = 0;
+        for (; c + kCols * W <= dv; c += kCols * W)
+            unpacked_sum_cols<kCols>(p, lo, hi, alpha, runs, num_runs, stride, c, skip_zero, acc + c);
+        for (; c + W <= dv; c += W) unpacked_sum_cols<1>(p, lo, hi, alpha, runs, num_runs, stride, c, skip_zero, acc + c);
+        for (; c < dv; ++c) {
+            T sum = acc[c] * alpha;
+            for (int64_t i = 0; i < num_runs; ++i) {
+                const Run<S>& run = runs[i];
+                for (int64_t j = std::max(lo, run.j0); j < std::min(hi, run.j0 + run.n); ++j) {
+                    if (skip_zero && p[j] == T(0)) continue;
+                    const T pj = run.scale ? p[j] * run.scale[j - run.j0] : p[j];
+                    sum += pj * Storage<S>::widen(run.v[(j - run.j0) * stride + c]);
+                }
+            }
+            acc[c] = sum;
+        }
     }
 
 private:
@@ -166,24 +190,6 @@ private:
             for (int n = 0; n < N; ++n) V::store(c + r * c_stride + n * W, acc[r][n]);
     }
 
-    template <bool kScaled, class S>
-    static void unpacked_sum_impl(const T* p, int64_t lo, int64_t hi, T alpha, const S* v, int64_t stride,
-                                  int64_t dv, bool skip_zero, T* acc, const T* row_scale) {
-        constexpr int kCols = 4;  // vectors of columns per pass
-        int64_t c = 0;
-        for (; c + kCols * W <= dv; c += kCols * W)
-            unpacked_sum_cols<kCols, kScaled>(p, lo, hi, alpha, v + c, stride, skip_zero, acc + c, row_scale);
-        for (; c + W <= dv; c += W)
-            unpacked_sum_cols<1, kScaled>(p, lo, hi, alpha, v + c, stride, skip_zero, acc + c, row_scale);
-        for (; c < dv; ++c) {
-            T sum = acc[c] * alpha;
-            for (int64_t j = lo; j < hi; ++j)
-                if (!(skip_zero && p[j] == T(0)))
-                    sum += (kScaled ? p[j] * row_scale[j] : p[j]) * Storage<S>::widen(v[j * stride + c]);
-            acc[c] = sum;
-        }
-    }
-
     template <int R, int J, class S>
     static void unpacked_dots(const T* a, int64_t depth, const S* k, int64_t stride, int64_t j0, T* out,
                               int64_t out_stride, const T* row_scale) {
@@ -207,16 +213,31 @@ private:
             }
     }
 
-    template <int N, bool kScaled, class S>
-    static void unpacked_sum_cols(const T* p, int64_t lo, int64_t hi, T alpha, const S* v, int64_t stride,
-                                  bool skip_zero, T* acc, const T* row_scale) {
+    template <int N, class S>
+    static void unpacked_sum_cols(const T* p, int64_t lo, int64_t hi, T alpha, const Run<S>* runs, int64_t num_runs,
+                                  int64_t stride, int64_t c, bool skip_zero, T* acc) {
         reg out[N];
         const reg scale = V::set1(alpha);
         for (int n = 0; n < N; ++n) out[n] = V::mul(V::load(acc + n * W), scale);
-        for (int64_t j = lo; j < hi; ++j) {
-            if (skip_zero && p[j] == T(0)) continue;
-            const reg pj = V::set1(kScaled ? p[j] * row_scale[j] : p[j]);
-            for (int n = 0; n < N; ++n) out[n] = V::fma(pj, Storage<S>::load(v + j * stride + n * W), out[n]);
+        for (const Run<S>* run_ptr = runs; run_ptr < runs + num_runs; ++run_ptr) {
+            const Run<S>& run = *run_ptr;
+            // Keys j = run.j0 + i of the run, i in [first, last): its rows from run.v.
+            const int64_t first = std::max(lo, run.j0) - run.j0, last = std::min(hi, run.j0 + run.n) - run.j0;
+            const T* pr = p + run.j0;
+            const S* v = run.v + c;
+            if (run.scale) {
+                for (int64_t i = first; i < last; ++i) {
+                    if (skip_zero && pr[i] == T(0)) continue;
+                    const reg pj = V::set1(pr[i] * run.scale[i]);
+                    for (int n = 0; n < N; ++n) out[n] = V::fma(pj, Storage<S>::load(v + i * stride + n * W), out[n]);
+                }
+                continue;
+            }
+            for (int64_t i = first; i < last; ++i) {
+                if (skip_zero && pr[i] == T(0)) continue;
+                const reg pj = V::set1(pr[i]);
+                for (int n = 0; n < N; ++n) out[n] = V::fma(pj, Storage<S>::load(v + i * stride + n * W), out[n]);
+            }
         }
         for (int n = 0; n < N; ++n) V::store(acc + n * W, out[n]);
     }
