@@ -151,3 +151,36 @@ def test_errors(rng, make_q, exc, message):
     assert message in str(info.value)
     with pytest.raises(ValueError, match="seq_id"):
         cache.attention(np.zeros((1, HQ, 1, D), np.float32), [7])
+
+
+def test_decode_cycles_do_not_leak():
+    """20,000 decode steps (append a token, attend, roll back past 64 tokens) keep the pool and
+    the process's memory bounded: the kernel's workspaces and the Python side free what they
+    take."""
+    import os
+
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("RSS is read from /proc/self/statm")
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    rng = np.random.default_rng(5)
+    cache = fastattn.KVCache(HKV, D, dtype="int8", block_size=8)
+    k = rng.standard_normal((2, HKV, 1, D)).astype(np.float32)
+    q = rng.standard_normal((2, HQ, 1, D)).astype(np.float32)
+
+    def steps(n):
+        for _ in range(n):
+            cache.append([0, 1], k, k)
+            cache.attention(q, [0, 1], sinks=[0.0, 1.0, 2.0, 3.0])  # the C++ kernel when built
+            if cache.length(0) > 64:
+                cache.truncate(0, 3)
+                cache.truncate(1, 5)
+
+    steps(1_000)  # warm up
+    before = rss()
+    steps(20_000)
+    assert cache.num_blocks <= 32
+    assert rss() - before < 2 * 2**20, f"RSS grew by {(rss() - before) / 2**20:.2f} MiB over 20,000 decode steps"
