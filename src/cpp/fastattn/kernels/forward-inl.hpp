@@ -457,6 +457,15 @@ private:
                          [&](int64_t j, int64_t n, const K*, const K* v_rows, const T*, const T* v_scale) {
                              runs[num_runs++] = Run{j - kv.key0, n, v_rows, v_scale};
                          });
+            // Rows that see the same keys, with no mask to skip zeros for (decoding a GQA
+            // group): one pass over V for all of them; else row by row.
+            bool shared = !rules_.has_mask() && lo[0] < hi[0];
+            for (int r = 1; r < R; ++r) shared = shared && lo[r] == lo[0] && hi[r] == hi[0];
+            if (shared) {
+                Tile::template unpacked_sum_rows<R>(scores, kKeyBlock, lo[0], hi[0], alpha, runs, num_runs,
+                                                    a_.v_strides.row, a_.dv, acc, dv_pad_);
+                return;
+            }
             for (int r = 0; r < R; ++r)
                 if (lo[r] < hi[r])
                     Tile::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], runs, num_runs,

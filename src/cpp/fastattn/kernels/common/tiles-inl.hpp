@@ -164,6 +164,33 @@ struct Tiles {
         }
     }
 
+    // unpacked_sum for R rows that see the same keys [lo, hi) (decoding: the
+    // query heads of a GQA group), without zero skipping: each value vector
+    // is loaded (and widened) once for all R rows. Row r's weights are
+    // p[r·p_stride + j], its accumulator acc + r·acc_stride; each row's sum is
+    // the one unpacked_sum forms, term by term.
+    template <int R, class S>
+    static void unpacked_sum_rows(const T* p, int64_t p_stride, int64_t lo, int64_t hi, const T* alpha,
+                                  const Run<S>* runs, int64_t num_runs, int64_t stride, int64_t dv, T* acc,
+                                  int64_t acc_stride) {
+        constexpr int kCols = V::registers >= 32 ? 4 : 2;  // R·kCols + kCols + 1 registers, R <= 6
+        int64_t c = 0;
+        for (; c + kCols * W <= dv; c += kCols * W)
+            sum_rows_cols<R, kCols>(p, p_stride, lo, hi, alpha, runs, num_runs, stride, c, acc + c, acc_stride);
+        for (; c + W <= dv; c += W)
+            sum_rows_cols<R, 1>(p, p_stride, lo, hi, alpha, runs, num_runs, stride, c, acc + c, acc_stride);
+        for (int r = 0; c < dv && r < R; ++r)  // the last columns, row by row as unpacked_sum does
+            for (int64_t cc = c; cc < dv; ++cc) {
+                T sum = acc[r * acc_stride + cc] * alpha[r];
+                for (const Run<S>* run = runs; run < runs + num_runs; ++run)
+                    for (int64_t j = std::max(lo, run->j0); j < std::min(hi, run->j0 + run->n); ++j) {
+                        const T pj = run->scale ? p[r * p_stride + j] * run->scale[j - run->j0] : p[r * p_stride + j];
+                        sum += pj * Storage<S>::widen(run->v[(j - run->j0) * stride + cc]);
+                    }
+                acc[r * acc_stride + cc] = sum;
+            }
+    }
+
 private:
     template <int R, int N, int64_t kAr, int64_t kAi, bool kSkipZero>
     FASTATTN_TILE static void weighted_sum_cols(const T* a, int64_t lo, int64_t hi, const T* alpha, const T* b, T* c,
@@ -188,6 +215,33 @@ private:
         }
         for (int r = 0; r < R; ++r)
             for (int n = 0; n < N; ++n) V::store(c + r * c_stride + n * W, acc[r][n]);
+    }
+
+    template <int R, int N, class S>
+    static void sum_rows_cols(const T* p, int64_t p_stride, int64_t lo, int64_t hi, const T* alpha,
+                              const Run<S>* runs, int64_t num_runs, int64_t stride, int64_t c, T* acc,
+                              int64_t acc_stride) {
+        reg out[R][N];
+        for (int r = 0; r < R; ++r) {
+            const reg scale = V::set1(alpha[r]);
+            for (int n = 0; n < N; ++n) out[r][n] = V::mul(V::load(acc + r * acc_stride + n * W), scale);
+        }
+        for (const Run<S>* run = runs; run < runs + num_runs; ++run) {
+            const int64_t first = std::max(lo, run->j0) - run->j0, last = std::min(hi, run->j0 + run->n) - run->j0;
+            const T* pr = p + run->j0;
+            const S* v = run->v + c;
+            for (int64_t i = first; i < last; ++i) {
+                reg vals[N];
+                for (int n = 0; n < N; ++n) vals[n] = Storage<S>::load(v + i * stride + n * W);
+                for (int r = 0; r < R; ++r) {
+                    const T w = run->scale ? pr[r * p_stride + i] * run->scale[i] : pr[r * p_stride + i];
+                    const reg pj = V::set1(w);
+                    for (int n = 0; n < N; ++n) out[r][n] = V::fma(pj, vals[n], out[r][n]);
+                }
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < N; ++n) V::store(acc + r * acc_stride + n * W, out[r][n]);
     }
 
     template <int R, int J, class S>
