@@ -61,6 +61,14 @@
 
 #pragma once
 
+#ifndef FASTATTN_NOINLINE
+#if defined(__GNUC__)
+#define FASTATTN_NOINLINE __attribute__((noinline))
+#else
+#define FASTATTN_NOINLINE
+#endif
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -433,43 +441,15 @@ private:
         T* scores = ws.scores.data();
         const T* q_rows = ws.q_pack.data() + r0 * a_.d;
         if (direct_) {
-            for (int r = 0; r < R; ++r) {  // keys of the vector range outside [first, last): masked later
-                std::fill(scores + r * kKeyBlock + v_begin * W, scores + r * kKeyBlock + first, T(0));
-                std::fill(scores + r * kKeyBlock + last, scores + r * kKeyBlock + v_end * W, T(0));
-            }
-            for_each_run(*kv.src, kv.key0 + first, kv.key0 + last,
-                         [&](int64_t j, int64_t n, const K* k_rows, const K*, const T* k_scale, const T*) {
-                             Tile::template unpacked_scores<R>(q_rows, a_.d, k_rows, a_.k_strides.row, 0, n,
-                                                               scores + (j - kv.key0), kKeyBlock, k_scale);
-                         });
+            direct_scores<R>(q_rows, kv, first, last, v_begin, v_end, scores);
         } else {
             Tile::template score_tile<R>(q_rows, a_.d, kv.k, v_begin, v_end, scores, kKeyBlock);
         }
         T alpha[R];
         softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, v_begin, v_end, scores, alpha, ws);
         T* acc = ws.acc.data() + r0 * dv_pad_;
-        if (direct_) {  // row by row, as below for non-finite values (direct mode never looks at V first)
-            // The block's value rows, run by run (one run for dense V).
-            using Run = typename Tile::template Run<K>;
-            Run runs[kKeyBlock];
-            int64_t num_runs = 0;
-            for_each_run(*kv.src, kv.key0 + first, kv.key0 + last,
-                         [&](int64_t j, int64_t n, const K*, const K* v_rows, const T*, const T* v_scale) {
-                             runs[num_runs++] = Run{j - kv.key0, n, v_rows, v_scale};
-                         });
-            // Rows that see the same keys, with no mask to skip zeros for (decoding a GQA
-            // group): one pass over V for all of them; else row by row.
-            bool shared = !rules_.has_mask() && lo[0] < hi[0];
-            for (int r = 1; r < R; ++r) shared = shared && lo[r] == lo[0] && hi[r] == hi[0];
-            if (shared) {
-                Tile::template unpacked_sum_rows<R>(scores, kKeyBlock, lo[0], hi[0], alpha, runs, num_runs,
-                                                    a_.v_strides.row, a_.dv, acc, dv_pad_);
-                return;
-            }
-            for (int r = 0; r < R; ++r)
-                if (lo[r] < hi[r])
-                    Tile::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], runs, num_runs,
-                                       a_.v_strides.row, a_.dv, rules_.has_mask(), acc + r * dv_pad_);
+        if (direct_) {  // (direct mode never looks at V first: no v_finite)
+            direct_sums<R>(lo, hi, alpha, kv, first, last, scores, acc);
             return;
         }
         if (kv.v_finite) {
@@ -493,6 +473,50 @@ private:
                 Tile::template weighted_sum<1, kKeyBlock, 1>(p, lo[r], hi[r], alpha + r, kv.v, kKeyBlock, dv_pad_,
                                                              acc_r, dv_pad_);
         }
+    }
+
+    // Direct mode (decoding: K/V read in place), out of line so that the packed
+    // path of update_rows keeps its code layout. The scores of keys
+    // [first, last) of the block, run by run.
+    template <int R>
+    FASTATTN_NOINLINE void direct_scores(const T* q_rows, const KvBlock& kv, int64_t first, int64_t last,
+                                         int64_t v_begin, int64_t v_end, T* scores) const {
+        for (int r = 0; r < R; ++r) {  // keys of the vector range outside [first, last): masked later
+            std::fill(scores + r * kKeyBlock + v_begin * W, scores + r * kKeyBlock + first, T(0));
+            std::fill(scores + r * kKeyBlock + last, scores + r * kKeyBlock + v_end * W, T(0));
+        }
+        for_each_run(*kv.src, kv.key0 + first, kv.key0 + last,
+                     [&](int64_t j, int64_t n, const K* k_rows, const K*, const T* k_scale, const T*) {
+                         Tile::template unpacked_scores<R>(q_rows, a_.d, k_rows, a_.k_strides.row, 0, n,
+                                                           scores + (j - kv.key0), kKeyBlock, k_scale);
+                     });
+    }
+
+    // acc = acc·alpha + p·V over each row's keys, V read in place, run by run.
+    template <int R>
+    FASTATTN_NOINLINE void direct_sums(const int64_t* lo, const int64_t* hi, const T* alpha, const KvBlock& kv,
+                                       int64_t first, int64_t last, const T* scores, T* acc) const {
+        // The block's value rows, run by run (one run for dense V).
+        using Run = typename Tile::template Run<K>;
+        Run runs[kKeyBlock];
+        int64_t num_runs = 0;
+        for_each_run(*kv.src, kv.key0 + first, kv.key0 + last,
+                     [&](int64_t j, int64_t n, const K*, const K* v_rows, const T*, const T* v_scale) {
+                         runs[num_runs++] = Run{j - kv.key0, n, v_rows, v_scale};
+                     });
+        // Rows that see the same keys, with no mask to skip zeros for (decoding a GQA
+        // group): one pass over V for all of them; else row by row.
+        bool shared = !rules_.has_mask() && lo[0] < hi[0];
+        for (int r = 1; r < R; ++r) shared = shared && lo[r] == lo[0] && hi[r] == hi[0];
+        if (shared) {
+            Tile::template unpacked_sum_rows<R>(scores, kKeyBlock, lo[0], hi[0], alpha, runs, num_runs,
+                                                a_.v_strides.row, a_.dv, acc, dv_pad_);
+            return;
+        }
+        for (int r = 0; r < R; ++r)
+            if (lo[r] < hi[r])
+                Tile::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], runs, num_runs,
+                                   a_.v_strides.row, a_.dv, rules_.has_mask(), acc + r * dv_pad_);
     }
 
     // The online-softmax step of task rows [r0, r0 + R) for one key block:
