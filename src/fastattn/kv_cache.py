@@ -121,8 +121,8 @@ class KVCache:
       module docstring).
     - ``block_size``: tokens per block, an int >= 1. The kernel streams each head's rows of a
       block contiguously, so larger blocks read faster (decoding 8 × 4096 tokens, Hkv = 8,
-      D = 128, AMD EPYC, 2 threads: block_size 16 → 19.7 ms, 128 → 16.5 ms for float32; int8
-      9.7 → 7.2 ms); smaller blocks waste less of each sequence's last block.
+      D = 128, AMD EPYC, 2 threads: block_size 16 → 20.0 ms, 128 → 12.8 ms for float32; int8
+      8.7 → 6.1 ms); smaller blocks waste less of each sequence's last block.
     - ``max_blocks``: ``None``: the pool grows by doubling when it is full; an int >= 1: the pool
       is allocated once with that many blocks, and an append that needs more raises
       ``ValueError`` (leaving the cache unchanged).
