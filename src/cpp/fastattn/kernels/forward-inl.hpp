@@ -79,6 +79,7 @@
 
 #include "common/pack-inl.hpp"
 #include "common/parallel-inl.hpp"
+#include "common/kv_rows-inl.hpp"
 #include "common/rules-inl.hpp"
 #include "common/storage-inl.hpp"
 #include "common/tiles-inl.hpp"
@@ -107,6 +108,7 @@ template <class S, class K = S>
 class ForwardKernel {
     using T = ComputeType<S>;
     static_assert(std::is_same<ComputeType<K>, T>::value, "K/V are computed in q's compute type");
+    using KvSource = KvRows<K>;
     using V = Vec<T>;
     using reg = typename V::reg;
     using Tile = Tiles<T>;
@@ -219,7 +221,7 @@ public:
         std::fill(ws.row_sum.begin(), ws.row_sum.begin() + live, T(0));
         std::fill(ws.acc.begin(), ws.acc.begin() + live * dv_pad_, T(0));
 
-        const KvSource src = kv_source(seq.b, h_kv);
+        const KvSource src = KvSource::of(a_, seq.b, h_kv);
         const int64_t owner = seq.b * a_.hkv + h_kv;
         // A mask shared by all the task's rows (key padding) is read once per
         // block; it also narrows the block to its unmasked keys, and a block it
@@ -345,48 +347,6 @@ private:
         }
     }
 
-    // Where the keys and values of one (batch, K/V head) are: dense rows, or
-    // the blocks of a paged cache (api.hpp, PagedKv).
-    struct KvSource {
-        const K* k;
-        const K* v;                      // dense: row 0 of this (b, h_kv); paged: the pools at head h_kv
-        const int32_t* table = nullptr;  // paged: this sequence's block ids
-        const T* k_scale = nullptr;      // int8: the scales at head h_kv
-        const T* v_scale = nullptr;
-    };
-
-    KvSource kv_source(int64_t b, int64_t h_kv) const {
-        const K* k = static_cast<const K*>(a_.k) + h_kv * a_.k_strides.head;
-        const K* v = static_cast<const K*>(a_.v) + h_kv * a_.v_strides.head;
-        const PagedKv& pages = a_.paged;
-        if (!pages.table) return {k + b * a_.k_strides.batch, v + b * a_.v_strides.batch};
-        const int64_t scales_at = h_kv * pages.block_size;
-        return {k, v, pages.table + b * pages.table_width,
-                pages.k_scale ? reinterpret_cast<const T*>(pages.k_scale) + scales_at : nullptr,
-                pages.v_scale ? reinterpret_cast<const T*>(pages.v_scale) + scales_at : nullptr};
-    }
-
-    // f(j, n, k_rows, v_rows, k_scales, v_scales) for each run of keys
-    // [j, j + n) stored contiguously that together make up keys [j0, j1):
-    // one run for dense K/V, one per block of a paged cache. Scales are null
-    // unless int8.
-    template <class F>
-    void for_each_run(const KvSource& src, int64_t j0, int64_t j1, F&& f) const {
-        const int64_t k_row = a_.k_strides.row, v_row = a_.v_strides.row;
-        if (!src.table) {
-            if (j0 < j1) f(j0, j1 - j0, src.k + j0 * k_row, src.v + j0 * v_row, nullptr, nullptr);
-            return;
-        }
-        const int64_t size = a_.paged.block_size, scale_block = a_.hkv * size;
-        for (int64_t j = j0; j < j1;) {
-            const int64_t block = src.table[j / size], row = j % size, n = std::min(size - row, j1 - j);
-            const int64_t scale_at = block * scale_block + row;
-            f(j, n, src.k + block * a_.k_strides.batch + row * k_row, src.v + block * a_.v_strides.batch + row * v_row,
-              src.k_scale ? src.k_scale + scale_at : nullptr, src.v_scale ? src.v_scale + scale_at : nullptr);
-            j += n;
-        }
-    }
-
     // One key block of K and V as the tiles read it.
     struct KvBlock {
         const T* k;     // K transposed in panels (pack_transposed)
@@ -414,7 +374,7 @@ private:
             // Keys past `keys` up to the end of the last K panel are zero; V
             // leaves them out (the weighted sum reads keys below a row's end only).
             const int64_t keys_pad = (keys + Tile::kKeys - 1) / Tile::kKeys * Tile::kKeys;
-            for_each_run(src, key0, key0 + keys, [&](int64_t j, int64_t n, const K* k_rows, const K* v_rows,
+            src.for_each_run(a_, key0, key0 + keys, [&](int64_t j, int64_t n, const K* k_rows, const K* v_rows,
                                                      const T* k_scale, const T* v_scale) {
                 pack_transposed(k_rows, a_.k_strides.row, n, n, a_.d, k_pack, ws.row.data(), j - key0, k_scale);
                 pack_panels(v_rows, a_.v_strides.row, n, a_.dv, dv_pad_, kKeyBlock, T(1), v_pack, nullptr,
@@ -475,49 +435,14 @@ private:
         }
     }
 
-    // Direct mode (decoding: K/V read in place), out of line so that the packed
-    // path of update_rows keeps its code layout. The scores of keys
-    // [first, last) of the block, run by run.
+    // Direct mode (decoding: K/V read in place; forward_direct-inl.hpp), out of
+    // line so that the packed path of update_rows keeps its code layout.
     template <int R>
     FASTATTN_NOINLINE void direct_scores(const T* q_rows, const KvBlock& kv, int64_t first, int64_t last,
-                                         int64_t v_begin, int64_t v_end, T* scores) const {
-        for (int r = 0; r < R; ++r) {  // keys of the vector range outside [first, last): masked later
-            std::fill(scores + r * kKeyBlock + v_begin * W, scores + r * kKeyBlock + first, T(0));
-            std::fill(scores + r * kKeyBlock + last, scores + r * kKeyBlock + v_end * W, T(0));
-        }
-        for_each_run(*kv.src, kv.key0 + first, kv.key0 + last,
-                     [&](int64_t j, int64_t n, const K* k_rows, const K*, const T* k_scale, const T*) {
-                         Tile::template unpacked_scores<R>(q_rows, a_.d, k_rows, a_.k_strides.row, 0, n,
-                                                           scores + (j - kv.key0), kKeyBlock, k_scale);
-                     });
-    }
-
-    // acc = acc·alpha + p·V over each row's keys, V read in place, run by run.
+                                         int64_t v_begin, int64_t v_end, T* scores) const;
     template <int R>
     FASTATTN_NOINLINE void direct_sums(const int64_t* lo, const int64_t* hi, const T* alpha, const KvBlock& kv,
-                                       int64_t first, int64_t last, const T* scores, T* acc) const {
-        // The block's value rows, run by run (one run for dense V).
-        using Run = typename Tile::template Run<K>;
-        Run runs[kKeyBlock];
-        int64_t num_runs = 0;
-        for_each_run(*kv.src, kv.key0 + first, kv.key0 + last,
-                     [&](int64_t j, int64_t n, const K*, const K* v_rows, const T*, const T* v_scale) {
-                         runs[num_runs++] = Run{j - kv.key0, n, v_rows, v_scale};
-                     });
-        // Rows that see the same keys, with no mask to skip zeros for (decoding a GQA
-        // group): one pass over V for all of them; else row by row.
-        bool shared = !rules_.has_mask() && lo[0] < hi[0];
-        for (int r = 1; r < R; ++r) shared = shared && lo[r] == lo[0] && hi[r] == hi[0];
-        if (shared) {
-            Tile::template unpacked_sum_rows<R>(scores, kKeyBlock, lo[0], hi[0], alpha, runs, num_runs,
-                                                a_.v_strides.row, a_.dv, acc, dv_pad_);
-            return;
-        }
-        for (int r = 0; r < R; ++r)
-            if (lo[r] < hi[r])
-                Tile::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], runs, num_runs,
-                                   a_.v_strides.row, a_.dv, rules_.has_mask(), acc + r * dv_pad_);
-    }
+                                       int64_t first, int64_t last, const T* scores, T* acc) const;
 
     // The online-softmax step of task rows [r0, r0 + R) for one key block:
     // shapes and masks each row's scores, turns them into p = exp(s − m') in
@@ -669,3 +594,5 @@ void forward_typed(const AttentionArgs& args) {
 }  // namespace
 }  // namespace FASTATTN_ISA
 }  // namespace fastattn
+
+#include "forward_direct-inl.hpp"
