@@ -77,7 +77,6 @@ class BackwardKernel {
     static constexpr int64_t kKeys = (288 + kKeysUnit - 1) / kKeysUnit * kKeysUnit;
     static constexpr int64_t kRows = 60;  // query rows per block: whole row tiles
     static_assert(kRows % kTileRows == 0, "a query block must be whole tiles");
-    static constexpr double kLog2e = 1.4426950408889634074;
 
 public:
     BackwardKernel(const AttentionArgs& a, const GradArgs& g)
@@ -300,7 +299,7 @@ private:
                 p[j] = ds[j] = p[j] == neg_inf_ ? T(0) : std::numeric_limits<T>::quiet_NaN();
             return;
         }
-        const auto shift = V::set1(ws.lse[r]), log2e = V::set1(static_cast<T>(kLog2e));
+        const auto shift = V::set1(ws.lse[r]), log2e = V::set1(ExpConstants<T>::log2e);
         const auto delta = V::set1(ws.delta[r]), tiny = V::set1(std::numeric_limits<T>::denorm_min());
         for (int64_t j = 0; j < n; j += W) {
             const auto pj = vexp2<T>(V::mul(V::sub(V::load(p + j), shift), log2e));

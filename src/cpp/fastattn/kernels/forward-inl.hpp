@@ -90,7 +90,6 @@ namespace {
 
 constexpr int64_t kQueryBlock = 60;  // query rows per task: a multiple of the register tile's 6 rows
 constexpr int64_t kKeyBlock = 256;   // keys per streamed K/V block
-constexpr double kLog2e = 1.4426950408889634074;
 // Direct mode (decoding: K/V read in place, not packed) for tasks of at most
 // this many rows whose K/V head no other task reads. Measured at D = 128,
 // Lk = 8192, AVX2: direct is 10-15% faster up to 8 rows, 10-20% slower at 12.
@@ -497,7 +496,7 @@ private:
             decay[r] = old_max - new_max;  // -inf on the first visible block: alpha = 0
             ws.row_max[r0 + r] = new_max;
         }
-        const reg log2e = V::set1(static_cast<T>(kLog2e));
+        const reg log2e = V::set1(ExpConstants<T>::log2e);
         for (int r = 0; r < R; r += W) {  // alpha = exp(decay), a vector at a time
             T lanes[W] = {};
             std::copy(decay + r, decay + std::min<int>(R, r + W), lanes);
