@@ -18,6 +18,8 @@ per side and reports medians. Cases: forward / backward (``attention_backward`` 
 shape (B, H, L, D) = (1, 8, 1024, D), L = 256 with ``--quick``; ``--decode`` adds decoding
 (Lq = 1, 32 query heads on 8 K/V heads, Lk = 4096, D = 128, B = 1 and 4).
 
+``--cache`` adds decoding over a ``KVCache`` (float32, bfloat16, int8 storage; B = 8).
+
 Columns: medians in ms, new/base (ratio of medians), noise = IQR/median of each side, the
 q1–q3 of the per-round paired ratios new/base (a ``*`` marks a case where that whole range is
 above or below 1: a difference beyond the noise), and whether both builds gave bitwise equal
@@ -44,7 +46,7 @@ def worker():
         state.clear()
         gc.collect()
         dtype = np.float32
-        if c["dtype"] == "bfloat16":
+        if c["dtype"] in ("bfloat16", "int8"):  # int8: a KVCache's storage, from bfloat16-rounded values
             import ml_dtypes
             dtype = ml_dtypes.bfloat16
         rng = np.random.default_rng(SEED)
@@ -53,7 +55,15 @@ def worker():
         q = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
         k, v = (rng.standard_normal(kv_shape, dtype=np.float32).astype(dtype) for _ in range(2))
         kw = dict(causal=c["causal"], num_threads=c["threads"])
-        if c["pass"] == "forward":
+        if c["pass"] == "cache":  # decoding over a KVCache of c["dtype"] (bfloat16 takes bfloat16 queries)
+            storage = "int8" if c["dtype"] == "int8" else dtype
+            q = q if c["dtype"] == "bfloat16" else q.astype(np.float32)
+            k, v = k.astype(np.float32), v.astype(np.float32)
+            cache = fastattn.KVCache(kv_shape[1], c["D"], dtype=storage, block_size=c["block_size"])
+            seqs = list(range(c["B"]))
+            cache.append(seqs, list(k), list(v))
+            fn = lambda: cache.attention(q, seqs, num_threads=c["threads"])
+        elif c["pass"] == "forward":
             fn = lambda: fastattn.attention(q, k, v, **kw)
         else:
             dout = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
@@ -170,6 +180,9 @@ def main():
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
     ap.add_argument("--decode", action="store_true",
                     help="add decoding cases (forward, Lq = 1, GQA 32/8 heads, Lk = 4096, D = 128)")
+    ap.add_argument("--cache", action="store_true",
+                    help="add decoding over a KVCache (float32, bfloat16, int8; B = 8, 32/8 heads, "
+                         "4096 tokens, D = 128, block_size 128)")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     args = ap.parse_args()
     if args.reps < 2:
@@ -181,10 +194,15 @@ def main():
     if args.decode:  # direct mode (K/V read in place) and split-KV; B = 1 and 4
         cases += [dict(B=b, H=32, Hkv=8, L=1, Lk=4096, D=128, causal=False, threads=args.threads, dtype=dt,
                        **{"pass": "forward"}) for b in (1, 4) for dt in ("float32", "bfloat16")]
+    if args.cache:
+        cases += [dict(B=8, H=32, Hkv=8, L=1, Lk=4096, D=128, causal=False, threads=args.threads, dtype=dt,
+                       block_size=128, **{"pass": "cache"}) for dt in ("float32", "bfloat16", "int8")]
 
     def name(c):
-        dt = "f32" if c["dtype"] == "float32" else "bf16"
+        dt = {"float32": "f32", "bfloat16": "bf16"}.get(c["dtype"], c["dtype"])
         kind = "fwd" if c["pass"] == "forward" else "bwd"
+        if c["pass"] == "cache":
+            return f"KVCache {dt} B{c['B']} H32/8 Lk{c['Lk']} D{c['D']}"
         if c["L"] == 1:
             return f"decode {dt} B{c['B']} H32/8 Lk{c['Lk']} D{c['D']}"
         return f"{kind} {dt} D{c['D']}{' causal' if c['causal'] else ''}"

@@ -25,6 +25,14 @@ def test_quick_bench_writes_json_and_plot(tmp_path):
             assert result["median_s"] > 0 and result["repeats"] >= 5
             assert result["gemm_fraction"] > 0
     assert "| case" in completed.stdout  # the Markdown table
+    # The KVCache decode rows: dense float32, then each storage dtype, all checked against dense.
+    names = [row["name"] for row in report["cache_rows"]]
+    if "cpp" in report["implementations"]:
+        assert names[:2] == ["dense float32 attention", "KVCache float32"] and names[-1] == "KVCache int8"
+        assert "## KVCache decode" in completed.stdout
+    for row in report["cache_rows"]:
+        assert row["check"]["ok"], row
+        assert row["median_s"] > 0 and row["bandwidth_gbs"] > 0 and row["over_dense_float32"] > 0
     checks = [row["check"] for row in report["reliability_rows"]]
     assert len(checks) == (4 if "cpp" in report["implementations"] else 0)
     assert not checks or len(checks) == 4 and any("2 threads" in c for c in checks) and any("subnormal" in c for c in checks)

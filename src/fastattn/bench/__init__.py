@@ -30,11 +30,17 @@ What it does, in order:
    backward: ``attention(..., return_lse=True)`` then ``attention_backward`` against torch's
    SDPA forward and ``.backward()`` (autograd), after checking that the gradients agree. Its
    FLOPs are 14·B·H·L²·D (seven matrix products), halved for causal.
-6. Reliability (README "Guarantees"; ``--no-reliability`` skips it): two Python threads each
+6. KVCache decoding (C++ backend only): B=8 sequences of 4096 cached tokens, 32 query heads on 8
+   K/V heads, D=128, one query token each, over a ``fastattn.KVCache`` (block_size 128) of each
+   storage dtype (float32; bfloat16 when ml_dtypes is installed; int8), next to dense float32
+   ``attention`` over the same values: time, bytes read (K, V and int8's scales), GB/s, its
+   fraction of the read bandwidth and time over dense float32; each output checked against
+   dense float32's.
+7. Reliability (README "Guarantees"; ``--no-reliability`` skips it): two Python threads each
    calling with ``num_threads=1`` against the same calls made serially (the GIL is released
    around the kernel, so on 2 cores the speedup should be >= 1.7), and subnormal against
    normal inputs (no more than 2× slower), forward and backward, in alternating rounds.
-7. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
+8. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
    (``--plot FILE``, default ``fastattn-bench.png``; ``--no-plot`` to skip) of GFLOP/s
    against L for the square non-causal B=1 H=8 D=64 shapes, with the GEMM ceiling dashed.
 
@@ -49,6 +55,7 @@ The modules, one concern each:
 * ``environment``: torch (optional), fastattn's configuration, the CPU and versions.
 * ``timing``: ``Settings``, ``time_calls`` and the two ceilings.
 * ``runners``: how each implementation is run, checked and timed (``make_training_runner``).
+* ``cache``: the KVCache decode rows and their table.
 * ``reliability``: the GIL-release and subnormal-input timings.
 * ``report``: the header, progress lines, Markdown tables, JSON and PNG.
 * ``cli``: the options, ``main`` and the exit status; ``__main__`` runs it.

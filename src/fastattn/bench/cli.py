@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict
 
 from . import reliability
+from .cache import CACHE_SHAPE, QUICK_CACHE_SHAPE, cache_rows, cache_table
 from .cases import (DEFAULT_DECODE_SHAPES, DEFAULT_PREFILL_SHAPES, DEFAULT_TRAINING_SHAPES, QUICK_DECODE_SHAPES,
                     QUICK_PREFILL_SHAPES, QUICK_TRAINING_SHAPES, build_cases)
 from .environment import describe_machine, fastattn_config, import_torch
@@ -76,6 +77,13 @@ def main(argv=None) -> int:
                   flush=True)
             training_rows.append(row)
 
+    kv_cache_rows = []
+    if "cpp" in impls:
+        kv_cache_rows = cache_rows(QUICK_CACHE_SHAPE if args.quick else CACHE_SHAPE, settings, args.threads,
+                                   ceilings)
+        for row in kv_cache_rows:
+            print(f"{row['label']:<50} {row['median_s'] * 1e3:.3f} ms  {row['bandwidth_gbs']:.1f} GB/s", flush=True)
+
     reliability_rows = []
     if "cpp" in impls and not args.no_reliability:
         if args.quick:
@@ -88,10 +96,12 @@ def main(argv=None) -> int:
     print_tables(rows, impls, ceilings)
     if training_rows:
         print_training_table(training_rows, ceilings)
+    if kv_cache_rows:
+        print(cache_table(kv_cache_rows, ceilings) + "\n", flush=True)
     if reliability_rows:
         print("\nReliability (README \"Guarantees\"): medians of alternating rounds\n")
         print(reliability.reliability_table(reliability_rows))
-    failed = [row["label"] for row in rows + training_rows if not row["check"]["ok"]]
+    failed = [row["label"] for row in rows + training_rows + kv_cache_rows if not row["check"]["ok"]]
     if failed:
         print(f"OUTPUT CHECK FAILED (rtol {CHECK_RTOL}, atol {CHECK_ATOL}): {', '.join(failed)}")
 
@@ -99,6 +109,7 @@ def main(argv=None) -> int:
     if args.json:
         report = {"machine": machine, "settings": asdict(settings), "implementations": impls,
                   "ceilings": ceilings, "rows": rows, "training_rows": training_rows,
+                  "cache_rows": kv_cache_rows,
                   "reliability_rows": reliability_rows, "elapsed_s": elapsed}
         write_json(args.json, report)
     if not args.no_plot:
