@@ -108,6 +108,36 @@ def test_head_dim_zero(backend, shapes):
 
 # --- dtypes and non-arrays ------------------------------------------------------------------
 
+def test_sizes_that_overflow_64_bit_index_arithmetic(backend):
+    # q (1, 8, 4, 1) against one stride-0 K/V head of 2**60 keys: 2**65 multiply-adds. Once ran for ever.
+    q = np.ones((1, 8, 4, 1), np.float32)
+    kv = np.lib.stride_tricks.as_strided(np.ones(1, np.float32), shape=(1, 1, 2 ** 60, 1), strides=(0,) * 4)
+    with rejected(ValueError, "the call is too large for 64-bit index arithmetic: query rows (=32) × Lk"):
+        attention(q, kv, kv, backend=backend)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_np_matrix_is_refused_by_name(backend, name):
+    arrays = dict(zip("qkv", (np.ones((4, 8), np.float32),) * 3))
+    arrays[name] = np.asmatrix(arrays[name])
+    with rejected(TypeError, f"{name} must be an array, got np.matrix (always 2-D): pass np.asarray({name})"):
+        attention(arrays["q"], arrays["k"], arrays["v"], backend=backend)
+
+
+@pytest.mark.parametrize("name", ["q", "k", "v", "mask"])
+def test_masked_array_is_refused_not_silently_unmasked(backend, name):
+    arrays = dict(zip("qkv", qkv()), mask=np.ones((LQ, LK), bool))
+    arrays[name] = np.ma.masked_array(arrays[name], mask=np.zeros(arrays[name].shape, bool))
+    arrays[name].mask.flat[0] = True
+    with rejected(TypeError, f"{name} is a masked array, whose mask fastattn would not see"):
+        attention(arrays["q"], arrays["k"], arrays["v"], mask=arrays["mask"], backend=backend)
+    # Dropping the mask deliberately works, and gives what the plain array gives.
+    plain = {n: np.asarray(a) for n, a in arrays.items()}
+    got = attention(plain["q"], plain["k"], plain["v"], mask=plain["mask"], backend=backend)
+    assert np.array_equal(got, attention(*qkv(), mask=np.ones((LQ, LK), bool), backend=backend))
+
+
 BAD_DTYPES = [np.int32, np.int64, np.uint8, np.bool_, np.complex64, np.complex128, object, str,
               np.longdouble]
 

@@ -127,6 +127,14 @@ def normalise(q: Any, k: Any, v: Any, *, causal: Any = False, scale: Any = None,
     if max(rows, rows * v.shape[-1]) * q.itemsize > sys.maxsize:
         raise ValueError(f"the output shape {out_shape} (q.shape[:-1] + v.shape[-1:]) has more bytes than an "
                          f"array can address ({sys.maxsize}); q.shape = {q.shape}, v.shape = {v.shape}")
+    # The kernels index and count in int64: every query row meets every key over the feature
+    # dimension, so rows·Lk·max(D, Dv) must fit (stride-0 views can describe far more keys than
+    # memory holds; such a call would overflow, or run for ever, instead of failing).
+    work = rows * k.shape[-2] * max(d, v.shape[-1])
+    if work > sys.maxsize:
+        raise ValueError(f"the call is too large for 64-bit index arithmetic: query rows (={rows}) × Lk "
+                         f"(={k.shape[-2]}) × max(D, Dv) (={max(d, v.shape[-1])}) = {work} > {sys.maxsize}; "
+                         f"q.shape = {q.shape}, k.shape = {k.shape}")
 
     def as_4d(x: np.ndarray) -> np.ndarray:
         # A view whenever the batch dimensions can be merged (always for <= 4-D).
@@ -177,8 +185,20 @@ def asarray(x: Any, name: str) -> np.ndarray:
     An object with ``__dlpack__`` (a torch tensor, a JAX array, CuPy, ...) is read through DLPack:
     a view of its memory, no copy, when it lives on the CPU and NumPy knows its dtype (bfloat16
     is not a DLPack dtype NumPy reads: such an array takes the array_like path). Anything else
-    goes through ``np.asarray``."""
+    goes through ``np.asarray``.
+
+    Two ndarray subclasses are refused with a TypeError: ``np.matrix`` (always 2-D, and ``*``
+    is its matrix product) and masked arrays (their mask would be silently dropped: attention
+    has its own ``mask=`` and ``kv_lengths=``; ``x.filled(...)`` or ``np.asarray(x)`` drops it
+    deliberately)."""
     if isinstance(x, np.ndarray):
+        if isinstance(x, np.matrix):
+            raise TypeError(f"{name} must be an array, got np.matrix (always 2-D): pass np.asarray({name}), "
+                            f"shaped (..., L, D)")
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(f"{name} is a masked array, whose mask fastattn would not see: use mask= or "
+                            f"kv_lengths= for masking, or pass {name}.filled(0) or np.asarray({name}) to drop "
+                            f"the mask deliberately")
         return x
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         device = x.__dlpack_device__()
