@@ -7,8 +7,9 @@ One query token per sequence attends to ``tokens`` cached tokens. Every implemen
 once per round, rounds alternate, and the table gives each one's median, the bytes it reads
 (K and V, plus the int8 scales), those bytes over the median, and the fraction of this
 machine's read bandwidth (``threads`` threads summing a 1 GiB array, the best of 5). Every
-implementation reads the same values: the dense arrays and the float caches hold the int8
-cache's dequantised K/V. torch SDPA (over dense bfloat16 tensors) runs when torch imports.
+implementation reads the same values: the int8 cache's dequantised K/V rounded to bfloat16,
+which the dense arrays and the float caches hold exactly. torch SDPA (over dense bfloat16
+tensors) runs when torch imports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 import time
 
 import numpy as np
+from ab_compare import cpu_model  # bench/ is this script's directory
 
 import fastattn
 
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     int8 = filled("int8", k, v)
     k_deq, v_deq, _ = int8.gather(seqs)  # the values every implementation reads
     k_bf, v_bf = k_deq.astype(bf16), v_deq.astype(bf16)
-    k_f32, v_f32 = k_bf.astype(np.float32), v_bf.astype(np.float32)  # every side reads these values (bf16-exact)
+    k_f32, v_f32 = k_bf.astype(np.float32), v_bf.astype(np.float32)  # every side reads these values
     caches = {"float32": filled(np.float32, k_f32, v_f32), "bfloat16": filled(bf16, k_bf, v_bf), "int8": int8}
     q_bf = q.astype(bf16)
     t = args.threads
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
             print("torch not importable: no torch row")
     if torch is not None:
         torch.set_num_threads(t)
-        tq, tk, tv = (torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16) for x in (q, k_f32, v_f32))
+        tq, tk, tv = (torch.from_numpy(x).to(torch.bfloat16) for x in (q, k_f32, v_f32))
         sdpa = torch.nn.functional.scaled_dot_product_attention
 
         def run_torch():
@@ -116,12 +118,7 @@ def main(argv=None) -> int:
             fn()
             times[name].append(time.perf_counter() - start)
     bandwidth = read_bandwidth(t)
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    print(f"\n{cpu}, isa {fastattn.get_isa()}, {t} threads, B={b} Hq={hq} Hkv={hkv} D={d} tokens={n} "
+    print(f"\n{cpu_model()}, isa {fastattn.get_isa()}, {t} threads, B={b} Hq={hq} Hkv={hkv} D={d} tokens={n} "
           f"block_size={args.block_size}, {args.reps} interleaved rounds; read bandwidth {bandwidth:.1f} GB/s")
     print(f"\n| case | median ms | MB read | GB/s | of read bandwidth |\n|---|---:|---:|---:|---:|")
     medians = {}

@@ -11,6 +11,7 @@ import numpy as np
 
 import fastattn
 
+from .report import format_ms, markdown_table
 from .runners import CHECK_ATOL, CHECK_RTOL
 from .timing import Settings, time_calls
 
@@ -43,8 +44,7 @@ def cache_rows(shape, settings: Settings, threads: Optional[int], ceilings: dict
         return cache
 
     int8 = filled("int8", k, v)
-    k, v, _ = int8.gather(seqs)  # every row reads these values (dequantised int8)
-    del rng
+    k, v, _ = int8.gather(seqs)  # every row reads these values (dequantised int8; rounded for bfloat16)
     dense = fastattn.attention(q, k, v, num_threads=threads)
     elements = batch * hkv * tokens * 2 * d
     label = f"B{batch} H{hq}/{hkv} Lq1 Lk{tokens} D{d}"
@@ -79,12 +79,11 @@ def cache_rows(shape, settings: Settings, threads: Optional[int], ceilings: dict
 
 
 def cache_table(rows: List[dict], ceilings: dict) -> str:
-    from .report import format_ms, markdown_table
-
     headers = ["case", "ms", "MiB read", "GB/s", "% of read BW", "time / dense float32", "check (max abs diff)"]
     body = [[row["label"], format_ms(row["median_s"]), f"{row['bytes_read'] / 2 ** 20:.1f}",
              f"{row['bandwidth_gbs']:.1f}", f"{100 * row['bandwidth_fraction']:.0f}%",
              f"{row['over_dense_float32']:.2f}",
              f"{'ok' if row['check']['ok'] else 'FAIL'} {row['check']['max_abs_diff']:.0e}"] for row in rows]
-    return (f"## KVCache decode (block_size {BLOCK_SIZE}; same values in every row; read bandwidth "
+    return (f"## KVCache decode (block_size {BLOCK_SIZE}; the int8 cache's values in every row, rounded for "
+            f"bfloat16; read bandwidth "
             f"{ceilings['read_bandwidth_gbs']:.1f} GB/s, one thread)\n\n" + markdown_table(headers, body))
