@@ -391,6 +391,33 @@ def _prefix_oracle(q, k, v, dout, scale):
     return out, lse, (dq, dk, dv)
 
 
+def _ones(shape):
+    """Float32 ones of any size in 4 bytes (every stride 0)."""
+    return np.lib.stride_tricks.as_strided(np.ones(1, np.float32), shape=shape, strides=(0,) * len(shape))
+
+
+def test_more_than_2_to_the_24_keys_sum_exactly(isa):
+    """K = V = 1 over Lk = 2**24 + 2**20 keys, 32 query heads (one task each, no split): every weight
+    is 1, so the output is exactly 1. Summed key by key into a float32 accumulator, a row's output
+    stopped growing at 2**24 while its sum of weights (formed per key block) did not: out was 0.94."""
+    lk = 2**24 + 2**20
+    q, kv = _ones((1, 32, 1, 1)), _ones((1, 32, lk, 1))
+    out, lse = fastattn.attention(q, kv, kv, return_lse=True)
+    assert np.all(out == 1), np.unique(out)
+    np.testing.assert_allclose(lse, 1 + np.log(lk), rtol=1e-6)  # every score is 1·1·scale = 1
+
+
+@pytest.mark.slow
+def test_more_than_2_to_the_31_keys_sum_exactly(isa):
+    """Lk = 2**31 + 5 stride-0 keys and values of ones (issue 18's case, one row): exactly 1.
+    The row is shared out as 32 splits of 2**26 keys; each stopped at 2**24 (out was 0.25)."""
+    lk = 2**31 + 5
+    q, kv = _ones((1, 1, 1, 1)), _ones((1, 1, lk, 1))
+    out, lse = fastattn.attention(q, kv, kv, return_lse=True)
+    assert np.all(out == 1), np.unique(out)
+    np.testing.assert_allclose(lse, 1 + np.log(lk), rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_more_than_2_to_the_31_scores(rng):
     """Lq = Lk = 2**16: 2**32 scores per head (2**31 visible under causal), against a float64 oracle

@@ -16,6 +16,14 @@
 // Every sum runs over its terms in order whatever the tile's height, so a
 // row's results do not depend on which rows share its tile.
 //
+// Blocked sums. A call sums its own terms (one key block of at most kKeyBlock
+// keys, or one block of rows in the backward) from zero, and only then adds
+// them to the running C: C = C·alpha + block, one rounding. Summing term by
+// term into C would lose every term below half an ulp of C: with 2^31 keys of
+// p = 1 and v = 1, a float32 C stops at 2^24 while the row's sum l (already
+// formed per block) reaches 2^31: the output came out far below 1.
+// Blocked, the error bound is ~(block + n/block)·eps instead of ~n·eps.
+//
 // Decoding reads K and V in place instead (unpacked_scores, unpacked_sum).
 #pragma once
 
@@ -151,7 +159,7 @@ struct Tiles {
             unpacked_sum_cols<kCols>(p, lo, hi, alpha, runs, num_runs, stride, c, skip_zero, acc + c);
         for (; c + W <= dv; c += W) unpacked_sum_cols<1>(p, lo, hi, alpha, runs, num_runs, stride, c, skip_zero, acc + c);
         for (; c < dv; ++c) {
-            T sum = acc[c] * alpha;
+            T sum = T(0);
             for (int64_t i = 0; i < num_runs; ++i) {
                 const Run<S>& run = runs[i];
                 for (int64_t j = std::max(lo, run.j0); j < std::min(hi, run.j0 + run.n); ++j) {
@@ -160,7 +168,7 @@ struct Tiles {
                     sum += pj * Storage<S>::widen(run.v[(j - run.j0) * stride + c]);
                 }
             }
-            acc[c] = sum;
+            acc[c] = acc[c] * alpha + sum;
         }
     }
 
@@ -181,13 +189,13 @@ struct Tiles {
             sum_rows_cols<R, 1>(p, p_stride, lo, hi, alpha, runs, num_runs, stride, c, acc + c, acc_stride);
         for (int r = 0; c < dv && r < R; ++r)  // the last columns, row by row as unpacked_sum does
             for (int64_t cc = c; cc < dv; ++cc) {
-                T sum = acc[r * acc_stride + cc] * alpha[r];
+                T sum = T(0);
                 for (const Run<S>* run = runs; run < runs + num_runs; ++run)
                     for (int64_t j = std::max(lo, run->j0); j < std::min(hi, run->j0 + run->n); ++j) {
                         const T pj = run->scale ? p[r * p_stride + j] * run->scale[j - run->j0] : p[r * p_stride + j];
                         sum += pj * Storage<S>::widen(run->v[(j - run->j0) * stride + cc]);
                     }
-                acc[r * acc_stride + cc] = sum;
+                acc[r * acc_stride + cc] = acc[r * acc_stride + cc] * alpha[r] + sum;
             }
     }
 
@@ -196,14 +204,9 @@ private:
     FASTATTN_TILE static void weighted_sum_cols(const T* a, int64_t lo, int64_t hi, const T* alpha, const T* b, T* c,
                                   int64_t c_stride) {
         static_assert(!kSkipZero || R == 1, "zero skipping is per row");
-        reg acc[R][N];
-        for (int r = 0; r < R; ++r) {
-            for (int n = 0; n < N; ++n) acc[r][n] = V::load(c + r * c_stride + n * W);
-            if (alpha) {
-                const reg scale = V::set1(alpha[r]);
-                for (int n = 0; n < N; ++n) acc[r][n] = V::mul(acc[r][n], scale);
-            }
-        }
+        reg acc[R][N];  // this call's terms alone (see "Blocked sums" above)
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < N; ++n) acc[r][n] = V::zero();
         for (int64_t i = lo; i < hi; ++i) {
             if (kSkipZero && a[i * kAi] == T(0)) continue;
             reg vals[N];
@@ -213,19 +216,20 @@ private:
                 for (int n = 0; n < N; ++n) acc[r][n] = V::fma(ar, vals[n], acc[r][n]);
             }
         }
-        for (int r = 0; r < R; ++r)
-            for (int n = 0; n < N; ++n) V::store(c + r * c_stride + n * W, acc[r][n]);
+        for (int r = 0; r < R; ++r) {
+            const reg scale = V::set1(alpha ? alpha[r] : T(1));
+            for (int n = 0; n < N; ++n)
+                V::store(c + r * c_stride + n * W, V::fma(V::load(c + r * c_stride + n * W), scale, acc[r][n]));
+        }
     }
 
     template <int R, int N, class S>
     static void sum_rows_cols(const T* p, int64_t p_stride, int64_t lo, int64_t hi, const T* alpha,
                               const Run<S>* runs, int64_t num_runs, int64_t stride, int64_t c, T* acc,
                               int64_t acc_stride) {
-        reg out[R][N];
-        for (int r = 0; r < R; ++r) {
-            const reg scale = V::set1(alpha[r]);
-            for (int n = 0; n < N; ++n) out[r][n] = V::mul(V::load(acc + r * acc_stride + n * W), scale);
-        }
+        reg out[R][N];  // this block's terms alone
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < N; ++n) out[r][n] = V::zero();
         for (const Run<S>* run = runs; run < runs + num_runs; ++run) {
             const int64_t first = std::max(lo, run->j0) - run->j0, last = std::min(hi, run->j0 + run->n) - run->j0;
             const T* pr = p + run->j0;
@@ -240,8 +244,11 @@ private:
                 }
             }
         }
-        for (int r = 0; r < R; ++r)
-            for (int n = 0; n < N; ++n) V::store(acc + r * acc_stride + n * W, out[r][n]);
+        for (int r = 0; r < R; ++r) {
+            const reg scale = V::set1(alpha[r]);
+            for (int n = 0; n < N; ++n)
+                V::store(acc + r * acc_stride + n * W, V::fma(V::load(acc + r * acc_stride + n * W), scale, out[r][n]));
+        }
     }
 
     template <int R, int J, class S>
@@ -270,9 +277,8 @@ private:
     template <int N, class S>
     static void unpacked_sum_cols(const T* p, int64_t lo, int64_t hi, T alpha, const Run<S>* runs, int64_t num_runs,
                                   int64_t stride, int64_t c, bool skip_zero, T* acc) {
-        reg out[N];
-        const reg scale = V::set1(alpha);
-        for (int n = 0; n < N; ++n) out[n] = V::mul(V::load(acc + n * W), scale);
+        reg out[N];  // this block's terms alone
+        for (int n = 0; n < N; ++n) out[n] = V::zero();
         for (const Run<S>* run_ptr = runs; run_ptr < runs + num_runs; ++run_ptr) {
             const Run<S>& run = *run_ptr;
             // Keys j = run.j0 + i of the run, i in [first, last): its rows from run.v.
@@ -293,7 +299,8 @@ private:
                 for (int n = 0; n < N; ++n) out[n] = V::fma(pj, Storage<S>::load(v + i * stride + n * W), out[n]);
             }
         }
-        for (int n = 0; n < N; ++n) V::store(acc + n * W, out[n]);
+        const reg scale = V::set1(alpha);
+        for (int n = 0; n < N; ++n) V::store(acc + n * W, V::fma(V::load(acc + n * W), scale, out[n]));
     }
 };
 
