@@ -41,18 +41,37 @@ def load_example(name: str):
 
 # -- the scripts ----------------------------------------------------------------------------------
 
-def test_train_self_attention_halves_the_loss():
-    result = run_example("train_self_attention.py", "--epochs", "100", "--seed", "0")
+def test_train_self_attention_halves_the_loss_and_saves_what_it_trained(tmp_path):
+    saved = tmp_path / "saved"
+    result = run_example("train_self_attention.py", "--epochs", "100", "--seed", "0", "--save", str(saved))
     assert result.returncode == 0, result.stdout + result.stderr
     losses = [float(x) for x in re.findall(r"^Epoch \d+, Loss: (\S+)$", result.stdout, re.M)]
     assert len(losses) == 100
     assert losses[-1] < 0.5 * losses[0]
     assert f"Final loss: {losses[-1]:.6f}" in result.stdout
+    assert "attention weights (1, 10, 10)" in result.stdout
+
+    # Reloaded, the script's model predicts bitwise what the same training does here, and its
+    # optimizer resumes bitwise: one more step from the files equals one more step in memory.
+    from fastattn.layers import MultiHeadAttention
+    from fastattn.optim import Adam
+    ex = load_example("train_self_attention")
+    model, optimizer, x, here = ex.train(100, 0, 32, log=lambda line: None)
+    assert here == losses
+    loaded = MultiHeadAttention.load(saved / "model.npz")
+    for got, want in zip(loaded.forward(x, need_weights=True), model.forward(x, need_weights=True)):
+        np.testing.assert_array_equal(got, want)
+    resumed = Adam.load(saved / "adam.npz", ex.trainable(loaded))
+    for m, opt in ((model, optimizer), (loaded, resumed)):
+        m.backward(m.forward(x) - 0.5)
+        opt.step({name: m.grads()[name] for name in ex.TRAINED})
+    for name, p in model.parameters().items():
+        np.testing.assert_array_equal(loaded.parameters()[name], p, err_msg=name)
 
 
-def test_train_self_attention_fails_when_the_loss_does_not_halve():
+def test_train_self_attention_fails_when_the_loss_does_not_halve(tmp_path):
     # One epoch: the final loss is the first, so the script's CI check must fail.
-    result = run_example("train_self_attention.py", "--epochs", "1")
+    result = run_example("train_self_attention.py", "--epochs", "1", "--save", str(tmp_path))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL" in result.stderr
 
@@ -205,8 +224,22 @@ def test_model_is_causal(ct, rng, backend):
     assert not np.allclose(a[:, 4:], b[:, 4:])
 
 
-def test_self_attention_gradients(rng, backend):
-    """train_self_attention.py's q/k/v projections around fastattn.attention_backward."""
+def test_self_attention_model_is_the_articles(rng, backend):
+    """train_self_attention.py's model computes the article's (softmax(Q·Kᵀ/√d)·V, weights) with
+    Q, K, V = x·W + b, and its backward is right (finite differences, float64)."""
     ex = load_example("train_self_attention")
-    model = ex.SelfAttention(6, rng, dtype=np.float64, backend=backend)
-    check_module_grads(model, rng.standard_normal((5, 6)), rng)
+    model = ex.self_attention_model(6, 0, dtype=np.float64, backend=backend)
+    for name in ex.TRAINED:  # non-zero biases too
+        model.parameters()[name][...] = rng.standard_normal(model.parameters()[name].shape)
+    x = rng.standard_normal((5, 6))
+    p = model.parameters()
+    q, k, v = (x @ p[f"w_{n}"] + p[f"b_{n}"] for n in "qkv")
+    scores = q @ k.T / np.sqrt(6)
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    output, got_weights = model.forward(x, need_weights=True)
+    np.testing.assert_allclose(output, weights @ v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_weights[0], weights, rtol=1e-12, atol=1e-14)
+    check_module_grads(model, x, rng)
+
+

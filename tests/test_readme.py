@@ -39,16 +39,24 @@ def test_usage_and_option_examples_run(readme):
         assert namespace["out"].shape == (2, 8, 1024, 64)
 
 
-def test_training_examples_run(readme):
+def test_training_examples_run(readme, tmp_path, monkeypatch):
     namespace: dict = {}
     for block in python_blocks(section(readme, "Usage")):
         exec(compile(block, str(README), "exec"), namespace)
     blocks = python_blocks(section(readme, "Training: gradients, a multi-head attention layer, Adam"))
-    assert len(blocks) == 3  # the signature, the gradient call, the layer + Adam loop
-    for block in blocks[1:]:
+    assert len(blocks) == 4  # the signature, the gradient call, the layer + Adam loop, save and load
+    for block in blocks[1:3]:
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["dq"].shape == (2, 8, 1024, 64) and namespace["dk"].shape == (2, 2, 1024, 64)
     assert namespace["y"].shape == (8, 20, 64)
+    trained, trained_opt = namespace["layer"], namespace["opt"]
+    monkeypatch.chdir(tmp_path)  # the save/load block writes model.npz and adam.npz
+    exec(compile(blocks[3], str(README), "exec"), namespace)
+    assert namespace["layer"] is not trained and namespace["opt"] is not trained_opt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adam.npz", "model.npz"]
+    x = namespace["x"]
+    assert (namespace["layer"].forward(x) == trained.forward(x)).all()
+    assert namespace["opt"].steps == trained_opt.steps
 
 
 def test_pytorch_example_runs(readme):

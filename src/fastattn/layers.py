@@ -13,7 +13,7 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
-from . import _contract, _reference
+from . import _checkpoint, _contract, _reference
 from ._api import attention, attention_backward
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -123,6 +123,67 @@ class MultiHeadAttention:
         torch and for code that reads gradients without a backward)."""
         for g in self._grads.values():
             g.fill(0)
+
+    # -- saving and loading ------------------------------------------------------------------
+
+    def config(self) -> Dict[str, Union[int, bool, str]]:
+        """The architecture, as ``save`` writes it: ``embed_dim``, ``num_heads``,
+        ``num_kv_heads``, ``bias``, ``causal`` and ``dtype`` (a name). ``backend`` and
+        ``num_threads`` are how to run, not what the model is: they are not saved."""
+        causal = self.causal if isinstance(self.causal, str) else bool(self.causal)
+        return dict(embed_dim=self.embed_dim, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                    bias=self.bias, causal=causal, dtype=self.dtype.name)
+
+    def save(self, path) -> None:
+        """Write the configuration and the parameters to ``path`` (a path, taken as given, no
+        suffix added, and replaced only once the whole file is written; or a binary file
+        object), as an ``.npz`` archive: one array per name of ``parameters()``, and the
+        configuration as JSON in a ``__fastattn__`` entry (format: ``fastattn/_checkpoint.py``).
+        ``MultiHeadAttention.load`` rebuilds the layer; ``np.load(path)`` reads it too.
+        Gradients and the forward's cache are not saved."""
+        _checkpoint.write(path, "MultiHeadAttention", self.config(), self.parameters())
+
+    @classmethod
+    def load(cls, path, *, backend: str = "auto", num_threads: Optional[int] = None) -> "MultiHeadAttention":
+        """A layer rebuilt from a file ``save`` wrote: the same configuration and bitwise the same
+        parameters, so it computes bitwise what the saved layer computed (with the same
+        backend and ISA). ``backend`` and ``num_threads`` as in the constructor.
+
+        Raises ValueError for a file that is not such a file (another format, corrupt or
+        truncated, a newer format version) or whose arrays do not match its configuration
+        (names, shapes, dtypes); FileNotFoundError for a missing one."""
+        _contract.check_backend(backend)  # the caller's arguments first: their errors are theirs
+        _contract.check_num_threads(num_threads)
+        what = _checkpoint.describe(path)
+        header, arrays = _checkpoint.read(path, "MultiHeadAttention")
+        config = _config_from(what, header)
+        try:
+            layer = cls(**config, rng=0, backend=backend, num_threads=num_threads)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what}: its configuration is not a valid layer: {exc}") from None
+        layer._set_parameters(what, arrays)
+        return layer
+
+    def load_parameters(self, path) -> None:
+        """Replace this layer's parameters (in place: an optimizer holding them sees the new
+        values) by those of a file ``save`` wrote for a layer of the same ``config()``.
+
+        Raises ValueError, leaving the layer unchanged, when the file's configuration differs
+        from this layer's (naming each difference), or as ``load`` does."""
+        what = _checkpoint.describe(path)
+        header, arrays = _checkpoint.read(path, "MultiHeadAttention")
+        config = _config_from(what, header)
+        mine = self.config()
+        diff = [f"{key} {config[key]!r} (the layer's: {mine[key]!r})" for key in mine if config[key] != mine[key]]
+        if diff:
+            raise ValueError(f"{what} is for another layer: " + ", ".join(diff))
+        self._set_parameters(what, arrays)
+
+    def _set_parameters(self, what: str, arrays: Dict[str, np.ndarray]) -> None:
+        params = self.parameters()
+        _checkpoint.check_arrays(what, arrays, {name: (p.shape, p.dtype) for name, p in params.items()})
+        for name, p in params.items():  # all checked: now copy, in place
+            np.copyto(p, arrays[name])
 
     def forward(self, x, *, context=None, mask=None, need_weights: bool = False):
         """Attend from ``x`` to itself, or to ``context``.
@@ -275,6 +336,15 @@ class MultiHeadAttention:
         scores, _ = _reference._Scores(call.q, call.k, call.options).chunk(0, l)
         # A row that sees no key has lse = -inf and all scores -inf: weights exp(-inf) = 0.
         return np.exp(scores.reshape(b, h, l, -1) - np.where(lse == -np.inf, 0, lse)[..., None])
+
+
+def _config_from(what: str, header: Dict) -> Dict:
+    """The constructor's keyword arguments from a saved header, each of the saved type."""
+    expected = dict(embed_dim=int, num_heads=int, num_kv_heads=int, bias=bool, causal=(bool, str), dtype=str)
+    extra = header.keys() - expected.keys()
+    if extra:
+        raise ValueError(f"{what}: its header has unexpected entries {sorted(extra)}")
+    return {name: _checkpoint.field(what, header, name, types) for name, types in expected.items()}
 
 
 def _merge_heads(a: np.ndarray) -> np.ndarray:

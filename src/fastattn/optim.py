@@ -7,6 +7,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from . import _checkpoint
 from ._contract import is_real
 
 
@@ -69,6 +70,66 @@ class Adam:
         self.steps: Dict[str, int] = {name: 0 for name in self.params}
         self.exp_avg = {name: np.zeros_like(p) for name, p in self.params.items()}
         self.exp_avg_sq = {name: np.zeros_like(p) for name, p in self.params.items()}
+
+    def save(self, path) -> None:
+        """Write the optimizer's state to ``path`` (as ``MultiHeadAttention.save`` writes: an
+        ``.npz`` archive, replaced only once whole): the hyperparameters (``lr`` as it is now),
+        each parameter's step count and moment estimates ``exp_avg.<i>``/``exp_avg_sq.<i>`` (i:
+        the position of its name in the header's ``params`` list). The parameters themselves
+        are not saved: save the model too. ``Adam.load`` resumes from it."""
+        names = list(self.params)
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"save() needs str parameter names, got {name!r}")
+        config = dict(lr=self.lr, betas=list(self.betas), eps=self.eps, weight_decay=self.weight_decay,
+                      params=names, steps=[self.steps[name] for name in names])
+        arrays = {}
+        for i, name in enumerate(names):
+            arrays[f"exp_avg.{i}"] = self.exp_avg[name]
+            arrays[f"exp_avg_sq.{i}"] = self.exp_avg_sq[name]
+        _checkpoint.write(path, "Adam", config, arrays)
+
+    @classmethod
+    def load(cls, path, params: Mapping[str, np.ndarray]) -> "Adam":
+        """An optimizer for ``params`` (e.g. ``MultiHeadAttention.load(...).parameters()``) with
+        the state and hyperparameters a file ``save`` wrote: with the parameters restored too,
+        training resumes bitwise as if it had never stopped.
+
+        Raises ValueError when the file is not such a file (another format, corrupt or
+        truncated, a newer format version) or does not fit ``params``: other names, or a
+        moment estimate of another shape or dtype than its parameter. ``params`` is checked as
+        the constructor checks it; FileNotFoundError for a missing file."""
+        opt = cls(params)  # the caller's argument first: its errors as the constructor gives them
+        what = _checkpoint.describe(path)
+        header, arrays = _checkpoint.read(path, "Adam")
+        expected = dict(lr=(int, float), betas=list, eps=(int, float), weight_decay=(int, float), params=list,
+                        steps=list)
+        extra = header.keys() - expected.keys()
+        if extra:
+            raise ValueError(f"{what}: its header has unexpected entries {sorted(extra)}")
+        config = {key: _checkpoint.field(what, header, key, types) for key, types in expected.items()}
+        names, steps = config.pop("params"), config.pop("steps")
+        if len(steps) != len(names) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                               for n in steps):
+            raise ValueError(f"{what}: steps (={steps!r}) must be one count >= 0 per parameter ({len(names)})")
+        try:
+            saved = cls({}, **config)  # the file's hyperparameters, by the constructor's rules
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what}: its hyperparameters are invalid: {exc}") from None
+        opt.lr, opt.betas, opt.eps, opt.weight_decay = saved.lr, saved.betas, saved.eps, saved.weight_decay
+        if not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{what}: params (={names!r}) must be a list of names")
+        if len(set(names)) != len(names) or set(names) != set(opt.params):
+            raise ValueError(f"{what} is the state of parameters {sorted(map(str, names))}, "
+                             f"not of params {sorted(map(str, opt.params))}")
+        _checkpoint.check_arrays(what, arrays, {
+            f"{kind}.{i}": (opt.params[name].shape, opt.params[name].dtype)
+            for i, name in enumerate(names) for kind in ("exp_avg", "exp_avg_sq")})
+        for i, name in enumerate(names):
+            opt.steps[name] = steps[i]
+            np.copyto(opt.exp_avg[name], arrays[f"exp_avg.{i}"])
+            np.copyto(opt.exp_avg_sq[name], arrays[f"exp_avg_sq.{i}"])
+        return opt
 
     def step(self, grads: Mapping[str, Optional[np.ndarray]]) -> None:
         """One update of every parameter, in place.
