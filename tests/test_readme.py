@@ -112,3 +112,16 @@ def test_pictures_example_runs(readme, tmp_path, monkeypatch):
     exec(compile(blocks[0], str(README), "exec"), namespace)
     assert namespace["weights"].shape == (2, 4, 6, 6) and (tmp_path / "heads.png").stat().st_size > 0
     assert (README.parent / "docs" / "attention-reversal.png").exists()  # the picture the section shows
+
+
+def test_help_and_readme_agree_on_num_threads(readme):
+    """help(attention)'s num_threads and the README's API table name the same sources and rules."""
+    import fastattn
+
+    row = re.search(r"^\| `num_threads` \|(.*)$", readme, re.M).group(1)
+    doc = re.search(r"num_threads : (.*?)\n\n", fastattn.attention.__doc__, re.S).group(1)
+    doc = " ".join(doc.split())
+    for fact in ["set_num_threads()", "OpenMP default", "OMP_NUM_THREADS", "threadpoolctl", "[1, 1024]",
+                 "this call only", "capped at the number of processors"]:
+        assert fact in row, f"README's num_threads row lacks {fact!r}"
+        assert fact in doc, f"help(attention)'s num_threads lacks {fact!r}"

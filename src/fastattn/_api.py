@@ -119,9 +119,10 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         memory with q, k, v; written in place and returned.
     backend : "auto" (C++ when built, else NumPy with a one-time warning), "cpp" (raises
         RuntimeError when the extension is unavailable) or "numpy".
-    num_threads : None for the OpenMP default (honours ``OMP_NUM_THREADS``), or an int in
-        [1, 1024] for this call only; either is capped at the number of processors. The result
-        does not depend on it. Ignored by "numpy".
+    num_threads : None for ``fastattn.set_num_threads()``'s value, else the OpenMP default,
+        within the calling thread's OpenMP limit (``OMP_NUM_THREADS``, ``threadpoolctl``); or
+        an int in [1, 1024] for this call only. Either is capped at the number of processors.
+        The result does not depend on it. Ignored by "numpy".
 
     Returns
     -------

@@ -3,7 +3,9 @@ NumPy fallback, and its two kernel calls, whose arguments are built here and now
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 import warnings
 from typing import Any, Optional, Tuple
 
@@ -11,13 +13,28 @@ import numpy as np
 
 from ._contract import ADDITIVE_MASK, BOOL_MASK, DTYPE_CODES, NO_CAUSAL, NO_MASK, Call, Options, check_backend
 
+def _why_unavailable(exc: ImportError) -> str:
+    """Why the extension did not import, in words a user can act on. A source tree imported
+    without installing has no compiled _core at all (Python then speaks of a "partially
+    initialized module ... circular import", which is not the problem)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    built = sorted(glob.glob(os.path.join(here, "_core.*")))
+    built = [f for f in built if not f.endswith(".pyi")]
+    if not built:
+        return (f"fastattn's C++ extension is not built: there is no compiled _core module in {here}. "
+                "Install fastattn with pip, which compiles it (`pip install .` in a clone: needs a C++17 "
+                "compiler), rather than importing the source tree")
+    return f"fastattn's C++ extension {built[0]} failed to load: {exc}"
+
+
 try:
     from . import _core
-except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+except ImportError as exc:  # exercised by tests/test_reliability.py with a copy lacking _core
     _core = None
     IMPORT_ERROR: Optional[ImportError] = exc
+    UNAVAILABLE: Optional[str] = _why_unavailable(exc)
 else:
-    IMPORT_ERROR = None
+    IMPORT_ERROR = UNAVAILABLE = None
 
 _warned_fallback = False
 
@@ -30,7 +47,7 @@ def cpp_available() -> bool:
 def require_core(what: str) -> Any:
     """The extension, or a RuntimeError saying that `what` needs it and why it is missing."""
     if _core is None:
-        raise RuntimeError(f"{what} needs fastattn's C++ extension, which failed to import: {IMPORT_ERROR}")
+        raise RuntimeError(f"{what} needs the C++ extension: {UNAVAILABLE}")
     return _core
 
 
@@ -47,8 +64,8 @@ def use_cpp(backend: Any) -> bool:
     if not _warned_fallback:
         _warned_fallback = True
         # stacklevel 3: the warning points at the caller of attention(), not at fastattn.
-        warnings.warn(f"fastattn's C++ extension is unavailable ({IMPORT_ERROR}); "
-                      "using the NumPy backend", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{UNAVAILABLE}. Using the NumPy backend: the same results, slower, with "
+                      "an Lq×Lk matrix per chunk of rows", RuntimeWarning, stacklevel=3)
     return False
 
 

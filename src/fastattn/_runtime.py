@@ -100,7 +100,7 @@ def show_config() -> dict:
         )
     else:
         config.update(compiled_isas=[], supported_isas=[], selected_isa=None, openmp=False,
-                      num_threads=1, import_error=str(_backend.IMPORT_ERROR))
+                      num_threads=1, import_error=_backend.UNAVAILABLE)
     width = max(len(key) for key in config)
     for key, value in config.items():
         if isinstance(value, list):

@@ -70,7 +70,7 @@ def _bfloat16() -> np.dtype:
     try:
         import ml_dtypes
     except ImportError:
-        raise TypeError("bfloat16 storage needs ml_dtypes: pip install 'fastattn[bf16]'") from None
+        raise TypeError("bfloat16 storage needs ml_dtypes: pip install ml_dtypes") from None
     bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)
     return bfloat16
 

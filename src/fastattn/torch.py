@@ -8,8 +8,7 @@ graph. Tensors reach the kernels through DLPack as NumPy views of their memory, 
 written straight into a torch tensor: no copies. ``patch()`` routes CPU calls of the torch function
 to it; ``unpatch()`` undoes that.
 
-Needs PyTorch (``pip install torch``); bfloat16 tensors also need ml_dtypes (``pip install
-'fastattn[bf16]'``).
+Needs PyTorch (``pip install torch``); bfloat16 tensors also need ml_dtypes (``pip install ml_dtypes``).
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ def _bfloat16() -> Any:
     try:
         import ml_dtypes
     except ImportError:
-        raise TypeError("bfloat16 tensors need ml_dtypes: pip install 'fastattn[bf16]'") from None
+        raise TypeError("bfloat16 tensors need ml_dtypes: pip install ml_dtypes") from None
     return ml_dtypes.bfloat16
 
 

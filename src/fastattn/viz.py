@@ -2,7 +2,7 @@
 
 The weights come from ``fastattn.attention_weights(q, k, ...)`` or from
 ``fastattn.layers.MultiHeadAttention.forward(x, need_weights=True)``. Needs matplotlib
-(``pip install 'fastattn[viz]'``). Figures are made without pyplot, so nothing here depends on
+(``pip install matplotlib``, or the ``viz`` extra). Figures are made without pyplot, so nothing here depends on
 a display or changes matplotlib's global state: save them with ``fig.savefig(...)``, or pass an
 ``ax`` of your own figure.
 """
@@ -20,7 +20,7 @@ try:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 except ImportError as exc:  # pragma: no cover - only without matplotlib
-    raise ImportError("fastattn.viz needs matplotlib: pip install 'fastattn[viz]'") from exc
+    raise ImportError("fastattn.viz needs matplotlib: pip install matplotlib") from exc
 
 __all__ = ["plot_attention"]
 
