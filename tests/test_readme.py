@@ -125,3 +125,21 @@ def test_help_and_readme_agree_on_num_threads(readme):
                  "this call only", "capped at the number of processors"]:
         assert fact in row, f"README's num_threads row lacks {fact!r}"
         assert fact in doc, f"help(attention)'s num_threads lacks {fact!r}"
+
+
+INDEX_PAGE = README.parent / "docs" / "index-page.md"
+
+
+def test_quick_start_runs_and_the_index_page_has_the_same(readme, capsys):
+    """The quick start at the top of the README runs; the package index's long description
+    (docs/index-page.md, pyproject's readme) has the same code and no link that would break
+    on an index page (relative links, pictures)."""
+    quick = python_blocks(section(readme, "Quick start"))
+    assert len(quick) == 1
+    namespace: dict = {}
+    exec(compile(quick[0], str(README), "exec"), namespace)
+    assert namespace["out"].shape == (8, 1024, 64)
+    assert "selected_isa" in capsys.readouterr().out
+    page = INDEX_PAGE.read_text()
+    assert python_blocks(page) == quick
+    assert not re.findall(r"\]\((?!https?://)[^)]*\)", page), "relative links break on an index page"
