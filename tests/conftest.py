@@ -45,6 +45,20 @@ def rng():
     return np.random.default_rng(20261123)
 
 
+@pytest.fixture
+def eight_processors():
+    """For thread-count tests: lets a call run up to 8 threads on any machine (the kernel caps
+    at the processor count, so a 2-core machine would run 3 or 8 requested threads as 2), and
+    yields team(): the thread team the calling thread's last kernel call really ran, or None
+    in a build without OpenMP (every call on one thread)."""
+    core = _backend._core
+    core._set_processor_limit_for_testing(8)
+    try:
+        yield (lambda: core._last_team_size()) if core.have_openmp() else (lambda: None)
+    finally:
+        core._set_processor_limit_for_testing(0)
+
+
 def pytest_report_header(config):
     if not _backend.cpp_available():
         return f"fastattn: NumPy backend only ({_backend.IMPORT_ERROR})"

@@ -100,7 +100,7 @@ def test_omp_num_threads_is_honoured():
 
 @pytest.mark.parametrize("causal", [False, True, "lower_right"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thread_count_does_not_change_results(isa, causal, dtype):
+def test_thread_count_does_not_change_results(isa, causal, dtype, eight_processors):
     rng = np.random.default_rng(3)
     q = rng.standard_normal((2, 4, 301, 40)).astype(dtype)
     k = rng.standard_normal((2, 2, 333, 40)).astype(dtype)
@@ -108,6 +108,7 @@ def test_thread_count_does_not_change_results(isa, causal, dtype):
     one = fastattn.attention(q, k, v, causal=causal, num_threads=1, return_lse=True)
     for threads in (2, 3, 8):
         many = fastattn.attention(q, k, v, causal=causal, num_threads=threads, return_lse=True)
+        assert eight_processors() in (None, threads), "the threads the kernel really ran"
         for a, b in zip(one, many):
             np.testing.assert_array_equal(a, b)  # bitwise, not approximately
 
@@ -144,3 +145,18 @@ def test_gil_is_released_during_the_kernel():
     during = [x for x in ticks if begin <= x <= end]
     # A tick every ~1 ms if the GIL is free; with it held, at most one per call.
     assert len(during) > 3 * repeats + 5, (len(during), repeats, end - begin)
+
+
+def test_thread_counts_are_capped_at_the_processors(isa):
+    """Without the tests' override, 8 requested threads run as many as this process may use
+    (its CPU affinity): the team size the kernel reports is real, not the request echoed."""
+    core = _backend._core
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((2, 8, 512, 64)).astype(np.float32)
+    fastattn.attention(q, q, q, num_threads=8)
+    # A build without OpenMP runs every call on the calling thread.
+    assert core._last_team_size() == (min(8, len(os.sched_getaffinity(0))) if core.have_openmp() else 1)
+    fastattn.attention(q[:, :, :4], q[:, :, :4], q[:, :, :4], num_threads=8)  # too little work for 2
+    assert core._last_team_size() == 1
+    with pytest.raises(ValueError, match="the processor limit must be >= 0"):
+        core._set_processor_limit_for_testing(-1)

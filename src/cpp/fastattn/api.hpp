@@ -129,6 +129,10 @@ void select_isa(const std::string& name);
 // ---- threading (threads.cpp) ---------------------------------------------
 bool have_openmp();
 int default_num_threads();  // what num_threads = 0 uses in the calling thread
+// Tests only: the thread team of the calling thread's last kernel call, and a
+// processor count to cap thread counts at instead of the real one (0: real).
+int last_team_size();
+void set_processor_limit_for_testing(int n);
 // The count a call with num_threads = 0 uses from any thread, under the
 // calling thread's OpenMP limit; 0 restores the OpenMP default.
 void set_default_num_threads(int n);

@@ -32,6 +32,22 @@ void on_fork_in_child() {
 }  // namespace
 #endif
 
+// Tests only: the processor count to cap at instead of the real one (0: the
+// real one), so that a 2-core machine can run 3 or 8 threads and show that
+// results do not depend on the count.
+static std::atomic<int> processor_limit_for_testing{0};
+
+void set_processor_limit_for_testing(int n) {
+    if (n < 0) throw std::invalid_argument("fastattn kernel: the processor limit must be >= 0");
+    processor_limit_for_testing.store(n);
+}
+
+static thread_local int last_team = 0;
+
+void record_team_size(int n) { last_team = n; }
+
+int last_team_size() { return last_team; }
+
 // set_default_num_threads: 0 = not set. One value for the whole process, read
 // by calls from every thread (omp_set_num_threads would only reach the
 // thread that calls it, not the workers of a thread pool).
@@ -60,7 +76,8 @@ static int resolve_threads(int requested) {
         const int limit = omp_get_max_threads(), chosen = process_default.load();
         n = chosen > 0 ? std::min(chosen, limit) : limit;
     }
-    return std::max(1, std::min(n, procs));
+    const int cap = processor_limit_for_testing.load();
+    return std::max(1, std::min(n, cap > 0 ? cap : procs));
 #else
     (void)requested;
     return 1;

@@ -9,4 +9,8 @@ namespace fastattn {
 // and only as many as have enough work each. Results never depend on it.
 int threads_for(int requested, double multiply_adds);
 
+// The size of the last thread team a kernel call opened from the calling
+// thread (1 for a call run on it alone): what tests check thread counts by.
+void record_team_size(int n);
+
 }  // namespace fastattn

@@ -18,6 +18,8 @@
 #include <omp.h>
 #endif
 
+#include "../../threads.hpp"
+
 namespace fastattn {
 namespace FASTATTN_ISA {
 namespace {
@@ -57,12 +59,21 @@ void run_threads(int64_t threads, const Make& make_workspace, const Work& work) 
         delete ws;
     };
     if (threads == 1) {
+        record_team_size(1);
         body();
     } else {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(static_cast<int>(threads))
-#endif
+        {
+            // The team OpenMP really opened (it may give fewer threads than asked),
+            // as seen by the calling thread, which is the team's thread 0.
+            if (omp_get_thread_num() == 0) record_team_size(omp_get_num_threads());
+            body();
+        }
+#else
+        record_team_size(1);
         body();
+#endif
     }
     if (out_of_memory) throw std::bad_alloc();
 }
