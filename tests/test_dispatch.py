@@ -113,13 +113,29 @@ def test_thread_count_does_not_change_results(isa, causal, dtype, eight_processo
             np.testing.assert_array_equal(a, b)  # bitwise, not approximately
 
 
-def test_gil_is_released_during_the_kernel():
-    # While one thread runs a long single-threaded kernel call, a pure-Python
-    # thread must keep running; with the GIL held it would stall for the whole call.
+def _gil_calls():
+    """One long single-threaded call of each kind of kernel entry (each returns its callable)."""
     rng = np.random.default_rng(4)
     q = rng.standard_normal((1, 4, 1024, 64)).astype(np.float32)
+    out, lse = fastattn.attention(q, q, q, return_lse=True)
+    cache = fastattn.KVCache(4, 64, dtype="int8")
+    kv = rng.standard_normal((2, 4, 4096, 64)).astype(np.float32)
+    cache.append([0, 1], kv, kv)
+    decode = rng.standard_normal((2, 16, 64, 64)).astype(np.float32)
+    return {
+        "forward": lambda: fastattn.attention(q, q, q, num_threads=1),
+        "backward": lambda: fastattn.attention_backward(out, q, q, q, out, lse, num_threads=1),
+        "kv-cache": lambda: cache.attention(decode, [0, 1], num_threads=1),
+    }
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward", "kv-cache"])
+def test_gil_is_released_during_the_kernel(kind):
+    # While one thread runs a long single-threaded kernel call, a pure-Python
+    # thread must keep running; with the GIL held it would stall for the whole call.
+    call = _gil_calls()[kind]
     start = time.perf_counter()
-    fastattn.attention(q, q, q, num_threads=1)
+    call()
     single = time.perf_counter() - start
     repeats = max(1, int(0.3 / max(single, 1e-4)))
     ticks = []
@@ -132,7 +148,7 @@ def test_gil_is_released_during_the_kernel():
 
     def work():
         for _ in range(repeats):
-            fastattn.attention(q, q, q, num_threads=1)
+            call()
 
     t = threading.Thread(target=ticker)
     t.start()
@@ -144,6 +160,7 @@ def test_gil_is_released_during_the_kernel():
     t.join()
     during = [x for x in ticks if begin <= x <= end]
     # A tick every ~1 ms if the GIL is free; with it held, at most one per call.
+    assert single > 0.01, f"the {kind} call is too short ({single * 1e3:.1f} ms) to tell"
     assert len(during) > 3 * repeats + 5, (len(during), repeats, end - begin)
 
 
