@@ -18,8 +18,10 @@ def test_quick_bench_writes_json_and_plot(tmp_path):
     assert report["ceilings"]["gemm_gflops"] > 0
     assert report["ceilings"]["read_bandwidth_gbs"] > 0
     assert report["rows"]
-    for row in report["rows"]:
-        assert row["check"]["ok"]
+    for row in report["rows"] + report["training_rows"]:
+        # Checked against the float64 oracle even with --no-numpy and no torch.
+        assert row["check"]["ok"] and row["check"]["reference"] == "float64 NumPy, batch 0, head 0"
+        assert set(row["check"]["max_abs_diff"]) == set(row["results"])
         assert row["results"], row["label"]
         for result in row["results"].values():
             assert result["median_s"] > 0 and result["repeats"] >= 5
@@ -43,3 +45,47 @@ def test_quick_bench_writes_json_and_plot(tmp_path):
     assert png_path.exists() == has_matplotlib
     if has_matplotlib:
         assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_output_check_can_fail():
+    """check_outputs compares every implementation with the float64 oracle's first head: a wrong
+    value there (or a wrong gradient) fails the row, and the bench's exit status with it."""
+    import numpy as np
+
+    import fastattn
+    from fastattn.bench.runners import check_outputs, first_head
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3, 8, 4)).astype(np.float32) for _ in range(3))
+    want = (fastattn.attention(*first_head(q, k, v), backend="numpy"),)
+    good = fastattn.attention(q, k, v)
+    assert check_outputs({"cpp": good}, want)["ok"]
+    bad = good.copy()
+    bad[0, 0, 5, 1] += 1e-2
+    check = check_outputs({"cpp": good, "torch": bad}, want)
+    assert not check["ok"] and check["max_abs_diff"]["torch"] > 9e-3 > check["max_abs_diff"]["cpp"]
+    # Gradients: a tuple per implementation, compared array by array.
+    grads = tuple(x[:1, :1].astype(np.float64) for x in (q, k, v))
+    wrong = (q, k, v * 2)
+    assert not check_outputs({"cpp": wrong}, grads)["ok"]
+    assert check_outputs({"cpp": (q, k, v)}, grads)["ok"]
+
+
+def test_check_speed_sets_the_exit_status(monkeypatch, tmp_path, capsys):
+    """The reliability timings are measurements: a missed target fails the run only with
+    --check-speed (here the timings are replaced by a missed and a met one)."""
+    import fastattn
+    from fastattn.bench import cli, reliability
+
+    if fastattn.show_config()["backend"] != "cpp":
+        return  # no timings without the C++ extension; nothing to check
+    missed = dict(check="2 threads (fake)", baseline="serial", baseline_ms=2.0, measured_ms=2.0, ratio=1.0,
+                  ratio_name="speedup", target=">= 1.7", ok=False)
+    met = dict(missed, check="subnormal (fake)", ok=True)
+    monkeypatch.setattr(reliability, "measure_gil", lambda *args: [missed])
+    monkeypatch.setattr(reliability, "measure_denormals", lambda *args: [met])
+    monkeypatch.chdir(tmp_path)
+    args = ["--quick", "--no-numpy", "--no-plot"]
+    assert cli.main(args) == 0
+    assert cli.main(args + ["--check-speed"]) == 1
+    assert "SPEED TARGET MISSED (--check-speed): 2 threads (fake)" in capsys.readouterr().out

@@ -306,7 +306,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("have_openmp", &fastattn::have_openmp);
     m.def("default_num_threads", &fastattn::default_num_threads);
     m.def("set_default_num_threads", &fastattn::set_default_num_threads, py::arg("n"));
-    // Tests only (tests/test_reliability.py): the team size of this thread's last call, and a
+    // Tests only (tests/conftest.py, eight_processors): the team size of this thread's last call, and a
     // processor count to cap at instead of the real one, so that 2 cores can run 8 threads.
     m.def("_last_team_size", &fastattn::last_team_size);
     m.def("_set_processor_limit_for_testing", &fastattn::set_processor_limit_for_testing, py::arg("n"));
