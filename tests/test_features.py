@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastattn
+from fastattn import _backend, _reference
 from oracle import assert_matches_oracle
+from test_backward import assert_grads_match_oracle
 
 CAUSAL = [False, "upper_left", "lower_right"]
 B, HQ, HKV, LQ, LK, D = 2, 4, 2, 70, 90, 16  # Lq != Lk, GQA, lengths not multiples of any block
@@ -78,13 +80,49 @@ def test_fully_masked_rows_by_mask(backend, rng):
         assert np.all(out[:, :, ::7] == 0) and np.all(np.isneginf(lse[:, :, ::7]))
 
 
-def test_mask_views_are_not_copied_or_modified(backend, rng):
+def masks_reaching_the_kernels(monkeypatch, backend):
+    """A list that gets ("forward" | "backward", mask) for each kernel call from now on: the mask
+    exactly as the C++ binding (or the NumPy backend's forward/backward) receives it."""
+    seen = []
+
+    def recording(name, kernel, mask_of):
+        def wrapper(*args):
+            seen.append((name, mask_of(args)))
+            return kernel(*args)
+        return wrapper
+
+    if backend == "numpy":  # forward(q, k, v, out, lse, options), backward(..., options)
+        for name in ("forward", "backward"):
+            monkeypatch.setattr(_reference, name, recording(name, getattr(_reference, name), lambda a: a[-1].mask))
+    else:  # the binding's arguments are positional; a bool mask is its only bool array
+        def bool_array(args):
+            (mask,) = [a for a in args if isinstance(a, np.ndarray) and a.dtype == np.bool_]
+            return mask
+        for name in ("forward", "backward"):
+            monkeypatch.setattr(_backend._core, name, recording(name, getattr(_backend._core, name), bool_array))
+    return seen
+
+
+def test_mask_views_are_not_copied_or_modified(backend, rng, monkeypatch):
+    """README: size-1 axes of a mask are read with stride 0, never expanded; a strided view is
+    read in place. The (Lq, Lk) view below reaches the kernel, in both passes, as a view of the
+    caller's memory with the caller's strides and stride 0 on the batch and head axes — no copy,
+    no expansion to (B, Hq, Lq, Lk) — and is left unchanged."""
     q, k, v = qkv(rng)
     base = rng.random((LQ, 2 * LK)) < 0.6
     mask = base[::-1, ::2]  # reversed rows, every other key: a strided view
     before = base.copy()
-    check(backend, q, k, v, mask=mask)
+    seen = masks_reaching_the_kernels(monkeypatch, backend)
+    out, lse = check(backend, q, k, v, mask=mask)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    grads = fastattn.attention_backward(dout, q, k, v, out, lse, mask=mask, backend=backend)
+    assert [name for name, _ in seen] == ["forward", "backward"]
+    for name, got in seen:
+        assert got.shape == (B, HQ, LQ, LK), name
+        assert got.strides == (0, 0) + mask.strides, f"{name}: strides {got.strides}, not the view's"
+        assert np.shares_memory(got, base), f"{name}: the mask was copied"
     np.testing.assert_array_equal(base, before)
+    assert_grads_match_oracle(q, k, v, dout, grads, mask=mask)  # and read right
 
 
 def test_mask_with_several_batch_dims(backend, rng):

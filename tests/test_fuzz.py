@@ -12,11 +12,19 @@ test_backward.py, widened entry by entry by what FlashAttention-2's own rounding
 naive baseline is exact (see rounding_allowance). test_cpp, test_numpy and test_half_dtypes take
 finite inputs; test_non_finite_inputs adds NaN and ±inf to q, k and v and checks where they go.
 
-Examples are derandomized and no example database is kept: every run, on every machine, tries
-the same examples, so CI is reproducible and a red run is the change's fault, never the draw's.
-The price is that CI never explores new examples; FASTATTN_FUZZ=N runs N times as many fresh
-random ones, for a longer local or nightly hunt. A falsifying example is printed as a Problem;
-`build(problem)` gives its arrays and options.
+Each property runs twice. The main run (test_cpp, test_numpy, test_half_dtypes,
+test_non_finite_inputs) is derandomized and keeps no example database: every run, on every
+machine, tries the same 2,000 examples, so a red main run is the change's fault, never the
+draw's. The fresh run (the `*_fresh` tests, 450 examples, a few seconds) draws new examples
+every time from a seed chosen per run — FASTATTN_FUZZ_SEED if set, else random — so that CI
+explores beyond the fixed set. A failing fresh test shows the seed in its failure output
+("replay: FASTATTN_FUZZ_SEED=<n> ..."); replay it with
+
+    FASTATTN_FUZZ_SEED=<n> python -m pytest tests/test_fuzz.py -k fresh
+
+FASTATTN_FUZZ=N makes the main run N times as long and random too, for a longer local or
+nightly hunt. A falsifying example is printed as a Problem; `build(problem)` gives its arrays and
+options.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 
 import fastattn
@@ -49,6 +57,28 @@ _SCALE = int(os.environ.get("FASTATTN_FUZZ", "0") or 0)
 def fuzz(examples: int):
     return settings(max_examples=examples * max(1, _SCALE), deadline=None, derandomize=not _SCALE,
                     database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _fresh_seed() -> int:
+    text = os.environ.get("FASTATTN_FUZZ_SEED", "").strip()
+    return int(text) if text else int.from_bytes(os.urandom(4), "little")
+
+
+FRESH_SEED = _fresh_seed()  # once per process: every fresh test of a run draws from it
+
+
+def fresh(examples: int):
+    """The fresh run's settings: `examples` new examples, drawn from FRESH_SEED."""
+    def decorate(test):
+        test = settings(max_examples=examples, deadline=None, derandomize=False, database=None,
+                        suppress_health_check=[HealthCheck.too_slow])(test)
+        return seed(FRESH_SEED)(test)
+    return decorate
+
+
+def note_replay() -> None:
+    """Puts the seed into a failing fresh example's report (pytest shows Hypothesis's notes)."""
+    note(f"replay: FASTATTN_FUZZ_SEED={FRESH_SEED} python -m pytest tests/test_fuzz.py -k fresh")
 
 
 def as_dtype(name: str) -> np.dtype:
@@ -456,6 +486,33 @@ def test_half_dtypes(problem):
     check_finite_problem(problem)
 
 
+# The fresh run: the same properties on new examples each run (see the module docstring).
+
+@needs_cpp
+@fresh(250)
+@given(problem=problems(backends=("cpp",)))
+def test_cpp_fresh(problem):
+    """test_cpp's property on this run's fresh examples."""
+    note_replay()
+    check_finite_problem(problem)
+
+
+@fresh(50)
+@given(problem=problems(backends=("numpy",)))
+def test_numpy_fresh(problem):
+    """test_numpy's property on this run's fresh examples."""
+    note_replay()
+    check_finite_problem(problem)
+
+
+@fresh(50)
+@given(problem=problems(backends=("cpp",) * 3 + ("numpy",) if ISAS else ("numpy",), dtypes=HALF))
+def test_half_dtypes_fresh(problem):
+    """test_half_dtypes' property on this run's fresh examples."""
+    note_replay()
+    check_finite_problem(problem)
+
+
 # ---- non-finite inputs ------------------------------------------------------------------------
 
 class Reach(NamedTuple):
@@ -521,6 +578,18 @@ def test_non_finite_inputs(problem):
     """NaN is NaN exactly where a NaN input reaches (its query row; the rows that see its key;
     for v, only its column), an inf in v makes what it reaches non-finite, and every entry no
     non-finite input reaches — fully masked rows included — matches the oracle, gradients too."""
+    check_non_finite_problem(problem)
+
+
+@fresh(100)
+@given(problem=problems(backends=("cpp",) * 3 + ("numpy",) if ISAS else ("numpy",), nonfinite=True))
+def test_non_finite_inputs_fresh(problem):
+    """test_non_finite_inputs' property on this run's fresh examples."""
+    note_replay()
+    check_non_finite_problem(problem)
+
+
+def check_non_finite_problem(problem: Problem):
     q, k, v, dout, options = build(problem)
     out, lse, grads, lse_dtype = run(problem, q, k, v, dout, options)
     r = reach(q, k, v, options)
