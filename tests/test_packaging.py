@@ -14,3 +14,14 @@ def test_installed_metadata_ships_the_license():
     classifiers = dist.metadata.get_all("Classifier")
     assert any(c.startswith("Development Status") for c in classifiers)
     assert not any(c.startswith("License ::") for c in classifiers)  # PEP 639: the expression alone
+
+
+def test_the_index_page_is_the_long_description():
+    """A package index shows docs/index-page.md (the README's relative links and pictures would
+    break there): its text is the installed distribution's long description."""
+    dist = importlib.metadata.distribution("fastattn")
+    body = dist.metadata.get_payload() or dist.metadata["Description"]
+    assert dist.metadata["Description-Content-Type"].startswith("text/markdown")
+    assert body.lstrip().startswith("# fastattn\n\nExact scaled dot-product attention")
+    assert "## Quick start" in body and "pip install fastattn" in body
+    assert "](docs/" not in body and "](examples/" not in body
