@@ -104,6 +104,59 @@ def test_strided_and_broadcast_inputs():
         assert_close(a, b, torch.float64)
 
 
+# Shapes torch broadcasts (issue 20): across ranks and size-1 batch or head axes, with a mask.
+BROADCAST_CASES = {
+    "q-rank-3": (dict(), (4, 3, 8), (4, 4, 6, 8), (4, 4, 6, 8)),
+    "batch-and-head-of-1": (dict(), (1, 4, 3, 8), (2, 1, 6, 8), (2, 1, 6, 8)),
+    "q-rank-2": (dict(), (3, 8), (2, 4, 6, 8), (2, 4, 6, 8)),
+    "one-query-head": (dict(), (2, 1, 3, 8), (2, 4, 6, 8), (2, 4, 6, 8)),
+    "rank-5-value-batch-1": (dict(is_causal=True), (5, 2, 8, 3, 8), (2, 8, 6, 8), (1, 8, 6, 8)),
+    "gqa-batch-1": (dict(enable_gqa=True), (2, 8, 3, 8), (1, 2, 6, 8), (1, 2, 6, 8)),
+    "mask": (dict(attn_mask="bool"), (4, 3, 8), (2, 4, 6, 8), (2, 4, 6, 8)),
+}
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["direct", "patched"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", BROADCAST_CASES)
+def test_broadcasting_as_torch_does(case, dtype, patched):
+    options, q_shape, k_shape, v_shape = BROADCAST_CASES[case]
+    options = dict(options)
+    if options.get("attn_mask") == "bool":
+        options["attn_mask"] = torch.rand((3, 6), generator=torch.Generator().manual_seed(3)) < 0.7
+        options["attn_mask"][:, 0] = True  # no empty row (torch gives NaN there)
+    q, k, v = (make(shape, dtype, seed) for shape, seed in ((q_shape, 1), (k_shape, 2), (v_shape, 3)))
+    ref_out, ref_grads = forward_backward(TORCH_SDPA, q, k, v, **options)
+    if patched:
+        with fat.patch():
+            out, grads = forward_backward(F.scaled_dot_product_attention, q, k, v, **options)
+    else:
+        out, grads = forward_backward(fat.scaled_dot_product_attention, q, k, v, **options)
+    assert out.shape == ref_out.shape
+    assert_close(out, ref_out, dtype)
+    for a, b in zip(grads, ref_grads):
+        assert a.shape == b.shape
+        assert_close(a, b, dtype)
+
+
+@pytest.mark.parametrize("q_shape, k_shape, options", [
+    ((2, 4, 3, 8), (2, 3, 6, 8), dict()),
+    ((2, 4, 3, 8), (3, 4, 6, 8), dict()),
+    ((2, 4, 3, 8), (2, 3, 6, 8), dict(enable_gqa=True)),
+], ids=["heads", "batch", "gqa-heads"])
+def test_shapes_torch_refuses_are_refused_alike(q_shape, k_shape, options):
+    """What torch refuses (RuntimeError) fastattn refuses too, with ShapeError: a RuntimeError
+    for code written for torch, a ValueError naming the shapes for fastattn's convention."""
+    q, k = torch.randn(q_shape), torch.randn(k_shape)
+    with pytest.raises(RuntimeError):
+        TORCH_SDPA(q, k, k, **options)
+    with pytest.raises(fat.ShapeError, match=r"shape|broadcast") as info:
+        fat.scaled_dot_product_attention(q, k, k, **options)
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value, ValueError)
+    with fat.patch(), pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q, k, k, **options)
+
+
 def test_fully_masked_row_is_zero_where_torch_gives_nan():
     q, k, v = (make((1, 1, 3, 4), torch.float32, s, grad=False) for s in (1, 2, 3))
     mask = torch.tensor([[True, True, False], [False, False, False], [True, False, True]])
@@ -177,7 +230,7 @@ def test_half_precision_gradients_are_as_precise_as_torchs():
     (lambda q: fat.scaled_dot_product_attention(q.int(), q.int(), q.int()), TypeError, "query.dtype"),
     (lambda q: fat.scaled_dot_product_attention(q.numpy(), q, q), TypeError, "query must be a torch.Tensor"),
     (lambda q: fat.scaled_dot_product_attention(q.to("meta"), q, q), ValueError, "query is on meta"),
-    (lambda q: fat.scaled_dot_product_attention(q, q[:, :1], q[:, :1]), ValueError, "enable_gqa"),
+    (lambda q: fat.scaled_dot_product_attention(q, q[:, :3], q[:, :3]), fat.ShapeError, "enable_gqa"),  # 1 head broadcasts
     (lambda q: fat.scaled_dot_product_attention(q, q[..., :3], q), ValueError, r"k.shape\[-1\]"),
 ])
 def test_errors(call, error, match):

@@ -28,7 +28,7 @@ from torch import Tensor
 from ._api import attention, attention_backward
 from ._contract import compute_dtype
 
-__all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched"]
+__all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched", "ShapeError"]
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -113,7 +113,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     """``torch.nn.functional.scaled_dot_product_attention`` on CPU tensors, computed by fastattn.
 
     Shapes as torch's: query ``(N, ..., Hq, L, E)``, key ``(N, ..., Hkv, S, E)``, value
-    ``(N, ..., Hkv, S, Ev)``, result ``(N, ..., Hq, L, Ev)``; leading dimensions broadcast.
+    ``(N, ..., Hkv, S, Ev)``, result ``(N, ..., Hq, L, Ev)``; leading dimensions broadcast as in
+    torch, across ranks and size-1 batch or head axes (as views: nothing is copied).
     dtypes float32, float64, float16 and bfloat16 (the 16-bit ones computed in float32), one
     dtype for all three. ``attn_mask`` is boolean (True = take part) or floating (added to the
     scores), broadcastable to ``(N, ..., Hq, L, S)``; ``is_causal`` is upper-left aligned, as in
@@ -126,7 +127,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     - ``dropout_p > 0`` raises NotImplementedError (fastattn computes exact attention);
     - gradients flow to query, key and value; ``attn_mask`` is a constant, and a mask that
       requires grad raises NotImplementedError while autograd is recording;
-    - errors are ValueError/TypeError naming the argument, not torch's RuntimeError.
+    - errors are ValueError/TypeError naming the argument, not torch's RuntimeError; shapes that
+      torch refuses too raise ``ShapeError``, both a ValueError and a RuntimeError.
 
     Autograd runs fastattn's backward kernel (the weights are recomputed from the saved
     log-sum-exp, FlashAttention-2 style: no L×S matrix in either pass). Under ``torch.compile``
@@ -153,17 +155,45 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         if attn_mask.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError("attn_mask requires grad, but fastattn gives no gradient for the mask: "
                                       "detach it, or use torch's own scaled_dot_product_attention")
-    if query.dim() > 2 and not enable_gqa and key.shape[-3] != query.shape[-3]:
-        raise ValueError(f"query.shape[-3] (={query.shape[-3]}) must equal key.shape[-3] (={key.shape[-3]}) "
-                         "unless enable_gqa=True")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
-    if query.dim() > 3 and not query.shape[:-3] == key.shape[:-3] == value.shape[:-3]:
-        # expand broadcast batch dims (a view); autograd sums their gradients back
-        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
-        query, key, value = (t.expand(batch + t.shape[-3:]) for t in (query, key, value))
+    query, key, value = _broadcast(query, key, value, enable_gqa)
     out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale))
     return out
+
+
+class ShapeError(ValueError, RuntimeError):
+    """Shapes torch would refuse too: a ValueError, as fastattn's errors are, and a RuntimeError,
+    as torch's are, so that code written for either catches it."""
+
+
+def _broadcast(query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """query, key and value broadcast against each other as torch does: the lower ranks get
+    leading axes of 1, then every axis before (L, E) broadcasts, the head axis too (a single
+    key/value head serves every query head, a single query head meets every key/value head);
+    with enable_gqa, the head axes instead need Hq to be a multiple of Hkv. Views (expand): no
+    copy, and autograd sums the gradients of broadcast axes back."""
+    rank = max(query.dim(), key.dim(), value.dim())
+    query, key, value = (t.reshape((1,) * (rank - t.dim()) + tuple(t.shape)) for t in (query, key, value))
+    if rank == 2:
+        return query, key, value
+    heads = {"query": query.shape[-3], "key": key.shape[-3], "value": value.shape[-3]}
+    if heads["key"] != heads["value"]:
+        raise ShapeError(f"key.shape[-3] (={heads['key']}) must equal value.shape[-3] (={heads['value']})")
+    if enable_gqa and heads["query"] % heads["key"]:
+        raise ShapeError(f"query.shape[-3] (={heads['query']}) must be a multiple of key.shape[-3] "
+                         f"(={heads['key']}) with enable_gqa=True")
+    if not enable_gqa and heads["query"] != heads["key"] and 1 not in (heads["query"], heads["key"]):
+        raise ShapeError(f"query.shape[-3] (={heads['query']}) must equal key.shape[-3] (={heads['key']}), or "
+                         "one of them be 1, unless enable_gqa=True")
+    lead = -3 if enable_gqa else -2  # the axes that broadcast: batch, and heads without GQA
+    try:
+        shape = torch.broadcast_shapes(query.shape[:lead], key.shape[:lead], value.shape[:lead])
+    except RuntimeError:
+        raise ShapeError(f"the batch axes of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
+                         f"{tuple(value.shape)} do not broadcast") from None
+    return tuple(t if t.shape[:lead] == shape else t.expand(shape + t.shape[lead:])  # type: ignore[return-value]
+                 for t in (query, key, value))
 
 
 # ---- patching torch.nn.functional --------------------------------------------------------------
