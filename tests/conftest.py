@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,27 @@ def pytest_report_header(config):
     core = _backend._core
     return (f"fastattn: compiled ISAs {core.compiled_isas()}, this CPU runs {core.supported_isas()}, "
             f"OpenMP {'on' if core.have_openmp() else 'off'}, {core.default_num_threads()} threads")
+
+
+# --- FASTATTN_RECORD_SKIPPED=FILE: the node ids of what skipped, one per line ------------------
+# .ci/run sets it on the default run, installs every extra, then runs `pytest @FILE`: exactly the
+# tests that skipped for want of torch, JAX, Dask or matplotlib (and any other skip) run again,
+# collected by pytest rather than listed by hand.
+_skipped: list = []
+
+
+def pytest_collectreport(report):
+    if report.skipped:  # a module skipped at import (pytest.importorskip)
+        _skipped.append(report.nodeid)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("FASTATTN_RECORD_SKIPPED")
+    if path:
+        with open(path, "w") as f:
+            f.writelines(f"{nodeid}\n" for nodeid in dict.fromkeys(_skipped))

@@ -8,7 +8,8 @@
 #     tools/release/smoke.py run there from outside the tree with a PATH that has no C/C++
 #     compiler: the installed module (not src/), C++ backend with OpenMP, parity with the NumPy
 #     backend on every ISA this CPU runs, and the vendored libgomp being the one loaded.
-#  4. The sdist, `pip install`ed (compiled) into another fresh venv, and the same smoke test.
+#  4. The sdist's own build (the unrepaired wheel built from it, as `pip install <sdist>` builds
+#     it) in another fresh venv, and the same smoke test.
 #  5. The archives' contents: the sdist has the build files, sources, LICENSE and README.md;
 #     the wheel has LICENSE under *.dist-info/licenses/ (PEP 639).
 #
@@ -132,12 +133,13 @@ case "$gomp" in
     *) die "ldd resolves libgomp of the installed module to '$gomp', not to the wheel's fastattn.libs/" ;;
 esac
 
-echo "== release: pip install the sdist (compiles) into a fresh venv outside the tree"
+echo "== release: the sdist's own build (the wheel python -m build compiled from it) in a fresh venv"
+# python -m build made that wheel from the unpacked sdist in an isolated environment, exactly as
+# `pip install <sdist>` builds it; installing it unrepaired (system libgomp) and smoke-testing it
+# checks that the sdist builds and installs without compiling it a second time (a minute of CI).
 venv=$work/venv-sdist
 python3 -m venv "$venv"
-step=$SECONDS
-(cd "$work" && "$venv/bin/pip" install -q "$sdist")
-echo "release: the sdist built and installed in $((SECONDS - step)) s"
+(cd "$work" && "$venv/bin/pip" install -q "${wheels[0]}")
 smoke "$venv" any
 
 echo "== release: OK in $((SECONDS - start)) s: $(basename "$sdist"), $(basename "$wheel") ($tag)"
