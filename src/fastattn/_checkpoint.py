@@ -96,13 +96,19 @@ def check_arrays(what: str, arrays: Mapping[str, np.ndarray], expected: Mapping[
                              f"expected shape {tuple(shape)} and dtype {np.dtype(dtype)}")
 
 
-def field(what: str, header: Mapping[str, Any], name: str, types) -> Any:
-    """header[name], ValueError if it is missing or not of ``types`` (bool is not an int here)."""
-    if name not in header:
-        raise ValueError(f"{what}: its header has no {name!r}")
-    value = header[name]
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise ValueError(f"{what}: {name} (={value!r}) has the wrong type")
-    if not isinstance(value, types):
-        raise ValueError(f"{what}: {name} (={value!r}) has the wrong type")
-    return value
+def fields(what: str, header: Mapping[str, Any], expected: Mapping[str, Any]) -> Dict[str, Any]:
+    """header's entries, exactly the names of ``expected``, each of its type(s) there (bool is
+    not an int here); ValueError for a missing, unexpected or mistyped entry."""
+    extra = header.keys() - expected.keys()
+    if extra:
+        raise ValueError(f"{what}: its header has unexpected entries {sorted(extra)}")
+    values = {}
+    for name, types in expected.items():
+        if name not in header:
+            raise ValueError(f"{what}: its header has no {name!r}")
+        value = header[name]
+        allowed = types if isinstance(types, tuple) else (types,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ValueError(f"{what}: {name} (={value!r}) has the wrong type")
+        values[name] = value
+    return values

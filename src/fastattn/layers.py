@@ -341,10 +341,7 @@ class MultiHeadAttention:
 def _config_from(what: str, header: Dict) -> Dict:
     """The constructor's keyword arguments from a saved header, each of the saved type."""
     expected = dict(embed_dim=int, num_heads=int, num_kv_heads=int, bias=bool, causal=(bool, str), dtype=str)
-    extra = header.keys() - expected.keys()
-    if extra:
-        raise ValueError(f"{what}: its header has unexpected entries {sorted(extra)}")
-    return {name: _checkpoint.field(what, header, name, types) for name, types in expected.items()}
+    return _checkpoint.fields(what, header, expected)
 
 
 def _merge_heads(a: np.ndarray) -> np.ndarray:

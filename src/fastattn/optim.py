@@ -104,10 +104,7 @@ class Adam:
         header, arrays = _checkpoint.read(path, "Adam")
         expected = dict(lr=(int, float), betas=list, eps=(int, float), weight_decay=(int, float), params=list,
                         steps=list)
-        extra = header.keys() - expected.keys()
-        if extra:
-            raise ValueError(f"{what}: its header has unexpected entries {sorted(extra)}")
-        config = {key: _checkpoint.field(what, header, key, types) for key, types in expected.items()}
+        config = _checkpoint.fields(what, header, expected)
         names, steps = config.pop("params"), config.pop("steps")
         if len(steps) != len(names) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                                for n in steps):
