@@ -29,21 +29,21 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
               scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
               q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
               softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
-              return_lse: Literal[False] = ..., out: Optional[Array] = ...,
+              return_lse: Literal[False] = ..., lse_dtype: Any = ..., out: Optional[Array] = ...,
               backend: str = ..., num_threads: Optional[int] = ...) -> Array: ...
 @overload
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
               scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
               q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
               softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
-              return_lse: Literal[True], out: Optional[Array] = ...,
+              return_lse: Literal[True], lse_dtype: Any = ..., out: Optional[Array] = ...,
               backend: str = ..., num_threads: Optional[int] = ...) -> Tuple[Array, Array]: ...
 @overload
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
               scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
               q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
               softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
-              return_lse: bool, out: Optional[Array] = ...,
+              return_lse: bool, lse_dtype: Any = ..., out: Optional[Array] = ...,
               backend: str = ..., num_threads: Optional[int] = ...) -> Union[Array, Tuple[Array, Array]]: ...
 
 
@@ -51,7 +51,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
               scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
               kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
               window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None, softcap: Optional[float] = None,
-              sinks: Optional[npt.ArrayLike] = None, return_lse: bool = False, out: Optional[Array] = None,
+              sinks: Optional[npt.ArrayLike] = None, return_lse: bool = False, lse_dtype: Any = None,
+              out: Optional[Array] = None,
               backend: str = "auto",
               num_threads: Optional[int] = None) -> Union[Array, Tuple[Array, Array]]:
     """Exact scaled dot-product attention, ``softmax(q·kᵀ·scale)·v``, without an Lq×Lk matrix.
@@ -115,8 +116,15 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         ``-inf`` for a head without a sink.
     return_lse : also return the log-sum-exp of each row's scores, in the compute dtype (float64
         for float64 inputs, else float32: a 16-bit lse would cost the backward its precision).
-    out : optional C-contiguous, writeable array of the output's shape and dtype, sharing no
-        memory with q, k, v; written in place and returned.
+    lse_dtype : None (the compute dtype, above) or float64: the lse ``m + log(l)`` without its
+        rounding to float32, for ``attention_backward``. Rounded, it is off by up to half an ulp
+        of the row's largest score (3.8e-6 at 100), a relative error of every weight the backward
+        recomputes; float64 makes float32 gradients on peaked rows as precise as a float32
+        softmax's (docs/how-it-works.md, "Backward"). Needs ``return_lse=True``.
+    out : optional C-contiguous, writeable array of the output's shape, sharing no memory with
+        q, k, v; written in place and returned. Its dtype is q's, or for float16/bfloat16 inputs
+        float32: the output before its rounding to 16 bits (rounded, it gives the same bits), from
+        which ``attention_backward`` forms gradients as precise as a float32 computation's.
     backend : "auto" (C++ when built, else NumPy with a one-time warning), "cpp" (raises
         RuntimeError when the extension is unavailable) or "numpy".
     num_threads : None for ``fastattn.set_num_threads()``'s value, else the OpenMP default,
@@ -130,7 +138,7 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     """
     cpp = use_cpp(backend)
     if cpp and mask is None and kv_lengths is None and q_lengths is None and window is None \
-            and alibi_slopes is None and softcap is None and sinks is None and out is None:
+            and alibi_slopes is None and softcap is None and sinks is None and out is None and lse_dtype is None:
         result = _plain_forward(q, k, v, causal, scale, return_lse, num_threads)
         if result is not None:
             return result
@@ -139,12 +147,13 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
                                sinks=sinks)
     threads = check_num_threads(num_threads)
     _contract.check_bool(return_lse, "return_lse")
+    lse_type = _contract.check_lse_dtype(lse_dtype, return_lse)
     out = _contract.check_out(out, call, (q, k, v))
 
     batch, hq, lq, _ = call.q.shape
     lk, dv = call.k.shape[2], call.v.shape[3]
     out4 = out.reshape(batch, hq, lq, dv)
-    lse = np.empty(call.out_shape[:-1], dtype=compute_dtype(out.dtype)) if return_lse else None
+    lse = np.empty(call.out_shape[:-1], dtype=lse_type or compute_dtype(out.dtype)) if return_lse else None
     lse3 = None if lse is None else lse.reshape(batch, hq, lq)
 
     if batch * hq * lq == 0 or dv == 0 and lse3 is None:
@@ -206,10 +215,16 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     ----------
     dout : array of out's shape and q's dtype: the gradient of the loss with respect to out.
     q, k, v : as for ``attention``.
-    out : the forward output, shape (..., Hq, Lq, Dv), q's dtype.
+    out : the forward output, shape (..., Hq, Lq, Dv), q's dtype; for float16/bfloat16 inputs
+        preferably the float32 one (``attention(..., out=<float32 array>)``): ``D`` is then
+        formed from the output before its rounding, and dq, dk are as precise as a float32
+        computation's rounded to 16 bits (from the rounded output they can be 4-35x less, on
+        rows whose softmax is nearly one-hot).
     lse : the forward's log-sum-exp, shape (..., Hq, Lq): float32 or float64 (as ``attention``
-        returns it), or q's dtype. For float16/bfloat16 inputs an lse rounded to 16 bits costs
-        the gradients about that relative precision (2-3x the error of the float32 one).
+        returns it), or q's dtype. A float64 one (``lse_dtype=np.float64``) is used as it is:
+        float32 gradients on peaked rows are then as precise as a float32 softmax's. For
+        float16/bfloat16 inputs an lse rounded to 16 bits costs the gradients about that
+        relative precision (2-3x the error of the float32 one).
     causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap, sinks, backend,
     num_threads : as for ``attention``. The C++ kernel splits the work so that no two threads
         write the same gradient rows: no atomics, and results are bitwise the same for every

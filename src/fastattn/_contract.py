@@ -241,8 +241,7 @@ def check_out(out: Any, call: Call, inputs: Tuple[Any, ...]) -> np.ndarray:
         raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
     if out.shape != call.out_shape:
         raise ValueError(f"out.shape (={out.shape}) must be {call.out_shape}")
-    if out.dtype != dtype:
-        raise TypeError(f"out.dtype (={out.dtype}) must equal q.dtype (={dtype})")
+    check_out_dtype(out.dtype, "out", dtype)
     if not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous (out.strides = {out.strides}, out.shape = {out.shape})")
     if not out.flags.writeable:
@@ -264,11 +263,40 @@ def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
         return True
 
 
+def out_dtypes(dtype: np.dtype) -> Tuple[np.dtype, ...]:
+    """The dtypes of an output for inputs of `dtype`: q's, and for 16-bit inputs float32 too (the
+    output before rounding to 16 bits, from which the backward forms more precise gradients)."""
+    return (dtype, FLOAT32) if dtype.itemsize == 2 else (dtype,)
+
+
+def check_lse_dtype(lse_dtype: Any, return_lse: bool) -> Optional[np.dtype]:
+    """attention's lse_dtype: None (the compute dtype) or float64, and only with return_lse."""
+    if lse_dtype is None:
+        return None
+    try:
+        dtype = np.dtype(lse_dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype != FLOAT64:  # (None != FLOAT64 is False: np.dtype(None) is float64)
+        raise TypeError(f"lse_dtype (={lse_dtype!r}) must be None or float64")
+    if not return_lse:
+        raise ValueError("lse_dtype (=float64) needs return_lse=True")
+    return dtype
+
+
+def check_out_dtype(dtype: np.dtype, name: str, q_dtype: np.dtype) -> None:
+    if dtype not in out_dtypes(q_dtype):
+        wide = ", or be float32 for these 16-bit inputs" if q_dtype.itemsize == 2 else ""
+        raise TypeError(f"{name}.dtype (={dtype}) must equal q.dtype (={q_dtype}){wide}")
+
+
 def check_same_as_out(x: Any, name: str, call: Call) -> np.ndarray:
-    """attention_backward's dout or out: an array of the forward output's shape and q's dtype,
-    C-contiguous."""
+    """attention_backward's dout or out: an array of the forward output's shape and q's dtype
+    (out: or float32 for 16-bit inputs, see out_dtypes), C-contiguous."""
     x = as_float_array(x, name)
-    if x.dtype != call.q.dtype:
+    if name == "out":
+        check_out_dtype(x.dtype, name, call.q.dtype)
+    elif x.dtype != call.q.dtype:
         raise TypeError(f"{name}.dtype (={x.dtype}) must equal q.dtype (={call.q.dtype})")
     if x.shape != call.out_shape:
         raise ValueError(f"{name}.shape (={x.shape}) must be the output's shape {call.out_shape}")
@@ -276,14 +304,15 @@ def check_same_as_out(x: Any, name: str, call: Call) -> np.ndarray:
 
 
 def check_lse(lse: Any, call: Call) -> np.ndarray:
-    """attention_backward's lse: the forward's, C-contiguous in the compute dtype."""
+    """attention_backward's lse: the forward's, C-contiguous in the compute dtype, or float64 as
+    given (the kernel splits it into hi + lo in the compute dtype)."""
     dtype, shape = call.q.dtype, call.out_shape[:-1]
     a = as_float_array(lse, "lse")
     if a.dtype not in (dtype, FLOAT32, FLOAT64):
         raise TypeError(f"lse.dtype (={a.dtype}) must be q.dtype (={dtype}), float32 or float64")
     if a.shape != tuple(shape):
         raise ValueError(f"lse.shape (={a.shape}) must be {tuple(shape)}, the output's shape without Dv")
-    return np.ascontiguousarray(a, dtype=compute_dtype(dtype))
+    return np.ascontiguousarray(a, dtype=FLOAT64 if a.dtype == FLOAT64 else compute_dtype(dtype))
 
 
 # -- options --------------------------------------------------------------------------------

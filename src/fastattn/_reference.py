@@ -116,7 +116,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: O
         with np.errstate(divide="ignore", invalid="ignore"):
             out_g[..., row0:row1, :] = np.where(sees_nothing, 0, acc / row_sum)
             if lse_g is not None:
-                lse_g[..., row0:row1] = (shift + np.log(row_sum))[..., 0]
+                wide = lse_g.dtype.type  # a float64 lse: m + log(l) unrounded, as the kernel gives it
+                lse_g[..., row0:row1] = (shift.astype(wide) + np.log(row_sum.astype(wide)))[..., 0]
 
 
 def empty_rows_lse(call: Call) -> np.ndarray:
@@ -139,12 +140,12 @@ def sink_grads(sinks: np.ndarray, dout: np.ndarray, out: np.ndarray, lse: np.nda
 
     Rows with lse -inf (padding, no sink) add nothing; NaN propagates."""
     batch, hq = lse.shape[:2]
-    compute = lse.dtype.type
+    compute = out.dtype.type if out.dtype == np.float64 else np.float32
     sink = sinks.reshape(batch, hq, 1).astype(compute)
     with np.errstate(invalid="ignore", over="ignore"):
         p_sink = np.where(lse == -np.inf, 0, np.exp(sink - np.where(lse == -np.inf, 0, lse)))
         delta = np.sum(dout.astype(compute, copy=False) * out.astype(compute, copy=False), axis=-1)
-        return -np.sum(p_sink * delta, axis=-1)
+        return (-np.sum(p_sink * delta, axis=-1)).astype(compute, copy=False)  # (a float64 lse widens p_sink)
 
 
 def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: np.ndarray,
@@ -167,7 +168,11 @@ def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out:
     v_t = v[:, :, None].swapaxes(-1, -2).astype(compute, copy=False)  # (B, Hkv, 1, Dv, Lk)
     dout_g = dout.reshape(batch, hkv, group, lq, d_v).astype(compute, copy=False)
     out_g = out.reshape(batch, hkv, group, lq, d_v).astype(compute, copy=False)
-    lse_g = lse.reshape(batch, hkv, group, lq, 1).astype(compute, copy=False)
+    # lse as hi + lo in the compute dtype, as the kernel reads it (lo is 0 unless lse is wider).
+    lse_g = lse.reshape(batch, hkv, group, lq, 1)
+    lse_hi = lse_g.astype(compute, copy=False)
+    with np.errstate(invalid="ignore"):
+        lse_lo = np.where(np.isfinite(lse_hi), lse_g - lse_hi, 0).astype(compute)
     dq_g = dq.reshape(batch, hkv, group, lq, d)
     dk_acc = np.zeros((batch, hkv, lk, d), compute)
     dv_acc = np.zeros((batch, hkv, lk, d_v), compute)
@@ -177,10 +182,10 @@ def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out:
         for row0 in range(0, lq, ctx.rows_per_chunk):
             row1 = min(lq, row0 + ctx.rows_per_chunk)
             scores, cap_grad = ctx.chunk(row0, row1)
-            row_lse = lse_g[..., row0:row1, :]
+            row_lse = lse_hi[..., row0:row1, :]
             # A row that saw nothing has lse -inf and weights 0 (not exp(-inf + inf) = NaN);
             # NaN or +inf scores give NaN weights, as in the kernel.
-            p = np.exp(scores - np.where(row_lse == -np.inf, 0, row_lse))
+            p = np.exp((scores - np.where(row_lse == -np.inf, 0, row_lse)) - lse_lo[..., row0:row1, :])
             p[scores == -np.inf] = 0  # invisible, also in a NaN row (lse NaN)
             d_out = dout_g[..., row0:row1, :]
             dp = d_out @ v_t  # NaN where a hidden value is inf: dS is 0 there

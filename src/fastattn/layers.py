@@ -231,8 +231,8 @@ class MultiHeadAttention:
         q = self._heads(self._project(x3, "q"), self.num_heads)  # (B, H, L, Dh)
         k = self._heads(self._project(c3, "k"), self.num_kv_heads)  # (B, Hkv, S, Dh)
         v = self._heads(self._project(c3, "v"), self.num_kv_heads)
-        out, lse = attention(q, k, v, causal=self.causal, mask=mask, return_lse=True, backend=self.backend,
-                             num_threads=self.num_threads)
+        out, lse = attention(q, k, v, causal=self.causal, mask=mask, return_lse=True, lse_dtype=np.float64,
+                             backend=self.backend, num_threads=self.num_threads)  # float64 lse: precise gradients
         merged = _merge_heads(out)  # (B, L, E)
         y = self._project(merged, "o")
         self._cache = dict(x=x3, context=None if context is None else c3, q=q, k=k, v=v, out=out, lse=lse,
@@ -335,7 +335,9 @@ class MultiHeadAttention:
         b, h, l, _ = q.shape
         scores, _ = _reference._Scores(call.q, call.k, call.options).chunk(0, l)
         # A row that sees no key has lse = -inf and all scores -inf: weights exp(-inf) = 0.
-        return np.exp(scores.reshape(b, h, l, -1) - np.where(lse == -np.inf, 0, lse)[..., None])
+        # (lse is float64: s − lse in float64, then the weights in the layer's dtype)
+        weights = np.exp(scores.reshape(b, h, l, -1) - np.where(lse == -np.inf, 0, lse)[..., None])
+        return weights.astype(scores.dtype, copy=False)
 
 
 def _config_from(what: str, header: Dict) -> Dict:

@@ -26,7 +26,6 @@ except ImportError as exc:  # pragma: no cover - only without torch
 from torch import Tensor
 
 from ._api import attention, attention_backward
-from ._contract import compute_dtype
 
 __all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched", "ShapeError"]
 
@@ -63,19 +62,31 @@ def _options(attn_mask: Optional[Tensor], is_causal: bool, scale: float) -> dict
 
 @torch.library.custom_op("fastattn::sdpa", mutates_args=(), device_types="cpu")
 def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
-          scale: float) -> Tuple[Tensor, Tensor]:
-    """(out, lse) of fastattn.attention; out is allocated by torch and written in place. lse is
-    float32 (float64 for float64): kept for the backward, which it makes as precise as torch's."""
-    out = torch.empty(query.shape[:-1] + value.shape[-1:], dtype=query.dtype)
-    _, lse = attention(_to_numpy(query), _to_numpy(key), _to_numpy(value), return_lse=True,
+          scale: float, for_backward: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(out, lse, wide) of fastattn.attention; out is allocated by torch and written in place.
+    Kept for the backward, which they make as precise as torch's math path: lse, in float64 (not
+    rounded to float32: attention's lse_dtype), and, for 16-bit inputs when `for_backward`, `wide`: the output in float32 before
+    its rounding (out is that rounded, the bits the kernel stores); else an empty tensor."""
+    wide = _wide_output(query, value, for_backward)
+    out = torch.empty(query.shape[:-1] + value.shape[-1:], dtype=query.dtype if wide.numel() == 0 else torch.float32)
+    _, lse = attention(_to_numpy(query), _to_numpy(key), _to_numpy(value), return_lse=True, lse_dtype=np.float64,
                        out=_to_numpy(out), **_options(attn_mask, is_causal, scale))
-    return out, _from_numpy(lse)
+    if wide.numel() == 0:
+        return out, _from_numpy(lse), wide
+    return out.to(query.dtype), _from_numpy(lse), out
+
+
+def _wide_output(query: Tensor, value: Tensor, for_backward: bool) -> Tensor:
+    """An empty tensor: the float32 output's for 16-bit inputs that autograd records, else of 0
+    elements."""
+    wide = for_backward and query.dtype in (torch.float16, torch.bfloat16)
+    return query.new_empty(query.shape[:-1] + value.shape[-1:] if wide else (0,), dtype=torch.float32)
 
 
 @_sdpa.register_fake
-def _sdpa_fake(query, key, value, attn_mask, is_causal, scale):
-    lse_dtype = compute_dtype(query.dtype, torch.float32, torch.float64)
-    return query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=lse_dtype)
+def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, for_backward):
+    return (query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=torch.float64),
+            _wide_output(query, value, for_backward))
 
 
 @torch.library.custom_op("fastattn::sdpa_backward", mutates_args=(), device_types="cpu")
@@ -92,16 +103,16 @@ def _sdpa_backward_fake(dout, query, key, value, out, lse, attn_mask, is_causal,
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    query, key, value, attn_mask, is_causal, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(query, key, value, out, lse, attn_mask)
+    query, key, value, attn_mask, is_causal, scale, _ = inputs
+    out, lse, wide = output
+    ctx.save_for_backward(query, key, value, out if wide.numel() == 0 else wide, lse, attn_mask)
     ctx.is_causal, ctx.scale = is_causal, scale
 
 
-def _backward(ctx, dout: Tensor, _dlse: Optional[Tensor]):
+def _backward(ctx, dout: Tensor, _dlse: Optional[Tensor], _dwide: Optional[Tensor]):
     query, key, value, out, lse, attn_mask = ctx.saved_tensors
     dq, dk, dv = _sdpa_backward(dout, query, key, value, out, lse, attn_mask, ctx.is_causal, ctx.scale)
-    return dq, dk, dv, None, None, None  # the mask, causal flag and scale are constants
+    return dq, dk, dv, None, None, None, None  # the mask, causal flag, scale and flag are constants
 
 
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
@@ -158,7 +169,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     query, key, value = _broadcast(query, key, value, enable_gqa)
-    out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale))
+    for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    out, _, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale), for_backward)
     return out
 
 

@@ -83,7 +83,9 @@ fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py:
     args.q_strides = strides_of(q, "q", q.dtype());
     args.k_strides = strides_of(k, "k", q.dtype());
     args.v_strides = strides_of(v, "v", q.dtype());
-    require_c_contiguous(out, "out", q.dtype(), out_written);
+    // out: q's dtype, or float32 for 16-bit inputs (the output before rounding).
+    args.out_wide = (args.dtype == DType::f16 || args.dtype == DType::bf16) && out.dtype().equal(py::dtype::of<float>());
+    require_c_contiguous(out, "out", args.out_wide ? out.dtype() : q.dtype(), out_written);
     args.batch = q.shape(0);
     args.hq = q.shape(1);
     args.lq = q.shape(2);
@@ -133,12 +135,13 @@ void set_options(fastattn::AttentionArgs& args, double scale, int causal, int nu
     }
 }
 
-// lse (None, or a writeable C-contiguous (batch, hq, lq) array of the compute dtype) into args.
+// lse (None, or a writeable C-contiguous (batch, hq, lq) array of the compute dtype or float64) into args.
 void set_lse(fastattn::AttentionArgs& args, const py::object& lse) {
     if (lse.is_none()) return;
     auto lse_array = lse.cast<py::array>();
     const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
-    require_c_contiguous(lse_array, "lse", compute, true);
+    args.lse_f64 = lse_array.dtype().equal(py::dtype::of<double>());  // float64 for any inputs
+    require_c_contiguous(lse_array, "lse", args.lse_f64 ? lse_array.dtype() : compute, true);
     if (lse_array.ndim() != 3 || lse_array.shape(0) != args.batch || lse_array.shape(1) != args.hq ||
         lse_array.shape(2) != args.lq)
         fail("lse must have shape (batch, hq, lq)");
@@ -218,7 +221,7 @@ void forward_paged(const py::array& q, const py::array& k_pool, const py::array&
     fastattn::attention_forward(args);
 }
 
-// dq, dk, dv are written in place; lse is in the compute dtype.
+// dq, dk, dv are written in place; lse is in the compute dtype or float64.
 void backward(const py::array& dout, const py::array& out, const py::array& lse, py::array& dq, py::array& dk,
               py::array& dv, const py::array& q, const py::array& k, const py::array& v, int dtype, double scale,
               int causal, int num_threads, const py::object& mask, int mask_kind,
@@ -231,7 +234,8 @@ void backward(const py::array& dout, const py::array& out, const py::array& lse,
     fastattn::GradArgs grad;
     require_c_contiguous(dout, "dout", q.dtype(), false);
     const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
-    require_c_contiguous(lse, "lse", compute, false);
+    grad.lse_f64 = lse.dtype().equal(py::dtype::of<double>());  // float64 for any inputs
+    require_c_contiguous(lse, "lse", grad.lse_f64 ? lse.dtype() : compute, false);
     const std::array<std::pair<const py::array*, const py::array*>, 4> same_shape = {
         {{&dout, &out}, {&dq, &q}, {&dk, &k}, {&dv, &v}}};
     for (const auto& pair : same_shape) {

@@ -122,6 +122,7 @@ void select_isa(const std::string& name) {
 
 void check_args(const AttentionArgs& a) {
     require(a.q && a.k && a.v && a.out, "null data pointer");
+    require(!a.out_wide || a.dtype == DType::f16 || a.dtype == DType::bf16, "out_wide without 16-bit inputs");
     require(a.batch >= 1 && a.hq >= 1 && a.hkv >= 1 && a.lq >= 1 && a.lk >= 1 && a.d >= 1 && a.dv >= 0,
             "sizes must be positive (dv may be 0)");
     require(a.hq % a.hkv == 0, "hq must be a multiple of hkv");

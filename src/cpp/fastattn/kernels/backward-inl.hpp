@@ -55,6 +55,7 @@
 #include "common/rules-inl.hpp"
 #include "common/storage-inl.hpp"
 #include "common/tiles-inl.hpp"
+#include "forward-inl.hpp"
 
 namespace fastattn {
 namespace FASTATTN_ISA {
@@ -88,6 +89,7 @@ public:
           group_(a.hq / a.hkv),
           key_blocks_((a.lk + kKeys - 1) / kKeys),
           scale_(static_cast<T>(a.scale)),
+          kv_in_place_(ForwardKernel<S>::reads_kv_in_place(a)),
           neg_inf_(-std::numeric_limits<T>::infinity()) {}
 
     int64_t num_tasks() const { return a_.batch * a_.hkv; }
@@ -108,7 +110,7 @@ public:
         std::vector<T> dk_acc, dv_acc;       // (kKeys, d_pad), (kKeys, dv_pad)
         std::vector<T> q_rows, q_pan;        // scale·Q of a query block: rows (stride d); panels
         std::vector<T> do_rows, do_pan;      // dO of a query block: rows (stride dv); panels
-        std::vector<T> lse, delta;           // per row of the query block
+        std::vector<T> lse, lse_lo, delta;   // per row of the query block (lse = lse + lse_lo)
         std::vector<T> p, ds, cap_grad;      // (kRows, kKeys): P and dP, then dS
         std::vector<T> bias, key_index, row; // scratch
         std::vector<T> dq_acc;               // one head group's dQ when the item owns it
@@ -116,7 +118,7 @@ public:
             : k_t(d * kKeys), k_pan(kKeys * d_pad), v_t(dv * kKeys),
               dk_acc(kKeys * d_pad), dv_acc(kKeys * dv_pad),
               q_rows(kRows * d), q_pan(kRows * d_pad), do_rows(kRows * dv), do_pan(kRows * dv_pad),
-              lse(kRows), delta(kRows),
+              lse(kRows), lse_lo(kRows), delta(kRows),
               p(kRows * kKeys), ds(kRows * kKeys), cap_grad(softcap ? kRows * kKeys : 0),
               bias(kKeys), key_index(kKeys), row(std::max(d_pad, dv_pad)),
               dq_acc(dq_size) {}
@@ -189,17 +191,15 @@ private:
                      bool k_finite, Workspace& ws, T* dq_acc) const {
         const int64_t rows = r1 - r0;
         const int64_t row_first = (seq.b * a_.hq + h) * a_.lq + r0;  // in out, dO, lse
-        const T* lse = static_cast<const T*>(g_.lse) + row_first;
         const S* dout = static_cast<const S*>(g_.dout) + row_first * a_.dv;
-        const S* out = static_cast<const S*>(a_.out) + row_first * a_.dv;
         const S* q = static_cast<const S*>(a_.q) + seq.b * a_.q_strides.batch + h * a_.q_strides.head +
                      r0 * a_.q_strides.row;
         int64_t lo[kRows], hi[kRows];  // row r sees keys [lo[r], hi[r]) of the block
         for (int64_t r = 0; r < rows; ++r) {
-            ws.lse[r] = lse[r];
+            read_lse(row_first + r, ws.lse[r], ws.lse_lo[r]);
             lo[r] = std::max<int64_t>(rules_.key_begin(r0 + r, seq) - key0, 0);
             hi[r] = std::min(rules_.key_end(r0 + r, seq) - key0, seen_end);
-            if (lse[r] == neg_inf_) lo[r] = hi[r] = 0;  // sees no key at all: no gradient
+            if (ws.lse[r] == neg_inf_) lo[r] = hi[r] = 0;  // sees no key at all: no gradient
         }
         pack_panels(q, a_.q_strides.row, rows, a_.d, d_pad_, kRows, scale_, ws.q_pan.data(), ws.q_rows.data(),
                     ws.row.data());
@@ -216,14 +216,15 @@ private:
                 ws.delta[r] = 0;
                 continue;
             }
-            ws.delta[r] = dot_widened(do_row, out + r * a_.dv);
+            ws.delta[r] = a_.out_wide ? dot_widened(do_row, static_cast<const T*>(a_.out) + (row_first + r) * a_.dv)
+                                      : dot_widened(do_row, static_cast<const S*>(a_.out) + (row_first + r) * a_.dv);
         }
 
         int64_t key_hi = 0;
         for (int64_t r = 0; r < rows; ++r) key_hi = std::max(key_hi, hi[r]);
         if (key_hi == 0) return;
         const int64_t v_end = (key_hi + kTileKeys - 1) / kTileKeys * kTileVecs;  // key vectors computed
-        score_block(ws.q_rows.data(), rows, a_.d, ws.k_t.data(), v_end, ws.p.data());     // S, in p
+        scores(h, key0, seen_end, seq, rows, v_end, ws);                                   // S, in p
         score_block(ws.do_rows.data(), rows, a_.dv, ws.v_t.data(), v_end, ws.ds.data());  // dP, in ds
         if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, v_end * W, ws.key_index.data());
         for (int64_t r = 0; r < rows; ++r) softmax_grad_row(h, r0 + r, r, lo[r], hi[r], v_end * W, key0, seq, ws);
@@ -299,10 +300,13 @@ private:
                 p[j] = ds[j] = p[j] == neg_inf_ ? T(0) : std::numeric_limits<T>::quiet_NaN();
             return;
         }
-        const auto shift = V::set1(ws.lse[r]), log2e = V::set1(ExpConstants<T>::log2e);
+        // s − lse as (s − lse_hi) − lse_lo: the first difference is exact where P
+        // is not negligible (s within a factor 2 of lse_hi: Sterbenz).
+        const auto shift = V::set1(ws.lse[r]), shift_lo = V::set1(ws.lse_lo[r]);
+        const auto log2e = V::set1(ExpConstants<T>::log2e);
         const auto delta = V::set1(ws.delta[r]), tiny = V::set1(std::numeric_limits<T>::denorm_min());
         for (int64_t j = 0; j < n; j += W) {
-            const auto pj = vexp2<T>(V::mul(V::sub(V::load(p + j), shift), log2e));
+            const auto pj = vexp2<T>(V::mul(V::sub(V::sub(V::load(p + j), shift), shift_lo), log2e));
             auto dsj = V::mul(pj, V::sub(V::load(ds + j), delta));
             if (cap_grad) dsj = V::mul(dsj, V::load(cap_grad + j));
             V::store(p + j, pj);
@@ -327,14 +331,53 @@ private:
         for (int64_t row = 0; row < group_ * a_.lq; ++row) narrow_row(acc + row * d_pad_, a_.d, scale_, dq + row * a_.d);
     }
 
-    // Σ_c a[c]·b[c] over a row of Dv, b widened from storage.
-    T dot_widened(const T* a, const S* b) const {
+    // The lse of a row as hi + lo in the compute type: a float64 lse (GradArgs::
+    // lse_f64) keeps in lo what rounding it to float32 would lose (up to half an
+    // ulp of lse: 3.8e-6 at |lse| = 100, a relative error of every P of the row).
+    void read_lse(int64_t row, T& hi, T& lo) const {
+        if (!g_.lse_f64) {
+            hi = static_cast<const T*>(g_.lse)[row];
+            lo = T(0);
+            return;
+        }
+        const double lse = static_cast<const double*>(g_.lse)[row];
+        hi = static_cast<T>(lse);
+        lo = hi - hi == 0 ? static_cast<T>(lse - static_cast<double>(hi)) : T(0);  // ±inf, NaN: all in hi
+    }
+
+    // Σ_c a[c]·b[c] over a row of Dv, b widened from storage (S, or float32
+    // for a 16-bit call's unrounded out: AttentionArgs::out_wide).
+    template <class O>
+    T dot_widened(const T* a, const O* b) const {
         auto acc = V::zero();
         int64_t c = 0;
-        for (; c + W <= a_.dv; c += W) acc = V::fma(V::load(a + c), Storage<S>::load(b + c), acc);
+        for (; c + W <= a_.dv; c += W) acc = V::fma(V::load(a + c), Storage<O>::load(b + c), acc);
         T sum = V::reduce_add(acc);
-        for (; c < a_.dv; ++c) sum += a[c] * Storage<S>::widen(b[c]);
+        for (; c < a_.dv; ++c) sum += a[c] * Storage<O>::widen(b[c]);
         return sum;
+    }
+
+    // S of the query block (ws.q_rows, scale·Q) against the key block at key0,
+    // key vectors [0, v_end), into ws.p: summed over the features in the
+    // order the forward pass summed them, so that each score is bitwise the
+    // one whose maximum went into lse. For a row's largest score P = exp(s −
+    // lse) then cancels exactly to 1/l; a score formed in another order
+    // differs by about an ulp of s (7.6e-6 at |s| = 100), an error P would
+    // carry whole and the cancellation dS = P ∘ (dP − D) would amplify.
+    void scores(int64_t h, int64_t key0, int64_t seen_end, const Sequence& seq, int64_t rows, int64_t v_end,
+                Workspace& ws) const {
+        if (!kv_in_place_) return score_block(ws.q_rows.data(), rows, a_.d, ws.k_t.data(), v_end, ws.p.data());
+        // The forward read K in place (decoding shapes): Tiles::unpacked_scores, as it did.
+        const S* k = static_cast<const S*>(a_.k) + seq.b * a_.k_strides.batch + (h / group_) * a_.k_strides.head +
+                     key0 * a_.k_strides.row;
+        const int64_t n = std::min(seen_end, v_end * W);
+        for (int64_t t0 = 0; t0 < rows; t0 += kTileRows)
+            Tile::with_rows(std::min(kTileRows, rows - t0), [&](auto m) {
+                Tile::template unpacked_scores<decltype(m)::value>(ws.q_rows.data() + t0 * a_.d, a_.d, k,
+                                                                   a_.k_strides.row, 0, n, ws.p.data() + t0 * kKeys,
+                                                                   kKeys);
+            });
+        for (int64_t r = 0; r < rows; ++r) std::fill(ws.p.data() + r * kKeys + n, ws.p.data() + r * kKeys + v_end * W, T(0));
     }
 
     // out[r][j] = Σ_c a[r][c]·bt[c][j] for rows [0, rows) of a (stride depth)
@@ -355,6 +398,7 @@ private:
     const Rules<T> rules_;
     const int64_t d_pad_, dv_pad_, group_, key_blocks_;
     const T scale_;
+    const bool kv_in_place_;  // the forward read K in place: scores in its order
     const T neg_inf_;
 };
 

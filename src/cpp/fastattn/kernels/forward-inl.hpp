@@ -128,10 +128,19 @@ public:
           task_rows_(rows_per_head_ * heads_per_task_),
           q_blocks_((a.lq + rows_per_head_ - 1) / rows_per_head_),
           q_scale_(static_cast<T>(a.scale)),
-          direct_(q_blocks_ == 1 && group_ == heads_per_task_ && task_rows_ <= kDirectMaxRows),
+          direct_(reads_kv_in_place(a)),
           neg_inf_(-std::numeric_limits<T>::infinity()) {}
 
     int64_t num_tasks() const { return a_.batch * (a_.hq / heads_per_task_) * q_blocks_; }
+
+    // Direct mode (direct_): one task per (batch, K/V head), of at most
+    // kDirectMaxRows rows. Shape only; the backward asks too, to form its
+    // scores the way this pass did (BackwardKernel::score_rows).
+    static bool reads_kv_in_place(const AttentionArgs& a) {
+        const int64_t group = a.hq / a.hkv, rows_per_head = std::min(a.lq, kQueryBlock);
+        const int64_t heads = heads_per_task(group, rows_per_head);
+        return a.lq <= rows_per_head && group == heads && rows_per_head * heads <= kDirectMaxRows;
+    }
 
     // When a head has too few query rows to fill a task (decoding: Lq = 1),
     // a task takes several query heads that share one K/V head, so that their
@@ -329,10 +338,20 @@ private:
     // Writes the task's rows from their final (max, sum, acc), live rows
     // numbered head by head as run_task packs them.
     void write_rows(const TaskRows& t, const T* row_max, const T* row_sum, const T* acc) const {
+        // out: 16-bit inputs may ask for float32 (out_wide); lse: for float64 (lse_f64).
+        if (a_.out_wide)
+            return a_.lse_f64 ? write_rows_as<T, double>(t, row_max, row_sum, acc)
+                              : write_rows_as<T, T>(t, row_max, row_sum, acc);
+        a_.lse_f64 ? write_rows_as<S, double>(t, row_max, row_sum, acc) : write_rows_as<S, T>(t, row_max, row_sum, acc);
+    }
+
+    // write_rows into an out of storage type O and an lse of type L.
+    template <class O, class L>
+    void write_rows_as(const TaskRows& t, const T* row_max, const T* row_sum, const T* acc) const {
         for (int64_t h = t.h0, r = 0; h < t.h0 + heads_per_task_; ++h) {
             const int64_t first_row = (t.seq.b * a_.hq + h) * a_.lq + t.row0;
-            S* out = static_cast<S*>(a_.out) + first_row * a_.dv;
-            T* lse = a_.lse ? static_cast<T*>(a_.lse) + first_row : nullptr;  // compute dtype
+            O* out = static_cast<O*>(a_.out) + first_row * a_.dv;
+            L* lse = a_.lse ? static_cast<L*>(a_.lse) + first_row : nullptr;
             const T sink = a_.sinks ? static_cast<T>(a_.sinks[t.seq.b * a_.hq + h]) : neg_inf_;
             for (int64_t i = 0; i < t.rows; ++i) {
                 const bool is_live = i < t.rows_live;
@@ -529,9 +548,10 @@ private:
     // value. With m' = max(m, sink), so that no exponent is positive:
     //     l' = l·exp(m − m') + exp(sink − m'),  out = acc·exp(m − m') / l',
     //     lse = m' + log(l').
-    void finish_row(T m, T l, T sink, const T* acc, S* out, T* lse) const {
+    template <class O, class L>
+    void finish_row(T m, T l, T sink, const T* acc, O* out, L* lse) const {
         if (m == neg_inf_) {
-            std::fill(out, out + a_.dv, Storage<S>::narrow(T(0)));
+            std::fill(out, out + a_.dv, Storage<O>::narrow(T(0)));
             if (lse) *lse = sink;
             return;
         }
@@ -545,15 +565,15 @@ private:
         const reg denom = V::set1(l);
         int64_t c = 0;
         if (decay == T(1)) {
-            for (; c + W <= a_.dv; c += W) Storage<S>::store(out + c, V::div(V::load(acc + c), denom));
-            for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] / l);
+            for (; c + W <= a_.dv; c += W) Storage<O>::store(out + c, V::div(V::load(acc + c), denom));
+            for (; c < a_.dv; ++c) out[c] = Storage<O>::narrow(acc[c] / l);
         } else {
             const reg scale = V::set1(decay);
             for (; c + W <= a_.dv; c += W)
-                Storage<S>::store(out + c, V::div(V::mul(V::load(acc + c), scale), denom));
-            for (; c < a_.dv; ++c) out[c] = Storage<S>::narrow(acc[c] * decay / l);
+                Storage<O>::store(out + c, V::div(V::mul(V::load(acc + c), scale), denom));
+            for (; c < a_.dv; ++c) out[c] = Storage<O>::narrow(acc[c] * decay / l);
         }
-        if (lse) *lse = m + std::log(l);
+        if (lse) *lse = static_cast<L>(m) + std::log(static_cast<L>(l));  // L = double: m + log(l) unrounded
     }
 
     const AttentionArgs& a_;
