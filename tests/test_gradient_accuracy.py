@@ -141,3 +141,24 @@ def test_wide_dtypes_errors(rng):
         fastattn.attention_backward(h, h, h, h, out.astype(np.float64), lse)
     with pytest.raises(TypeError, match=r"dout.dtype \(=float32\) must equal q.dtype \(=float16\)$"):
         fastattn.attention_backward(h.astype(np.float32), h, h, h, out, lse)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_option_takes_the_wide_lse_and_output(backend, rng, dtype):
+    """lse_dtype=float64 and a float32 out (16-bit inputs) with every option of the backward,
+    sinks included (their gradient stays in the compute dtype): the gradients agree with the
+    default call's to its precision."""
+    options = dict(causal="lower_right", window=(30, None), alibi_slopes=[0.1, 0.2, 0.3, 0.4], softcap=5.0,
+                   kv_lengths=[37, 25], sinks=[0.5, -1.0, 2.0, -np.inf])
+    q, k, v, dout = (make(rng.standard_normal((2, 4, 40, 16)), dtype) for _ in range(4))
+    out, lse = fastattn.attention(q, k, v, return_lse=True, backend=backend, **options)
+    default = fastattn.attention_backward(dout, q, k, v, out, lse, backend=backend, **options)
+    wide = np.empty(out.shape, np.float32) if q.dtype.itemsize == 2 else None
+    out_w, lse_w = fastattn.attention(q, k, v, return_lse=True, lse_dtype=np.float64, out=wide, backend=backend,
+                                      **options)
+    precise = fastattn.attention_backward(dout, q, k, v, out_w, lse_w, backend=backend, **options)
+    assert lse_w.dtype == np.float64 and precise[3].dtype == default[3].dtype
+    tol = {"float64": 1e-12, "float32": 1e-4}.get(q.dtype.name, 2 * HALF_EPS.get(q.dtype.name, 0))
+    for name, a, b in zip(("dq", "dk", "dv", "dsinks"), precise, default):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.allclose(a, b, rtol=tol, atol=tol * (1 + np.abs(b).max())), name

@@ -218,8 +218,8 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     out : the forward output, shape (..., Hq, Lq, Dv), q's dtype; for float16/bfloat16 inputs
         preferably the float32 one (``attention(..., out=<float32 array>)``): ``D`` is then
         formed from the output before its rounding, and dq, dk are as precise as a float32
-        computation's rounded to 16 bits (from the rounded output they can be 4-35x less, on
-        rows whose softmax is nearly one-hot).
+        computation's rounded to 16 bits (from the rounded output they can be 2-7x less
+        precise, on rows whose softmax is nearly one-hot).
     lse : the forward's log-sum-exp, shape (..., Hq, Lq): float32 or float64 (as ``attention``
         returns it), or q's dtype. A float64 one (``lse_dtype=np.float64``) is used as it is:
         float32 gradients on peaked rows are then as precise as a float32 softmax's. For

@@ -14,6 +14,7 @@ Needs PyTorch (``pip install torch``); bfloat16 tensors also need ml_dtypes (``p
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from ._api import attention, attention_backward
 
-__all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched", "ShapeError"]
+__all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched", "ShapeError", "DTypeError"]
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -138,8 +139,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     - ``dropout_p > 0`` raises NotImplementedError (fastattn computes exact attention);
     - gradients flow to query, key and value; ``attn_mask`` is a constant, and a mask that
       requires grad raises NotImplementedError while autograd is recording;
-    - errors are ValueError/TypeError naming the argument, not torch's RuntimeError; shapes that
-      torch refuses too raise ``ShapeError``, both a ValueError and a RuntimeError.
+    - a 1-D mask is taken for a 4-D query too (torch's math path takes it, its flash path raises
+      IndexError); a non-finite ``scale`` raises ValueError (torch returns NaN);
+    - errors name the argument; what torch refuses raises the type torch raises: shapes
+      ``ShapeError`` (a ValueError and a RuntimeError), dtypes ``DTypeError`` (a TypeError and a
+      RuntimeError), a scale that is not a number TypeError.
 
     Autograd runs fastattn's backward kernel (the weights are recomputed from the saved
     log-sum-exp, FlashAttention-2 style: no L×S matrix in either pass). Under ``torch.compile``
@@ -152,23 +156,29 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         if t.device.type != "cpu":
             raise ValueError(f"{name} is on {t.device}: fastattn.torch computes on CPU tensors")
         if t.dtype not in _DTYPES:
-            raise TypeError(f"{name}.dtype (={t.dtype}) must be torch.float32, float64, float16 or bfloat16")
+            raise DTypeError(f"{name}.dtype (={t.dtype}) must be torch.float32, float64, float16 or bfloat16")
         if t.dim() < 2:
-            raise ValueError(f"{name}.dim() (={t.dim()}) must be >= 2")
+            raise ShapeError(f"{name}.dim() (={t.dim()}) must be >= 2")
     for name in ("key", "value"):
         if tensors[name].dtype != query.dtype:
-            raise TypeError(f"{name}.dtype (={tensors[name].dtype}) must equal query.dtype (={query.dtype})")
+            raise DTypeError(f"{name}.dtype (={tensors[name].dtype}) must equal query.dtype (={query.dtype})")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p (={dropout_p}) must be 0: fastattn computes attention without dropout")
     if attn_mask is not None:
         if not isinstance(attn_mask, Tensor):
             raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.dtype not in (torch.bool, torch.float32, query.dtype):
+            raise DTypeError(f"attn_mask.dtype (={attn_mask.dtype}) must be torch.bool, torch.float32 or "
+                             f"query.dtype (={query.dtype}), as torch requires")
         if attn_mask.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError("attn_mask requires grad, but fastattn gives no gradient for the mask: "
                                       "detach it, or use torch's own scaled_dot_product_attention")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     query, key, value = _broadcast(query, key, value, enable_gqa)
+    _check_sizes(query, key, value, attn_mask)
     for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     out, _, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale), for_backward)
     return out
@@ -177,6 +187,30 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
 class ShapeError(ValueError, RuntimeError):
     """Shapes torch would refuse too: a ValueError, as fastattn's errors are, and a RuntimeError,
     as torch's are, so that code written for either catches it."""
+
+
+class DTypeError(TypeError, RuntimeError):
+    """dtypes torch would refuse too (mixed, unsupported, a mask's): a TypeError, as fastattn's
+    errors are, and a RuntimeError, as torch's are."""
+
+
+def _check_sizes(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor]) -> None:
+    """After _broadcast: the feature and key axes agree, and the mask broadcasts to the scores'
+    shape (..., Hq, L, S) without growing it, as torch requires."""
+    if key.shape[-1] != query.shape[-1]:
+        raise ShapeError(f"key.shape[-1] (={key.shape[-1]}) must equal query.shape[-1] (={query.shape[-1]})")
+    if value.shape[-2] != key.shape[-2]:
+        raise ShapeError(f"value.shape[-2] (={value.shape[-2]}) must equal key.shape[-2] (={key.shape[-2]})")
+    if attn_mask is None:
+        return
+    scores = tuple(torch.broadcast_shapes(query.shape[:-3], key.shape[:-3])) + tuple(query.shape[-3:-1]) + \
+        (key.shape[-2],)
+    try:
+        fits = attn_mask.dim() <= len(scores) and torch.broadcast_shapes(attn_mask.shape, scores) == scores
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ShapeError(f"attn_mask.shape (={tuple(attn_mask.shape)}) must broadcast to the scores' shape {scores}")
 
 
 def _broadcast(query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool) -> Tuple[Tensor, Tensor, Tensor]:

@@ -33,6 +33,13 @@
 // weighted_sum's B operands (dO, Q, K) are packed in column panels one tile
 // wide, so each is walked contiguously.
 //
+// Precision on peaked rows (docs/how-it-works.md, 7.1): where a row is nearly
+// one-hot, dS = P ∘ (dP − D) is a difference of nearly equal numbers, so the
+// kernel forms S in the forward's summation order (scores: the largest then
+// cancels against lse exactly), reads a float64 lse as hi + lo (lse_f64), sums
+// D in dP's order (task_deltas) and, for 16-bit inputs, from the unrounded
+// float32 output when it is given (out_wide).
+//
 // Attention sinks need nothing here: the forward's lse includes the sink's
 // term, so exp(s − lse) are already the keys' weights, and the sink's own
 // gradient, −Σ_i exp(sink − lse_i)·D_i, is formed from lse, out and dO in
@@ -114,18 +121,19 @@ public:
         std::vector<T> p, ds, cap_grad;      // (kRows, kKeys): P and dP, then dS
         std::vector<T> bias, key_index, row; // scratch
         std::vector<T> dq_acc;               // one head group's dQ when the item owns it
-        Workspace(int64_t d_pad, int64_t dv_pad, int64_t d, int64_t dv, int64_t dq_size, bool softcap)
+        std::vector<T> deltas;               // D of every row of the head group (task_deltas)
+        Workspace(int64_t d_pad, int64_t dv_pad, int64_t d, int64_t dv, int64_t dq_size, int64_t rows, bool softcap)
             : k_t(d * kKeys), k_pan(kKeys * d_pad), v_t(dv * kKeys),
               dk_acc(kKeys * d_pad), dv_acc(kKeys * dv_pad),
               q_rows(kRows * d), q_pan(kRows * d_pad), do_rows(kRows * dv), do_pan(kRows * dv_pad),
               lse(kRows), lse_lo(kRows), delta(kRows),
               p(kRows * kKeys), ds(kRows * kKeys), cap_grad(softcap ? kRows * kKeys : 0),
               bias(kKeys), key_index(kKeys), row(std::max(d_pad, dv_pad)),
-              dq_acc(dq_size) {}
+              dq_acc(dq_size), deltas(rows) {}
     };
 
     Workspace make_workspace(int64_t chunks) const {
-        return Workspace(d_pad_, dv_pad_, a_.d, a_.dv, chunks == 1 ? dq_size() : 0, a_.softcap > 0);
+        return Workspace(d_pad_, dv_pad_, a_.d, a_.dv, chunks == 1 ? dq_size() : 0, group_ * a_.lq, a_.softcap > 0);
     }
 
     // Work item (task, chunk): the gradients of its keys, and its dQ (into
@@ -135,6 +143,10 @@ public:
         const int64_t h_kv = task % a_.hkv;
         T* dq_acc = chunks == 1 ? ws.dq_acc.data() : partial;
         std::fill(dq_acc, dq_acc + dq_size(), T(0));
+        if (a_.out_wide)
+            task_deltas(seq.b, h_kv, static_cast<const T*>(a_.out), ws);
+        else
+            task_deltas(seq.b, h_kv, static_cast<const S*>(a_.out), ws);
         const int64_t kb_begin = key_blocks_ * chunk / chunks, kb_end = key_blocks_ * (chunk + 1) / chunks;
         for (int64_t kb = kb_begin; kb < kb_end; ++kb) key_block(kb * kKeys, seq, h_kv, ws, dq_acc);
         if (chunks == 1) write_dq(seq.b, h_kv, dq_acc);
@@ -206,18 +218,15 @@ private:
         pack_panels(dout, a_.dv, rows, a_.dv, dv_pad_, kRows, T(1), ws.do_pan.data(), ws.do_rows.data(),
                     ws.row.data());
         for (int64_t r = 0; r < rows; ++r) {
-            T* do_row = ws.do_rows.data() + r * a_.dv;
-            if (lo[r] >= hi[r]) {  // contributes nothing, even if its dO holds a NaN
-                std::fill(do_row, do_row + a_.dv, T(0));
-                for (int64_t c0 = 0; c0 < dv_pad_; c0 += Tile::panel_width(c0, dv_pad_)) {
-                    const int64_t w = Tile::panel_width(c0, dv_pad_);
-                    std::fill_n(ws.do_pan.data() + c0 * kRows + r * w, w, T(0));
-                }
-                ws.delta[r] = 0;
-                continue;
+            ws.delta[r] = ws.deltas[g * a_.lq + r0 + r];
+            if (lo[r] < hi[r]) continue;
+            // Contributes nothing, even if its dO holds a NaN.
+            std::fill(ws.do_rows.data() + r * a_.dv, ws.do_rows.data() + (r + 1) * a_.dv, T(0));
+            for (int64_t c0 = 0; c0 < dv_pad_; c0 += Tile::panel_width(c0, dv_pad_)) {
+                const int64_t w = Tile::panel_width(c0, dv_pad_);
+                std::fill_n(ws.do_pan.data() + c0 * kRows + r * w, w, T(0));
             }
-            ws.delta[r] = a_.out_wide ? dot_widened(do_row, static_cast<const T*>(a_.out) + (row_first + r) * a_.dv)
-                                      : dot_widened(do_row, static_cast<const S*>(a_.out) + (row_first + r) * a_.dv);
+            ws.delta[r] = 0;
         }
 
         int64_t key_hi = 0;
@@ -300,13 +309,14 @@ private:
                 p[j] = ds[j] = p[j] == neg_inf_ ? T(0) : std::numeric_limits<T>::quiet_NaN();
             return;
         }
-        // s − lse as (s − lse_hi) − lse_lo: the first difference is exact where P
-        // is not negligible (s within a factor 2 of lse_hi: Sterbenz).
-        const auto shift = V::set1(ws.lse[r]), shift_lo = V::set1(ws.lse_lo[r]);
+        // (s − lse)·log2(e) as (s − lse_hi)·log2(e) − lse_lo·log2(e), one FMA: the
+        // difference is exact where P is not negligible (s within a factor 2 of
+        // lse_hi: Sterbenz), and lse_lo (0 for a compute-dtype lse) costs no op.
+        const auto shift = V::set1(ws.lse[r]), shift_lo = V::set1(-ws.lse_lo[r] * ExpConstants<T>::log2e);
         const auto log2e = V::set1(ExpConstants<T>::log2e);
         const auto delta = V::set1(ws.delta[r]), tiny = V::set1(std::numeric_limits<T>::denorm_min());
         for (int64_t j = 0; j < n; j += W) {
-            const auto pj = vexp2<T>(V::mul(V::sub(V::sub(V::load(p + j), shift), shift_lo), log2e));
+            const auto pj = vexp2<T>(V::fma(V::sub(V::load(p + j), shift), log2e, shift_lo));
             auto dsj = V::mul(pj, V::sub(V::load(ds + j), delta));
             if (cap_grad) dsj = V::mul(dsj, V::load(cap_grad + j));
             V::store(p + j, pj);
@@ -345,16 +355,31 @@ private:
         lo = hi - hi == 0 ? static_cast<T>(lse - static_cast<double>(hi)) : T(0);  // ±inf, NaN: all in hi
     }
 
-    // Σ_c a[c]·b[c] over a row of Dv, b widened from storage (S, or float32
-    // for a 16-bit call's unrounded out: AttentionArgs::out_wide).
+    // D_i = Σ_c dO_ic·out_ic for every row of the task's query heads (b, and
+    // the group of K/V head h_kv), into ws.deltas (group × Lq); out of storage
+    // type O: S, or float32 for a 16-bit call's unrounded out (out_wide). Each
+    // is summed as score_tile sums dP_ij = Σ_c dO_ic·V_jc: one FMA chain over
+    // the features from 0. On a nearly one-hot row out_i ≈ V_j, and dP_ij − D_i
+    // then cancels the two sums' rounding too, not only their values (summed in
+    // vector lanes instead, D cost AVX2 gradients 1.8x torch's error at D = 8).
+    // Once per work item, kRows rows at a time, column by column, so that the
+    // rows' independent chains overlap.
     template <class O>
-    T dot_widened(const T* a, const O* b) const {
-        auto acc = V::zero();
-        int64_t c = 0;
-        for (; c + W <= a_.dv; c += W) acc = V::fma(V::load(a + c), Storage<O>::load(b + c), acc);
-        T sum = V::reduce_add(acc);
-        for (; c < a_.dv; ++c) sum += a[c] * Storage<O>::widen(b[c]);
-        return sum;
+    void task_deltas(int64_t b, int64_t h_kv, const O* out, Workspace& ws) const {
+        for (int64_t g = 0; g < group_; ++g) {
+            const int64_t row_first = (b * a_.hq + h_kv * group_ + g) * a_.lq;
+            const S* dout = static_cast<const S*>(g_.dout) + row_first * a_.dv;
+            const O* o = out + row_first * a_.dv;
+            T* delta = ws.deltas.data() + g * a_.lq;
+            for (int64_t r0 = 0; r0 < a_.lq; r0 += kRows) {
+                const int64_t rows = std::min(kRows, a_.lq - r0);
+                std::fill(delta + r0, delta + r0 + rows, T(0));
+                for (int64_t c = 0; c < a_.dv; ++c)
+                    for (int64_t r = r0; r < r0 + rows; ++r)
+                        delta[r] = Tile::lane_fma(Storage<S>::widen(dout[r * a_.dv + c]),
+                                                  Storage<O>::widen(o[r * a_.dv + c]), delta[r]);
+            }
+        }
     }
 
     // S of the query block (ws.q_rows, scale·Q) against the key block at key0,

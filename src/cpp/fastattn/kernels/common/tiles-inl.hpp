@@ -28,6 +28,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -77,6 +78,16 @@ struct Tiles {
     // The width of the column panel that starts at column c0 of cols_pad:
     // whole tiles, then single vectors.
     static int64_t panel_width(int64_t c0, int64_t cols_pad) { return c0 + kKeys <= cols_pad ? kKeys : W; }
+
+    // One lane of score_tile's V::fma, on scalars: fused exactly where V::fma is
+    // (every ISA but the scalar baseline, which multiplies and adds).
+    static T lane_fma(T a, T b, T c) {
+#if defined(__FMA__) || defined(__aarch64__)
+        return std::fma(a, b, c);
+#else
+        return a * b + c;
+#endif
+    }
 
     // out[r][j] = Σ_c a[r·depth + c]·bt[c][j] for R rows of a and the key
     // vectors [v_begin, v_end) (whole tiles); bt is transposed in panels of
