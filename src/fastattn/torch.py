@@ -66,8 +66,9 @@ def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor]
           scale: float, for_backward: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """(out, lse, wide) of fastattn.attention; out is allocated by torch and written in place.
     Kept for the backward, which they make as precise as torch's math path: lse, in float64 (not
-    rounded to float32: attention's lse_dtype), and, for 16-bit inputs when `for_backward`, `wide`: the output in float32 before
-    its rounding (out is that rounded, the bits the kernel stores); else an empty tensor."""
+    rounded to float32: attention's lse_dtype), and, for 16-bit inputs when `for_backward`,
+    `wide`: the output in float32 before its rounding (out is that rounded, the bits the kernel
+    stores); else an empty tensor."""
     wide = _wide_output(query, value, for_backward)
     out = torch.empty(query.shape[:-1] + value.shape[-1:], dtype=query.dtype if wide.numel() == 0 else torch.float32)
     _, lse = attention(_to_numpy(query), _to_numpy(key), _to_numpy(value), return_lse=True, lse_dtype=np.float64,
