@@ -91,9 +91,9 @@ def masks_reaching_the_kernels(monkeypatch, backend):
             return kernel(*args)
         return wrapper
 
-    if backend == "numpy":  # forward(q, k, v, out, lse, options), backward(..., options)
+    if backend == "numpy":  # forward(q, k, v, out, lse, options, lse_lo), backward(..., options, lse_lo)
         for name in ("forward", "backward"):
-            monkeypatch.setattr(_reference, name, recording(name, getattr(_reference, name), lambda a: a[-1].mask))
+            monkeypatch.setattr(_reference, name, recording(name, getattr(_reference, name), lambda a: a[-2].mask))
     else:  # the binding's arguments are positional; a bool mask is its only bool array
         def bool_array(args):
             (mask,) = [a for a in args if isinstance(a, np.ndarray) and a.dtype == np.bool_]

@@ -213,13 +213,13 @@ def test_fully_masked_row_is_zero_where_torch_gives_nan():
 def test_zero_copy_through_dlpack(monkeypatch):
     """The kernel reads the tensors' own memory and writes into the tensor that is returned."""
     seen = {}
-    real = fat.attention
+    real = fat.forward_with_residual
 
     def spy(q, k, v, **kwargs):
         seen.update(q=q.ctypes.data, k=k.ctypes.data, v=v.ctypes.data, out=kwargs["out"].ctypes.data)
         return real(q, k, v, **kwargs)
 
-    monkeypatch.setattr(fat, "attention", spy)
+    monkeypatch.setattr(fat, "forward_with_residual", spy)
     for dtype in (torch.float32, torch.bfloat16):
         q, k, v = (make((2, 2, 9, 8), dtype, s, grad=False) for s in (1, 2, 3))
         out = fat.scaled_dot_product_attention(q, k, v)
@@ -248,13 +248,14 @@ def test_custom_ops_pass_torch_opcheck(dtype):
     q, k, v = (make((1, 2, 6, 4), dtype, s) for s in (1, 2, 3))
     for for_backward in (True, False):
         torch.library.opcheck(torch.ops.fastattn.sdpa.default, (q, k, v, None, True, 0.5, for_backward))
-    out, lse, wide = torch.ops.fastattn.sdpa(q, k, v, None, True, 0.5, True)
-    assert lse.dtype == torch.float64  # m + log(l) not rounded to float32
+    out, lse, lse_lo, wide = torch.ops.fastattn.sdpa(q, k, v, None, True, 0.5, True)
+    assert lse.dtype == lse_lo.dtype == torch.float32  # lse, and the exact error of its rounding
+    assert lse_lo.abs().max() <= lse.abs().max() * 2.0**-24 and (lse_lo != 0).any()
     # 16-bit inputs: the float32 output before rounding, kept for the backward's D.
     assert wide.shape == (out.shape if dtype == torch.bfloat16 else (0,)) and wide.dtype == torch.float32
     dout = make(out.shape, dtype, 4, grad=False)
     saved = out if wide.numel() == 0 else wide
-    inputs = [t.detach() for t in (dout, q, k, v, saved, lse)]  # (no double backward: no autograd formula)
+    inputs = [t.detach() for t in (dout, q, k, v, saved, lse, lse_lo)]  # (no double backward: no autograd formula)
     torch.library.opcheck(torch.ops.fastattn.sdpa_backward.default, (*inputs, None, True, 0.5))
 
 

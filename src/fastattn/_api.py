@@ -142,19 +142,42 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         result = _plain_forward(q, k, v, causal, scale, return_lse, num_threads)
         if result is not None:
             return result
-    call = _contract.normalise(q, k, v, causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths,
-                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
-                               sinks=sinks)
-    threads = check_num_threads(num_threads)
     _contract.check_bool(return_lse, "return_lse")
-    lse_type = _contract.check_lse_dtype(lse_dtype, return_lse)
+    wide = _contract.check_lse_dtype(lse_dtype, return_lse) is not None
+    options = dict(causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, window=window,
+                   alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
+    out, lse, lse_lo = _forward(q, k, v, options, out, cpp, num_threads, return_lse, residual=wide)
+    if wide and lse is not None and lse.dtype == FLOAT32:  # hi + lo: exact in float64 (24 + 24 bits)
+        lse = lse.astype(np.float64) + lse_lo
+    return (out, lse) if return_lse else out
+
+
+def forward_with_residual(q: Any, k: Any, v: Any, *, out: Optional[np.ndarray] = None, backend: str = "auto",
+                          num_threads: Optional[int] = None, **options: Any) -> Tuple[np.ndarray, np.ndarray,
+                                                                                    np.ndarray]:
+    """(out, lse, lse_lo) of attention(q, k, v, return_lse=True, **options): lse in the compute dtype and
+    lse_lo the exact error of its rounding, for backward_with_residual (fastattn.torch, MultiHeadAttention;
+    float64 inputs too, where no wider lse_dtype exists)."""
+    out, lse, lse_lo = _forward(q, k, v, options, out, use_cpp(backend), num_threads, True, residual=True)
+    return out, lse, lse_lo
+
+
+def _forward(q: Any, k: Any, v: Any, options: dict, out: Optional[np.ndarray], cpp: bool,
+             num_threads: Optional[int], return_lse: bool, residual: bool) -> Tuple[Any, Any, Any]:
+    """attention's general path: (out, lse or None, lse_lo or None); lse_lo (lse's rounding error,
+    in the compute dtype) when `residual` and return_lse."""
+    call = _contract.normalise(q, k, v, **options)
+    threads = check_num_threads(num_threads)
     out = _contract.check_out(out, call, (q, k, v))
 
     batch, hq, lq, _ = call.q.shape
     lk, dv = call.k.shape[2], call.v.shape[3]
     out4 = out.reshape(batch, hq, lq, dv)
-    lse = np.empty(call.out_shape[:-1], dtype=lse_type or compute_dtype(out.dtype)) if return_lse else None
+    compute = compute_dtype(out.dtype)
+    lse = np.empty(call.out_shape[:-1], dtype=compute) if return_lse else None
+    lse_lo = np.zeros(call.out_shape[:-1], dtype=compute) if return_lse and residual else None
     lse3 = None if lse is None else lse.reshape(batch, hq, lq)
+    lo3 = None if lse_lo is None else lse_lo.reshape(batch, hq, lq)
 
     if batch * hq * lq == 0 or dv == 0 and lse3 is None:
         pass  # no query rows, or nothing asked of them (Dv = 0 still has an lse)
@@ -163,10 +186,10 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         if lse3 is not None:
             lse3[...] = _reference.empty_rows_lse(call)
     elif cpp:
-        cpp_forward(call.q, call.k, call.v, out4, lse3, call_args(call, threads))
+        cpp_forward(call.q, call.k, call.v, out4, lse3, call_args(call, threads), lo3)
     else:
-        _reference.forward(call.q, call.k, call.v, out4, lse3, call.options)
-    return (out, lse) if return_lse else out
+        _reference.forward(call.q, call.k, call.v, out4, lse3, call.options, lo3)
+    return out, lse, lse_lo
 
 
 @overload
@@ -236,19 +259,30 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     ``(dq, dk, dv, dsinks)``, dsinks of the shape ``sinks`` was given in (summed over the axes it
     was broadcast along) in the compute dtype (float64 for float64 inputs, else float32).
     """
-    cpp = use_cpp(backend)
+    options = dict(causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, window=window,
+                   alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
+    return _backward(dout, q, k, v, out, lse, None, options, use_cpp(backend), num_threads)
+
+
+def backward_with_residual(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, lse_lo: Any, *,
+                           backend: str = "auto", num_threads: Optional[int] = None, **options: Any) -> tuple:
+    """attention_backward with the weights recomputed from lse + lse_lo (forward_with_residual's)."""
+    return _backward(dout, q, k, v, out, lse, lse_lo, options, use_cpp(backend), num_threads)
+
+
+def _backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, lse_lo: Any, options: dict, cpp: bool,
+              num_threads: Optional[int]) -> tuple:
+    """attention_backward's body; lse_lo None, or lse's rounding error in the compute dtype."""
     # The gradients take their shapes from the arrays as read (np.shape of a DLPack object is ()).
     q, k, v = _contract.asarray(q, "q"), _contract.asarray(k, "k"), _contract.asarray(v, "v")
-    call = _contract.normalise(q, k, v, causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths,
-                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
-                               sinks=sinks)
+    call = _contract.normalise(q, k, v, **options)
     threads = check_num_threads(num_threads)
     batch, hq, lq, d = call.q.shape
     lk, dv_cols = call.k.shape[2], call.v.shape[3]
     dtype = call.q.dtype
     dout4 = _contract.check_same_as_out(dout, "dout", call).reshape(batch, hq, lq, dv_cols)
     out4 = _contract.check_same_as_out(out, "out", call).reshape(batch, hq, lq, dv_cols)
-    lse3 = _contract.check_lse(lse, call).reshape(batch, hq, lq)
+    lse3, lo3 = (None if x is None else x.reshape(batch, hq, lq) for x in _contract.check_lse(lse, lse_lo, call))
 
     grads = tuple(np.empty(np.shape(x), dtype) for x in (q, k, v))
     dq4, dk4, dv4 = (g.reshape(x.shape) for g, x in zip(grads, (call.q, call.k, call.v)))
@@ -256,14 +290,14 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
         for g in grads:  # no query row sees a key, or no value column: every weight is constant
             g.fill(0)
     elif cpp:
-        cpp_backward(dout4, out4, lse3, dq4, dk4, dv4, call.q, call.k, call.v, call_args(call, threads))
+        cpp_backward(dout4, out4, lse3, dq4, dk4, dv4, call.q, call.k, call.v, call_args(call, threads), lo3)
     else:
-        _reference.backward(dout4, call.q, call.k, call.v, out4, lse3, dq4, dk4, dv4, call.options)
+        _reference.backward(dout4, call.q, call.k, call.v, out4, lse3, dq4, dk4, dv4, call.options, lo3)
     if call.options.sinks is None:
         return grads
     d_sinks = _reference.sink_grads(call.options.sinks, dout4, out4, lse3)  # (B, Hq)
     d_sinks = d_sinks.reshape(call.batch_shape + (hq,))
-    return grads + (_contract.sum_to_shape(d_sinks, np.shape(_contract.asarray(sinks, "sinks"))),)
+    return grads + (_contract.sum_to_shape(d_sinks, np.shape(_contract.asarray(options["sinks"], "sinks"))),)
 
 
 def attention_weights(q: npt.ArrayLike, k: npt.ArrayLike, /, *, causal: Causal = False,

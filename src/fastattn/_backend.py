@@ -70,8 +70,8 @@ def use_cpp(backend: Any) -> bool:
 
 
 # -- the binding's arguments ------------------------------------------------------------------
-# _core.forward(q, k, v, out, lse, *args) and _core.backward(dout, out, lse, dq, dk, dv, q, k, v,
-# *args) share `args`, dtype .. sinks in the order of src/cpp/bindings/module.cpp, passed
+# _core.forward(q, k, v, out, lse, lse_lo, *args) and _core.backward(dout, out, lse, lse_lo, dq, dk,
+# dv, q, k, v, *args) share `args`, dtype .. sinks in the order of src/cpp/bindings/module.cpp, passed
 # positionally: pybind11 matching 20 keywords by name costs about 2 µs per call, a third of a
 # tiny call. binding_args spells dtype .. num_threads, _option_args mask .. sinks.
 
@@ -115,10 +115,11 @@ def call_args(call: Call, threads: int) -> tuple:
 
 
 def cpp_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
-                args: tuple) -> None:
-    """The forward kernel on 4-D arrays (see _contract.Call), into out (B, Hq, Lq, Dv) and lse
-    (B, Hq, Lq) or None; `args` from binding_args or call_args."""
-    _core.forward(q, k, v, out, lse, *args)
+                args: tuple, lse_lo: Optional[np.ndarray] = None) -> None:
+    """The forward kernel on 4-D arrays (see _contract.Call), into out (B, Hq, Lq, Dv), lse
+    (B, Hq, Lq) or None, and lse_lo (lse's rounding error, with lse) or None; `args` from
+    binding_args or call_args."""
+    _core.forward(q, k, v, out, lse, lse_lo, *args)
 
 
 def cpp_forward_paged(q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, out: np.ndarray,
@@ -131,7 +132,8 @@ def cpp_forward_paged(q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, out
 
 
 def cpp_backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, dq: np.ndarray, dk: np.ndarray,
-                 dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, args: tuple) -> None:
-    """The backward kernel on 4-D arrays, into dq, dk, dv (of q, k, v's shapes); `args` from
-    call_args."""
-    _core.backward(dout, out, lse, dq, dk, dv, q, k, v, *args)
+                 dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, args: tuple,
+                 lse_lo: Optional[np.ndarray] = None) -> None:
+    """The backward kernel on 4-D arrays, into dq, dk, dv (of q, k, v's shapes), P recomputed
+    from lse (+ lse_lo, when given); `args` from call_args."""
+    _core.backward(dout, out, lse, lse_lo, dq, dk, dv, q, k, v, *args)

@@ -303,16 +303,27 @@ def check_same_as_out(x: Any, name: str, call: Call) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def check_lse(lse: Any, call: Call) -> np.ndarray:
-    """attention_backward's lse: the forward's, C-contiguous in the compute dtype, or float64 as
-    given (the kernel splits it into hi + lo in the compute dtype)."""
-    dtype, shape = call.q.dtype, call.out_shape[:-1]
+def check_lse(lse: Any, lse_lo: Any, call: Call) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """attention_backward's lse (and the internal lse_lo, or None) as the kernel takes them:
+    C-contiguous in the compute dtype, lse_lo the part of lse its rounding lost. A float64 lse of
+    float32 compute becomes hi + lo, so that nothing of it is lost."""
+    dtype, shape = call.q.dtype, tuple(call.out_shape[:-1])
+    compute = compute_dtype(dtype)
     a = as_float_array(lse, "lse")
     if a.dtype not in (dtype, FLOAT32, FLOAT64):
         raise TypeError(f"lse.dtype (={a.dtype}) must be q.dtype (={dtype}), float32 or float64")
-    if a.shape != tuple(shape):
-        raise ValueError(f"lse.shape (={a.shape}) must be {tuple(shape)}, the output's shape without Dv")
-    return np.ascontiguousarray(a, dtype=FLOAT64 if a.dtype == FLOAT64 else compute_dtype(dtype))
+    if a.shape != shape:
+        raise ValueError(f"lse.shape (={a.shape}) must be {shape}, the output's shape without Dv")
+    hi = np.ascontiguousarray(a, dtype=compute)
+    if lse_lo is not None:
+        lo = np.ascontiguousarray(lse_lo)
+        if lo.dtype != compute or lo.shape != shape or a.dtype != compute:
+            raise ValueError(f"lse_lo must be a {compute} array of shape {shape}, with lse of that dtype")
+        return hi, lo
+    if a.dtype == FLOAT64 and compute == FLOAT32:
+        with np.errstate(invalid="ignore"):  # ±inf − ±inf: lo is 0 where hi is not finite
+            return hi, np.where(np.isfinite(hi), a - hi, 0).astype(compute)
+    return hi, None
 
 
 # -- options --------------------------------------------------------------------------------

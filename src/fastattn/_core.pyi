@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
-            dtype: int, scale: float, causal: int, num_threads: int, mask: Optional[np.ndarray],
+            lse_lo: Optional[np.ndarray], dtype: int, scale: float, causal: int, num_threads: int, mask: Optional[np.ndarray],
             mask_kind: int, mask_strides: Tuple[int, int, int], mask_offsets: Optional[np.ndarray],
             q_lengths: Optional[np.ndarray], kv_lengths: Optional[np.ndarray], window_left: int,
             window_right: int, alibi_slopes: Optional[np.ndarray], softcap: float,
@@ -16,8 +16,8 @@ def forward_paged(q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, out: np
                   mask_offsets: Optional[np.ndarray], q_lengths: Optional[np.ndarray],
                   kv_lengths: Optional[np.ndarray], window_left: int, window_right: int,
                   alibi_slopes: Optional[np.ndarray], softcap: float, sinks: Optional[np.ndarray]) -> None: ...
-def backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, dq: np.ndarray, dk: np.ndarray,
-             dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, dtype: int, scale: float,
+def backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, lse_lo: Optional[np.ndarray],
+             dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, dtype: int, scale: float,
              causal: int, num_threads: int, mask: Optional[np.ndarray], mask_kind: int,
              mask_strides: Tuple[int, int, int], mask_offsets: Optional[np.ndarray],
              q_lengths: Optional[np.ndarray], kv_lengths: Optional[np.ndarray], window_left: int,

@@ -88,7 +88,9 @@ class _Scores:
 
 
 def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
-            opts: Options) -> None:
+            opts: Options, lse_lo: Optional[np.ndarray] = None) -> None:
+    """attention into out and lse (or None), and lse_lo (None, or with lse: the exact error of
+    lse's rounding, as the kernel's AttentionArgs::lse_lo)."""
     batch, hq, lq, _ = q.shape
     hkv, dv = k.shape[1], v.shape[3]
     ctx = _Scores(q, k, opts)
@@ -96,6 +98,7 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: O
     v_g = v[:, :, None].astype(compute, copy=False)  # (B, Hkv, 1, Lk, Dv)
     out_g = out.reshape(batch, hkv, group, lq, dv)
     lse_g = None if lse is None else lse.reshape(batch, hkv, group, lq)
+    lo_g = None if lse_lo is None else lse_lo.reshape(batch, hkv, group, lq)
 
     for row0 in range(0, lq, ctx.rows_per_chunk):
         row1 = min(lq, row0 + ctx.rows_per_chunk)
@@ -116,8 +119,13 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: O
         with np.errstate(divide="ignore", invalid="ignore"):
             out_g[..., row0:row1, :] = np.where(sees_nothing, 0, acc / row_sum)
             if lse_g is not None:
-                wide = lse_g.dtype.type  # a float64 lse: m + log(l) unrounded, as the kernel gives it
-                lse_g[..., row0:row1] = (shift.astype(wide) + np.log(row_sum.astype(wide)))[..., 0]
+                log_l = np.log(row_sum)
+                hi = shift + log_l
+                lse_g[..., row0:row1] = hi[..., 0]
+                if lo_g is not None:  # TwoSum: the exact error of that rounding; 0 where hi is not finite
+                    b = hi - shift
+                    lo = (shift - (hi - b)) + (log_l - b)
+                    lo_g[..., row0:row1] = np.where(np.isfinite(hi), lo, 0)[..., 0]
 
 
 def empty_rows_lse(call: Call) -> np.ndarray:
@@ -149,7 +157,7 @@ def sink_grads(sinks: np.ndarray, dout: np.ndarray, out: np.ndarray, lse: np.nda
 
 
 def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: np.ndarray,
-             dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, opts: Options) -> None:
+             dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, opts: Options, lse_lo: Optional[np.ndarray] = None) -> None:
     """Gradients of sum(dout ∘ out) into dq, dk, dv, with P recomputed from lse (the forward's
     log-sum-exp, in the compute dtype), as the C++ kernel does:
 
@@ -168,11 +176,10 @@ def backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out:
     v_t = v[:, :, None].swapaxes(-1, -2).astype(compute, copy=False)  # (B, Hkv, 1, Dv, Lk)
     dout_g = dout.reshape(batch, hkv, group, lq, d_v).astype(compute, copy=False)
     out_g = out.reshape(batch, hkv, group, lq, d_v).astype(compute, copy=False)
-    # lse as hi + lo in the compute dtype, as the kernel reads it (lo is 0 unless lse is wider).
-    lse_g = lse.reshape(batch, hkv, group, lq, 1)
-    lse_hi = lse_g.astype(compute, copy=False)
-    with np.errstate(invalid="ignore"):
-        lse_lo = np.where(np.isfinite(lse_hi), lse_g - lse_hi, 0).astype(compute)
+    # lse as hi + lo, as the kernel reads it (lo: lse_lo where hi is finite, else 0).
+    lse_hi = lse.reshape(batch, hkv, group, lq, 1).astype(compute, copy=False)
+    lse_lo = np.zeros_like(lse_hi) if lse_lo is None else \
+        np.where(np.isfinite(lse_hi), lse_lo.reshape(lse_hi.shape), 0).astype(compute, copy=False)
     dq_g = dq.reshape(batch, hkv, group, lq, d)
     dk_acc = np.zeros((batch, hkv, lk, d), compute)
     dv_acc = np.zeros((batch, hkv, lk, d_v), compute)

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from . import _checkpoint, _contract, _reference
-from ._api import attention, attention_backward
+from ._api import backward_with_residual, forward_with_residual
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _PARAM_NAMES = ("w_q", "w_k", "w_v", "w_o")
@@ -231,12 +231,13 @@ class MultiHeadAttention:
         q = self._heads(self._project(x3, "q"), self.num_heads)  # (B, H, L, Dh)
         k = self._heads(self._project(c3, "k"), self.num_kv_heads)  # (B, Hkv, S, Dh)
         v = self._heads(self._project(c3, "v"), self.num_kv_heads)
-        out, lse = attention(q, k, v, causal=self.causal, mask=mask, return_lse=True, lse_dtype=np.float64,
-                             backend=self.backend, num_threads=self.num_threads)  # float64 lse: precise gradients
+        # lse with its rounding error (lse_lo): the backward's weights as precise as a softmax's
+        out, lse, lse_lo = forward_with_residual(q, k, v, causal=self.causal, mask=mask, backend=self.backend,
+                                                 num_threads=self.num_threads)
         merged = _merge_heads(out)  # (B, L, E)
         y = self._project(merged, "o")
         self._cache = dict(x=x3, context=None if context is None else c3, q=q, k=k, v=v, out=out, lse=lse,
-                           merged=merged, mask=mask, unbatched=unbatched, y_shape=y.shape)
+                           lse_lo=lse_lo, merged=merged, mask=mask, unbatched=unbatched, y_shape=y.shape)
         y = y[0] if unbatched else y
         if not need_weights:
             return y
@@ -274,9 +275,9 @@ class MultiHeadAttention:
         d_merged = self._project_backward(dy3, cache["merged"], "o")
         b, h, l, dh = cache["q"].shape
         d_out = d_merged.reshape(b, l, h, dh).transpose(0, 2, 1, 3)
-        dq, dk, dv = attention_backward(d_out, cache["q"], cache["k"], cache["v"], cache["out"], cache["lse"],
-                                        causal=self.causal, mask=cache["mask"], backend=self.backend,
-                                        num_threads=self.num_threads)
+        dq, dk, dv = backward_with_residual(d_out, cache["q"], cache["k"], cache["v"], cache["out"], cache["lse"],
+                                            cache["lse_lo"], causal=self.causal, mask=cache["mask"],
+                                            backend=self.backend, num_threads=self.num_threads)
         x, c = cache["x"], cache["context"]
         source = x if c is None else c
         dx = self._project_backward(_merge_heads(dq), x, "q")
@@ -335,9 +336,7 @@ class MultiHeadAttention:
         b, h, l, _ = q.shape
         scores, _ = _reference._Scores(call.q, call.k, call.options).chunk(0, l)
         # A row that sees no key has lse = -inf and all scores -inf: weights exp(-inf) = 0.
-        # (lse is float64: s − lse in float64, then the weights in the layer's dtype)
-        weights = np.exp(scores.reshape(b, h, l, -1) - np.where(lse == -np.inf, 0, lse)[..., None])
-        return weights.astype(scores.dtype, copy=False)
+        return np.exp(scores.reshape(b, h, l, -1) - np.where(lse == -np.inf, 0, lse)[..., None])
 
 
 def _config_from(what: str, header: Dict) -> Dict:

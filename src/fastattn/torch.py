@@ -26,7 +26,8 @@ except ImportError as exc:  # pragma: no cover - only without torch
 
 from torch import Tensor
 
-from ._api import attention, attention_backward
+from ._api import backward_with_residual, forward_with_residual
+from ._contract import compute_dtype
 
 __all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched", "ShapeError", "DTypeError"]
 
@@ -63,19 +64,19 @@ def _options(attn_mask: Optional[Tensor], is_causal: bool, scale: float) -> dict
 
 @torch.library.custom_op("fastattn::sdpa", mutates_args=(), device_types="cpu")
 def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
-          scale: float, for_backward: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """(out, lse, wide) of fastattn.attention; out is allocated by torch and written in place.
-    Kept for the backward, which they make as precise as torch's math path: lse, in float64 (not
-    rounded to float32: attention's lse_dtype), and, for 16-bit inputs when `for_backward`,
-    `wide`: the output in float32 before its rounding (out is that rounded, the bits the kernel
-    stores); else an empty tensor."""
+          scale: float, for_backward: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(out, lse, lse_lo, wide) of fastattn.attention; out is allocated by torch and written in place.
+    Kept for the backward, which they make as precise as torch's math path: lse and lse_lo, the
+    exact error of lse's rounding (float32, float64 for float64: fastattn._api.forward_with_residual),
+    and, for 16-bit inputs when `for_backward`, `wide`: the output in float32 before its rounding
+    (out is that rounded, the bits the kernel stores); else an empty tensor."""
     wide = _wide_output(query, value, for_backward)
     out = torch.empty(query.shape[:-1] + value.shape[-1:], dtype=query.dtype if wide.numel() == 0 else torch.float32)
-    _, lse = attention(_to_numpy(query), _to_numpy(key), _to_numpy(value), return_lse=True, lse_dtype=np.float64,
-                       out=_to_numpy(out), **_options(attn_mask, is_causal, scale))
+    _, lse, lse_lo = forward_with_residual(_to_numpy(query), _to_numpy(key), _to_numpy(value), out=_to_numpy(out),
+                                           **_options(attn_mask, is_causal, scale))
     if wide.numel() == 0:
-        return out, _from_numpy(lse), wide
-    return out.to(query.dtype), _from_numpy(lse), out
+        return out, _from_numpy(lse), _from_numpy(lse_lo), wide
+    return out.to(query.dtype), _from_numpy(lse), _from_numpy(lse_lo), out
 
 
 def _wide_output(query: Tensor, value: Tensor, for_backward: bool) -> Tensor:
@@ -87,33 +88,35 @@ def _wide_output(query: Tensor, value: Tensor, for_backward: bool) -> Tensor:
 
 @_sdpa.register_fake
 def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, for_backward):
-    return (query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=torch.float64),
-            _wide_output(query, value, for_backward))
+    lse_dtype = compute_dtype(query.dtype, torch.float32, torch.float64)
+    return (query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=lse_dtype),
+            query.new_empty(query.shape[:-1], dtype=lse_dtype), _wide_output(query, value, for_backward))
 
 
 @torch.library.custom_op("fastattn::sdpa_backward", mutates_args=(), device_types="cpu")
 def _sdpa_backward(dout: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor,
-                   attn_mask: Optional[Tensor], is_causal: bool, scale: float) -> Tuple[Tensor, Tensor, Tensor]:
-    grads = attention_backward(*map(_to_numpy, (dout, query, key, value, out, lse)),
-                               **_options(attn_mask, is_causal, scale))
+                   lse_lo: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
+                   scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    grads = backward_with_residual(*map(_to_numpy, (dout, query, key, value, out, lse, lse_lo)),
+                                   **_options(attn_mask, is_causal, scale))
     return tuple(_from_numpy(g) for g in grads)  # type: ignore[return-value]
 
 
 @_sdpa_backward.register_fake
-def _sdpa_backward_fake(dout, query, key, value, out, lse, attn_mask, is_causal, scale):
+def _sdpa_backward_fake(dout, query, key, value, out, lse, lse_lo, attn_mask, is_causal, scale):
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     query, key, value, attn_mask, is_causal, scale, _ = inputs
-    out, lse, wide = output
-    ctx.save_for_backward(query, key, value, out if wide.numel() == 0 else wide, lse, attn_mask)
+    out, lse, lse_lo, wide = output
+    ctx.save_for_backward(query, key, value, out if wide.numel() == 0 else wide, lse, lse_lo, attn_mask)
     ctx.is_causal, ctx.scale = is_causal, scale
 
 
-def _backward(ctx, dout: Tensor, _dlse: Optional[Tensor], _dwide: Optional[Tensor]):
-    query, key, value, out, lse, attn_mask = ctx.saved_tensors
-    dq, dk, dv = _sdpa_backward(dout, query, key, value, out, lse, attn_mask, ctx.is_causal, ctx.scale)
+def _backward(ctx, dout: Tensor, *_d_saved: Optional[Tensor]):  # (lse, lse_lo and wide get no gradient)
+    query, key, value, out, lse, lse_lo, attn_mask = ctx.saved_tensors
+    dq, dk, dv = _sdpa_backward(dout, query, key, value, out, lse, lse_lo, attn_mask, ctx.is_causal, ctx.scale)
     return dq, dk, dv, None, None, None, None  # the mask, causal flag, scale and flag are constants
 
 
@@ -181,7 +184,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     query, key, value = _broadcast(query, key, value, enable_gqa)
     _check_sizes(query, key, value, attn_mask)
     for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    out, _, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale), for_backward)
+    out, _, _, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale), for_backward)
     return out
 
 

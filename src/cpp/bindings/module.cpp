@@ -135,29 +135,35 @@ void set_options(fastattn::AttentionArgs& args, double scale, int causal, int nu
     }
 }
 
-// lse (None, or a writeable C-contiguous (batch, hq, lq) array of the compute dtype or float64) into args.
-void set_lse(fastattn::AttentionArgs& args, const py::object& lse) {
-    if (lse.is_none()) return;
-    auto lse_array = lse.cast<py::array>();
-    const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
-    args.lse_f64 = lse_array.dtype().equal(py::dtype::of<double>());  // float64 for any inputs
-    require_c_contiguous(lse_array, "lse", args.lse_f64 ? lse_array.dtype() : compute, true);
-    if (lse_array.ndim() != 3 || lse_array.shape(0) != args.batch || lse_array.shape(1) != args.hq ||
-        lse_array.shape(2) != args.lq)
-        fail("lse must have shape (batch, hq, lq)");
-    args.lse = lse_array.mutable_data();
+// A (batch, hq, lq) C-contiguous array of the compute dtype (writeable when
+// `written`), or None (null).
+void* lse_data(const fastattn::AttentionArgs& args, const py::object& lse, const char* name, bool written) {
+    if (lse.is_none()) return nullptr;
+    auto array = lse.cast<py::array>();
+    require_c_contiguous(array, name, args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>(),
+                         written);
+    if (array.ndim() != 3 || array.shape(0) != args.batch || array.shape(1) != args.hq || array.shape(2) != args.lq)
+        fail(std::string(name) + " must have shape (batch, hq, lq)");
+    return const_cast<void*>(array.data());  // written only where `written` required it writeable
 }
 
-// out (and lse, or None: in the compute dtype) are written in place.
+// lse and lse_lo (each None, or a writeable C-contiguous (batch, hq, lq) array of the compute dtype) into args.
+void set_lse(fastattn::AttentionArgs& args, const py::object& lse, const py::object& lse_lo) {
+    args.lse = lse_data(args, lse, "lse", true);
+    args.lse_lo = lse_data(args, lse_lo, "lse_lo", true);
+    if (args.lse_lo && !args.lse) fail("lse_lo without lse");
+}
+
+// out (and lse, lse_lo, or None: in the compute dtype) are written in place.
 void forward(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& lse,
-             int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
+             const py::object& lse_lo, int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
              std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
              const py::object& kv_lengths, int64_t window_left, int64_t window_right,
              const py::object& alibi_slopes, double softcap, const py::object& sinks) {
     fastattn::AttentionArgs args = unpack(q, k, v, out, true, dtype, scale, causal, num_threads, mask, mask_kind,
                                      mask_strides, mask_offsets, q_lengths, kv_lengths, window_left, window_right,
                                      alibi_slopes, softcap, sinks);
-    set_lse(args, lse);
+    set_lse(args, lse, lse_lo);
     py::gil_scoped_release release;
     fastattn::attention_forward(args);
 }
@@ -216,13 +222,14 @@ void forward_paged(const py::array& q, const py::array& k_pool, const py::array&
     args.out = out.mutable_data();
     set_options(args, scale, causal, num_threads, mask, mask_kind, mask_strides, mask_offsets, q_lengths, kv_lengths,
                 window_left, window_right, alibi_slopes, softcap, sinks);
-    set_lse(args, lse);
+    set_lse(args, lse, py::none());
     py::gil_scoped_release release;
     fastattn::attention_forward(args);
 }
 
-// dq, dk, dv are written in place; lse is in the compute dtype or float64.
-void backward(const py::array& dout, const py::array& out, const py::array& lse, py::array& dq, py::array& dk,
+// dq, dk, dv are written in place; lse (and lse_lo, or None) are in the compute dtype.
+void backward(const py::array& dout, const py::array& out, const py::array& lse, const py::object& lse_lo,
+              py::array& dq, py::array& dk,
               py::array& dv, const py::array& q, const py::array& k, const py::array& v, int dtype, double scale,
               int causal, int num_threads, const py::object& mask, int mask_kind,
               std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
@@ -233,9 +240,7 @@ void backward(const py::array& dout, const py::array& out, const py::array& lse,
                                            window_right, alibi_slopes, softcap, sinks);
     fastattn::GradArgs grad;
     require_c_contiguous(dout, "dout", q.dtype(), false);
-    const py::dtype compute = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
-    grad.lse_f64 = lse.dtype().equal(py::dtype::of<double>());  // float64 for any inputs
-    require_c_contiguous(lse, "lse", grad.lse_f64 ? lse.dtype() : compute, false);
+
     const std::array<std::pair<const py::array*, const py::array*>, 4> same_shape = {
         {{&dout, &out}, {&dq, &q}, {&dk, &k}, {&dv, &v}}};
     for (const auto& pair : same_shape) {
@@ -245,13 +250,12 @@ void backward(const py::array& dout, const py::array& out, const py::array& lse,
         for (int i = 0; i < 4; ++i)
             if (a.shape(i) != like.shape(i)) fail("gradient arrays must have the shapes of out, q, k, v");
     }
-    if (lse.ndim() != 3 || lse.shape(0) != args.batch || lse.shape(1) != args.hq || lse.shape(2) != args.lq)
-        fail("lse must have shape (batch, hq, lq)");
     require_c_contiguous(dq, "dq", q.dtype(), true);
     require_c_contiguous(dk, "dk", q.dtype(), true);
     require_c_contiguous(dv, "dv", q.dtype(), true);
     grad.dout = dout.data();
-    grad.lse = lse.data();
+    grad.lse = lse_data(args, lse, "lse", false);
+    grad.lse_lo = lse_data(args, lse_lo, "lse_lo", false);
     grad.dq = dq.mutable_data();
     grad.dk = dk.mutable_data();
     grad.dv = dv.mutable_data();
@@ -284,7 +288,7 @@ py::array math_array(const std::string& fn, const py::array& x) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastattn's C++ kernels (internal: use fastattn.attention)";
-    m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
+    m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("lse_lo"),
           py::arg("dtype"), py::arg("scale"), py::arg("causal"), py::arg("num_threads"),
           py::arg("mask"), py::arg("mask_kind"), py::arg("mask_strides"), py::arg("mask_offsets"),
           py::arg("q_lengths"), py::arg("kv_lengths"), py::arg("window_left"), py::arg("window_right"),
@@ -295,7 +299,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("mask_strides"), py::arg("mask_offsets"), py::arg("q_lengths"), py::arg("kv_lengths"),
           py::arg("window_left"), py::arg("window_right"), py::arg("alibi_slopes"), py::arg("softcap"),
           py::arg("sinks"));
-    m.def("backward", &backward, py::arg("dout"), py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"),
+    m.def("backward", &backward, py::arg("dout"), py::arg("out"), py::arg("lse"), py::arg("lse_lo"), py::arg("dq"),
+          py::arg("dk"),
           py::arg("dv"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dtype"), py::arg("scale"),
           py::arg("causal"), py::arg("num_threads"), py::arg("mask"), py::arg("mask_kind"),
           py::arg("mask_strides"), py::arg("mask_offsets"), py::arg("q_lengths"), py::arg("kv_lengths"),

@@ -36,7 +36,7 @@
 // Precision on peaked rows (docs/how-it-works.md, 7.1): where a row is nearly
 // one-hot, dS = P ∘ (dP − D) is a difference of nearly equal numbers, so the
 // kernel forms S in the forward's summation order (scores: the largest then
-// cancels against lse exactly), reads a float64 lse as hi + lo (lse_f64), sums
+// cancels against lse exactly), reads lse as hi + lo (GradArgs::lse_lo), sums
 // D in dP's order (task_deltas) and, for 16-bit inputs, from the unrounded
 // float32 output when it is given (out_wide).
 //
@@ -341,18 +341,12 @@ private:
         for (int64_t row = 0; row < group_ * a_.lq; ++row) narrow_row(acc + row * d_pad_, a_.d, scale_, dq + row * a_.d);
     }
 
-    // The lse of a row as hi + lo in the compute type: a float64 lse (GradArgs::
-    // lse_f64) keeps in lo what rounding it to float32 would lose (up to half an
-    // ulp of lse: 3.8e-6 at |lse| = 100, a relative error of every P of the row).
+    // The lse of a row as hi + lo: lo (GradArgs::lse_lo) holds what rounding
+    // m + log(l) to hi lost (up to half an ulp of hi: 3.8e-6 at |lse| = 100 in
+    // float32, a relative error of every P of the row); 0 without it.
     void read_lse(int64_t row, T& hi, T& lo) const {
-        if (!g_.lse_f64) {
-            hi = static_cast<const T*>(g_.lse)[row];
-            lo = T(0);
-            return;
-        }
-        const double lse = static_cast<const double*>(g_.lse)[row];
-        hi = static_cast<T>(lse);
-        lo = hi - hi == 0 ? static_cast<T>(lse - static_cast<double>(hi)) : T(0);  // ±inf, NaN: all in hi
+        hi = static_cast<const T*>(g_.lse)[row];
+        lo = g_.lse_lo && hi - hi == 0 ? static_cast<const T*>(g_.lse_lo)[row] : T(0);  // ±inf, NaN: all in hi
     }
 
     // D_i = Σ_c dO_ic·out_ic for every row of the task's query heads (b, and

@@ -338,28 +338,27 @@ private:
     // Writes the task's rows from their final (max, sum, acc), live rows
     // numbered head by head as run_task packs them.
     void write_rows(const TaskRows& t, const T* row_max, const T* row_sum, const T* acc) const {
-        // out: 16-bit inputs may ask for float32 (out_wide); lse: for float64 (lse_f64).
-        if (a_.out_wide)
-            return a_.lse_f64 ? write_rows_as<T, double>(t, row_max, row_sum, acc)
-                              : write_rows_as<T, T>(t, row_max, row_sum, acc);
-        a_.lse_f64 ? write_rows_as<S, double>(t, row_max, row_sum, acc) : write_rows_as<S, T>(t, row_max, row_sum, acc);
+        if (a_.out_wide) return write_rows_as<T>(t, row_max, row_sum, acc);  // 16-bit inputs, float32 out
+        write_rows_as<S>(t, row_max, row_sum, acc);
     }
 
-    // write_rows into an out of storage type O and an lse of type L.
-    template <class O, class L>
+    // write_rows into an out of storage type O.
+    template <class O>
     void write_rows_as(const TaskRows& t, const T* row_max, const T* row_sum, const T* acc) const {
         for (int64_t h = t.h0, r = 0; h < t.h0 + heads_per_task_; ++h) {
             const int64_t first_row = (t.seq.b * a_.hq + h) * a_.lq + t.row0;
             O* out = static_cast<O*>(a_.out) + first_row * a_.dv;
-            L* lse = a_.lse ? static_cast<L*>(a_.lse) + first_row : nullptr;
+            T* lse = a_.lse ? static_cast<T*>(a_.lse) + first_row : nullptr;  // compute dtype
+            T* lse_lo = a_.lse_lo ? static_cast<T*>(a_.lse_lo) + first_row : nullptr;
             const T sink = a_.sinks ? static_cast<T>(a_.sinks[t.seq.b * a_.hq + h]) : neg_inf_;
             for (int64_t i = 0; i < t.rows; ++i) {
                 const bool is_live = i < t.rows_live;
                 if (is_live)
                     finish_row(row_max[r], row_sum[r], sink, acc + r * dv_pad_, out + i * a_.dv,
-                               lse ? lse + i : nullptr);
+                               lse ? lse + i : nullptr, lse_lo ? lse_lo + i : nullptr);
                 else  // padding past q_lengths: no query, no sink
-                    finish_row(neg_inf_, T(0), neg_inf_, acc, out + i * a_.dv, lse ? lse + i : nullptr);
+                    finish_row(neg_inf_, T(0), neg_inf_, acc, out + i * a_.dv, lse ? lse + i : nullptr,
+                               lse_lo ? lse_lo + i : nullptr);
                 r += is_live;
             }
         }
@@ -548,8 +547,9 @@ private:
     // value. With m' = max(m, sink), so that no exponent is positive:
     //     l' = l·exp(m − m') + exp(sink − m'),  out = acc·exp(m − m') / l',
     //     lse = m' + log(l').
-    template <class O, class L>
-    void finish_row(T m, T l, T sink, const T* acc, O* out, L* lse) const {
+    template <class O>
+    void finish_row(T m, T l, T sink, const T* acc, O* out, T* lse, T* lse_lo) const {
+        if (lse_lo) *lse_lo = T(0);
         if (m == neg_inf_) {
             std::fill(out, out + a_.dv, Storage<O>::narrow(T(0)));
             if (lse) *lse = sink;
@@ -573,7 +573,12 @@ private:
                 Storage<O>::store(out + c, V::div(V::mul(V::load(acc + c), scale), denom));
             for (; c < a_.dv; ++c) out[c] = Storage<O>::narrow(acc[c] * decay / l);
         }
-        if (lse) *lse = static_cast<L>(m) + std::log(static_cast<L>(l));  // L = double: m + log(l) unrounded
+        if (!lse) return;
+        const T log_l = std::log(l);
+        *lse = m + log_l;
+        // TwoSum: the exact error of that rounding (no FMA to fuse: adds only).
+        const T b = *lse - m;
+        if (lse_lo && *lse - *lse == 0) *lse_lo = (m - (*lse - b)) + (log_l - b);
     }
 
     const AttentionArgs& a_;
