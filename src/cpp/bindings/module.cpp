@@ -229,9 +229,8 @@ void forward_paged(const py::array& q, const py::array& k_pool, const py::array&
 
 // dq, dk, dv are written in place; lse (and lse_lo, or None) are in the compute dtype.
 void backward(const py::array& dout, const py::array& out, const py::array& lse, const py::object& lse_lo,
-              py::array& dq, py::array& dk,
-              py::array& dv, const py::array& q, const py::array& k, const py::array& v, int dtype, double scale,
-              int causal, int num_threads, const py::object& mask, int mask_kind,
+              py::array& dq, py::array& dk, py::array& dv, const py::array& q, const py::array& k, const py::array& v,
+              int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
               std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
               const py::object& kv_lengths, int64_t window_left, int64_t window_right,
               const py::object& alibi_slopes, double softcap, const py::object& sinks) {
@@ -240,7 +239,6 @@ void backward(const py::array& dout, const py::array& out, const py::array& lse,
                                            window_right, alibi_slopes, softcap, sinks);
     fastattn::GradArgs grad;
     require_c_contiguous(dout, "dout", q.dtype(), false);
-
     const std::array<std::pair<const py::array*, const py::array*>, 4> same_shape = {
         {{&dout, &out}, {&dq, &q}, {&dk, &k}, {&dv, &v}}};
     for (const auto& pair : same_shape) {
