@@ -164,22 +164,6 @@ def test_every_option_takes_the_wide_lse_and_output(backend, rng, dtype):
         assert np.allclose(a, b, rtol=tol, atol=tol * (1 + np.abs(b).max())), name
 
 
-def long_double_grads(q, k, v, dout, causal):
-    """(dq, dk, dv) of the textbook formulas in long double (x86: 64-bit mantissa), an oracle for
-    float64 results."""
-    ld = np.longdouble
-    q, k, v, dout = (np.asarray(x, ld) for x in (q, k, v, dout))
-    scale = ld(1) / np.sqrt(ld(q.shape[-1]))
-    s = q @ np.swapaxes(k, -1, -2) * scale
-    if causal:
-        s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
-    p = np.exp(s - s.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
-    dp = dout @ np.swapaxes(v, -1, -2)
-    ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))
-    return ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale, np.swapaxes(p, -1, -2) @ dout
-
-
 @pytest.mark.skipif(np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps, reason="long double is double here")
 @pytest.mark.parametrize("causal", [False, True])
 def test_float64_peaked_gradients_with_the_lse_residual(backend, causal):
@@ -193,7 +177,7 @@ def test_float64_peaked_gradients_with_the_lse_residual(backend, causal):
     errors = {name: np.zeros(3) for name in ("residual", "rounded", "naive")}
     for _ in range(24):
         q, k, v, dout = (rng.uniform(-9, 9, (2, 3, 6, 8)) for _ in range(4))
-        want = long_double_grads(q, k, v, dout, causal)
+        want = oracle_grads(q, k, v, dout, causal=causal, dtype=np.longdouble)  # (x86: 64-bit mantissa)
         out, lse, lse_lo = forward_with_residual(q, k, v, causal=causal, backend=backend)
         results = {"residual": backward_with_residual(dout, q, k, v, out, lse, lse_lo, causal=causal, backend=backend),
                    "rounded": fastattn.attention_backward(dout, q, k, v, out, lse, causal=causal, backend=backend),

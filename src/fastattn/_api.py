@@ -158,8 +158,7 @@ def forward_with_residual(q: Any, k: Any, v: Any, *, out: Optional[np.ndarray] =
     """(out, lse, lse_lo) of attention(q, k, v, return_lse=True, **options): lse in the compute dtype and
     lse_lo the exact error of its rounding, for backward_with_residual (fastattn.torch, MultiHeadAttention;
     float64 inputs too, where no wider lse_dtype exists)."""
-    out, lse, lse_lo = _forward(q, k, v, options, out, use_cpp(backend), num_threads, True, residual=True)
-    return out, lse, lse_lo
+    return _forward(q, k, v, options, out, use_cpp(backend), num_threads, True, residual=True)
 
 
 def _forward(q: Any, k: Any, v: Any, options: dict, out: Optional[np.ndarray], cpp: bool,

@@ -70,27 +70,28 @@ def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor]
     exact error of lse's rounding (float32, float64 for float64: fastattn._api.forward_with_residual),
     and, for 16-bit inputs when `for_backward`, `wide`: the output in float32 before its rounding
     (out is that rounded, the bits the kernel stores); else an empty tensor."""
-    wide = _wide_output(query, value, for_backward)
-    out = torch.empty(query.shape[:-1] + value.shape[-1:], dtype=query.dtype if wide.numel() == 0 else torch.float32)
+    shape = query.shape[:-1] + value.shape[-1:]
+    keep_wide = _keeps_wide(query, for_backward)
+    out = torch.empty(shape, dtype=torch.float32 if keep_wide else query.dtype)
     _, lse, lse_lo = forward_with_residual(_to_numpy(query), _to_numpy(key), _to_numpy(value), out=_to_numpy(out),
                                            **_options(attn_mask, is_causal, scale))
-    if wide.numel() == 0:
-        return out, _from_numpy(lse), _from_numpy(lse_lo), wide
-    return out.to(query.dtype), _from_numpy(lse), _from_numpy(lse_lo), out
+    if keep_wide:
+        return out.to(query.dtype), _from_numpy(lse), _from_numpy(lse_lo), out
+    return out, _from_numpy(lse), _from_numpy(lse_lo), out.new_empty((0,), dtype=torch.float32)
 
 
-def _wide_output(query: Tensor, value: Tensor, for_backward: bool) -> Tensor:
-    """An empty tensor: the float32 output's for 16-bit inputs that autograd records, else of 0
-    elements."""
-    wide = for_backward and query.dtype in (torch.float16, torch.bfloat16)
-    return query.new_empty(query.shape[:-1] + value.shape[-1:] if wide else (0,), dtype=torch.float32)
+def _keeps_wide(query: Tensor, for_backward: bool) -> bool:
+    """Whether _sdpa keeps the float32 output: for 16-bit inputs that autograd records."""
+    return for_backward and query.dtype in (torch.float16, torch.bfloat16)
 
 
 @_sdpa.register_fake
 def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, for_backward):
     lse_dtype = compute_dtype(query.dtype, torch.float32, torch.float64)
     return (query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=lse_dtype),
-            query.new_empty(query.shape[:-1], dtype=lse_dtype), _wide_output(query, value, for_backward))
+            query.new_empty(query.shape[:-1], dtype=lse_dtype),
+            query.new_empty(query.shape[:-1] + value.shape[-1:] if _keeps_wide(query, for_backward) else (0,),
+                            dtype=torch.float32))
 
 
 @torch.library.custom_op("fastattn::sdpa_backward", mutates_args=(), device_types="cpu")
