@@ -69,8 +69,8 @@ def _core_forward(**changes):
     q, k, v = _qkv()
     args = dict(q=q, k=k, v=v, out=np.empty((B, HQ, LQ, DV), np.float32), lse=None)
     args.update(changes)
-    tail = list(_backend.NO_OPTIONS)
-    return _backend._core.forward(args["q"], args["k"], args["v"], args["out"], args["lse"], None, 0, 0.5, 0, 1, *tail)
+    return _backend._core.forward(args["q"], args["k"], args["v"], args["out"], args["lse"], None,
+                                  *_backend.binding_args(0.5, 0, 1))
 
 
 Q, K, V = _qkv()

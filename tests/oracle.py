@@ -13,9 +13,10 @@ F32_TO_F64_EPS = np.finfo(np.float64).eps / np.finfo(np.float32).eps
 
 
 def _scores(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_lengths=None, window=None,
-            alibi_slopes=None, softcap=None, dtype=np.float64):
+            alibi_slopes=None, softcap=None, align=None, precision=None, dtype=np.float64):
     """The full score matrix (-inf where invisible), d(softcap)/ds (or None), the inputs in
-    `dtype` with K/V heads repeated for GQA, and whether the call was 2-D.
+    `dtype` with K/V heads repeated for GQA, and whether the call was 2-D. (`precision` changes
+    how fastattn may round, not what it computes: the oracle ignores it.)
 
     Every rule is applied to the full (..., Hq, Lq, Lk) score matrix, in the documented order:
     softcap, ALiBi, additive mask; then boolean mask, causal, window, lengths give -inf.
@@ -43,7 +44,8 @@ def _scores(q, k, v, *, causal=False, scale=None, mask=None, kv_lengths=None, q_
     q_len, kv_len = per_sequence(q_lengths, lq), per_sequence(kv_lengths, lk)
     i = np.arange(lq)[:, None]
     j = np.arange(lk)[None, :]
-    pos = i + (kv_len - q_len if causal == "lower_right" else 0)  # query i's key position: i + off
+    lower_right = causal == "lower_right" or align == "lower_right"
+    pos = i + (kv_len - q_len if lower_right else 0)  # query i's key position: i + off
     if alibi_slopes is not None:
         slopes = np.broadcast_to(np.asarray(alibi_slopes, np.float64), batch_shape + (q.shape[-3],))
         # The distance in `dtype` too: float32 times an int64 array would promote to float64

@@ -96,6 +96,15 @@ CASES = {
     "q-lengths-upper-left": (200, lambda r: dict(causal=True, q_lengths=[150, 100]), True),
     "kv-lengths-upper-left": (200, lambda r: dict(causal=True, q_lengths=[150, 100], kv_lengths=[200, 90]), False),
     "softcap-lower-right": (100, lambda r: dict(causal="lower_right", softcap=3.0, scale=0.7), True),
+    # align="lower_right" without causal: FlashAttention's windows and ALiBi (issue 26)
+    "window-aligned-lower-right": (200, lambda r: dict(align="lower_right", window=(20, 10)), False),
+    "alibi-aligned-lower-right-lengths": (100, lambda r: dict(
+        align="lower_right", alibi_slopes=r.random(HQ), q_lengths=[150, 77], kv_lengths=[100, 31]), False),
+    "causal-aligned-lower-right": (200, lambda r: dict(causal=True, align="lower_right", window=(25, 0)), True),
+    "sinks-causal": (200, lambda r: dict(causal=True, sinks=r.standard_normal((B, HQ))), True),
+    "sinks-dask-window": (100, lambda r: dict(
+        sinks=da.from_array(r.standard_normal(HQ), chunks=2), window=(9, 9)), False),
+    "precision-medium": (200, lambda r: dict(causal=True, precision="medium"), True),
 }
 
 

@@ -179,3 +179,11 @@ def test_thread_counts_are_capped_at_the_processors(isa):
     assert core._last_team_size() == 1
     with pytest.raises(ValueError, match="the processor limit must be >= 0"):
         core._set_processor_limit_for_testing(-1)
+
+
+def test_the_binding_reads_the_options_in_the_order_python_writes_them():
+    # The options cross the binding as one tuple read by position: its two spellings, Python's
+    # AttentionOptions and C++'s FASTATTN_OPTIONS, must list the same names in the same order.
+    from fastattn import _contract
+
+    assert tuple(core.option_fields()) == _contract.OPTION_NAMES == _contract.Options._fields

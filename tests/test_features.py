@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastattn
-from fastattn import _backend, _reference
+from fastattn import _backend, _contract, _reference
 from oracle import assert_matches_oracle
 from test_backward import assert_grads_match_oracle
 
@@ -94,12 +94,12 @@ def masks_reaching_the_kernels(monkeypatch, backend):
     if backend == "numpy":  # forward(q, k, v, out, lse, options, lse_lo), backward(..., options, lse_lo)
         for name in ("forward", "backward"):
             monkeypatch.setattr(_reference, name, recording(name, getattr(_reference, name), lambda a: a[-2].mask))
-    else:  # the binding's arguments are positional; a bool mask is its only bool array
-        def bool_array(args):
-            (mask,) = [a for a in args if isinstance(a, np.ndarray) and a.dtype == np.bool_]
-            return mask
+    else:  # the binding's arguments are positional: the options tuple is the one _contract.Options
+        def options_mask(args):
+            (options,) = [a for a in args if isinstance(a, _contract.Options)]
+            return options.mask
         for name in ("forward", "backward"):
-            monkeypatch.setattr(_backend._core, name, recording(name, getattr(_backend._core, name), bool_array))
+            monkeypatch.setattr(_backend._core, name, recording(name, getattr(_backend._core, name), options_mask))
     return seen
 
 

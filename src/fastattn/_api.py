@@ -8,7 +8,7 @@ reference (`_reference`) on the normalised arrays.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, Tuple, Union, overload
+from typing import TYPE_CHECKING, Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -16,45 +16,33 @@ import numpy.typing as npt
 from . import _contract, _reference
 # Imported by name: a tiny call takes about 5 µs, and each module attribute lookup on its path counts.
 from ._backend import binding_args, call_args, cpp_backward, cpp_forward, use_cpp
-from ._contract import FLOAT32, FLOAT64, NO_CAUSAL, UPPER_LEFT, check_num_threads, compute_dtype
+from ._contract import (FLOAT32, FLOAT64, NO_CAUSAL, UPPER_LEFT, AttentionOptions, OptionsWithoutSinks,
+                        check_num_threads, compute_dtype, with_option_keywords)
 
-Causal = Union[bool, str]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; only read by type checkers
 
 Array = npt.NDArray[Any]
-Window = Optional[Tuple[Optional[int], Optional[int]]]
 
 
 @overload
-def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
-              scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
-              q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
-              softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
-              return_lse: Literal[False] = ..., lse_dtype: Any = ..., out: Optional[Array] = ...,
-              backend: str = ..., num_threads: Optional[int] = ...) -> Array: ...
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, return_lse: Literal[False] = ...,
+              lse_dtype: Any = ..., out: Optional[Array] = ..., backend: str = ..., num_threads: Optional[int] = ...,
+              **options: Unpack[AttentionOptions]) -> Array: ...
 @overload
-def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
-              scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
-              q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
-              softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
-              return_lse: Literal[True], lse_dtype: Any = ..., out: Optional[Array] = ...,
-              backend: str = ..., num_threads: Optional[int] = ...) -> Tuple[Array, Array]: ...
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, return_lse: Literal[True],
+              lse_dtype: Any = ..., out: Optional[Array] = ..., backend: str = ..., num_threads: Optional[int] = ...,
+              **options: Unpack[AttentionOptions]) -> Tuple[Array, Array]: ...
 @overload
-def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = ...,
-              scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ..., kv_lengths: Optional[npt.ArrayLike] = ...,
-              q_lengths: Optional[npt.ArrayLike] = ..., window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
-              softcap: Optional[float] = ..., sinks: Optional[npt.ArrayLike] = ...,
-              return_lse: bool, lse_dtype: Any = ..., out: Optional[Array] = ...,
-              backend: str = ..., num_threads: Optional[int] = ...) -> Union[Array, Tuple[Array, Array]]: ...
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, return_lse: bool, lse_dtype: Any = ...,
+              out: Optional[Array] = ..., backend: str = ..., num_threads: Optional[int] = ...,
+              **options: Unpack[AttentionOptions]) -> Union[Array, Tuple[Array, Array]]: ...
 
 
-def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal: Causal = False,
-              scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
-              kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
-              window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None, softcap: Optional[float] = None,
-              sinks: Optional[npt.ArrayLike] = None, return_lse: bool = False, lse_dtype: Any = None,
-              out: Optional[Array] = None,
-              backend: str = "auto",
-              num_threads: Optional[int] = None) -> Union[Array, Tuple[Array, Array]]:
+@with_option_keywords
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, return_lse: bool = False,
+              lse_dtype: Any = None, out: Optional[Array] = None, backend: str = "auto",
+              num_threads: Optional[int] = None, **options: Any) -> Union[Array, Tuple[Array, Array]]:
     """Exact scaled dot-product attention, ``softmax(q·kᵀ·scale)·v``, without an Lq×Lk matrix.
 
     Shapes (PyTorch's layout)::
@@ -79,7 +67,14 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         1 1 1 0 0         1 1 1 1 1
 
     ``window``, ALiBi and ``kv_lengths``/``q_lengths`` use the same diagonal ``off`` (per
-    sequence, ``kv_lengths[b] - q_lengths[b]`` under ``"lower_right"``).
+    sequence, ``kv_lengths[b] - q_lengths[b]`` under ``"lower_right"``). Without a causal mask
+    the diagonal is upper-left unless ``align="lower_right"``: FlashAttention's and vLLM's
+    convention for windows and ALiBi, which decoding against a cache needs (query i at key
+    ``i + Lk - Lq``). Lq = 2, Lk = 5, ``window=(1, 1)``::
+
+        default (upper_left)    align="lower_right"
+        1 1 0 0 0               0 0 1 1 1
+        1 1 1 0 0               0 0 0 1 1
 
     A score is formed in this order: ``s = scale·q·k``; ``softcap·tanh(s / softcap)``;
     ``- slope·|i + off - j|`` (ALiBi); ``+ mask`` (additive); then a False boolean mask,
@@ -96,6 +91,10 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         and computed in float32. Any strides: the kernel reads strided views directly; only an
         input whose last axis is not contiguous is copied once.
     causal : False, True, "upper_left" or "lower_right".
+    align : None, "upper_left" or "lower_right": the diagonal ``off`` of the window, ALiBi and
+        causal (above). None follows ``causal`` (lower-right only for ``causal="lower_right"``);
+        ``causal=True, align="lower_right"`` is ``causal="lower_right"``, and an explicit causal
+        string that disagrees with ``align`` is a ValueError.
     scale : multiplier of q·kᵀ; default ``1 / sqrt(D)``. Any finite real number.
     mask : boolean (True = may attend, PyTorch's convention) or floating (added to the
         scores) array broadcastable to ``(..., Hq, Lq, Lk)``. Size-1 axes are read with stride
@@ -114,6 +113,13 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
         row's softmax denominator with no value, ``out_i = Σ_j exp(s_ij)·v_j / (Σ_j exp(s_ij)
         + exp(sink))``, so a row's weights sum to less than 1. The lse includes it. Finite, or
         ``-inf`` for a head without a sink.
+    precision : "highest" (default), "high" or "medium": how precisely the matrix products may
+        be computed (torch's ``set_float32_matmul_precision`` names). "highest" is float32
+        accuracy for every dtype. On matrix engines (``fastattn.show_config()["engines"]``),
+        "medium" rounds the softmax weights (and the backward's dS) to bfloat16 once before
+        their products, as torch's bfloat16 kernels do, for speed; "high" is float32 inputs on
+        tile units at float32-like accuracy. A mode without a faster path on this CPU and dtype
+        computes as "highest" (float64 always does); docs/precision.md has each mode's error.
     return_lse : also return the log-sum-exp of each row's scores, in the compute dtype (float64
         for float64 inputs, else float32: a 16-bit lse would cost the backward its precision).
     lse_dtype : None (the compute dtype, above) or float64: the lse ``m + log(l)`` without its
@@ -137,15 +143,12 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, /, *, causal
     out, or ``(out, lse)`` when ``return_lse`` is true.
     """
     cpp = use_cpp(backend)
-    if cpp and mask is None and kv_lengths is None and q_lengths is None and window is None \
-            and alibi_slopes is None and softcap is None and sinks is None and out is None and lse_dtype is None:
-        result = _plain_forward(q, k, v, causal, scale, return_lse, num_threads)
+    if cpp and out is None and lse_dtype is None and options.keys() <= _PLAIN_KEYS:
+        result = _plain_forward(q, k, v, options.get("causal", False), options.get("scale"), return_lse, num_threads)
         if result is not None:
             return result
     _contract.check_bool(return_lse, "return_lse")
     wide = _contract.check_lse_dtype(lse_dtype, return_lse) is not None
-    options = dict(causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, window=window,
-                   alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
     out, lse, lse_lo = _forward(q, k, v, options, out, cpp, num_threads, return_lse, residual=wide)
     if wide and lse is not None and lse.dtype == FLOAT32:  # hi + lo: exact in float64 (24 + 24 bits)
         lse = lse.astype(np.float64) + lse_lo
@@ -193,29 +196,20 @@ def _forward(q: Any, k: Any, v: Any, options: dict, out: Optional[np.ndarray], c
 
 @overload
 def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike,
-                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, causal: Causal = ...,
-                       scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ...,
-                       kv_lengths: Optional[npt.ArrayLike] = ..., q_lengths: Optional[npt.ArrayLike] = ...,
-                       window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
-                       softcap: Optional[float] = ..., sinks: None = ..., backend: str = ...,
-                       num_threads: Optional[int] = ...) -> Tuple[Array, Array, Array]: ...
+                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, sinks: None = ..., backend: str = ...,
+                       num_threads: Optional[int] = ...,
+                       **options: Unpack[OptionsWithoutSinks]) -> Tuple[Array, Array, Array]: ...
 @overload
 def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike,
-                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, causal: Causal = ...,
-                       scale: Optional[float] = ..., mask: Optional[npt.ArrayLike] = ...,
-                       kv_lengths: Optional[npt.ArrayLike] = ..., q_lengths: Optional[npt.ArrayLike] = ...,
-                       window: Window = ..., alibi_slopes: Optional[npt.ArrayLike] = ...,
-                       softcap: Optional[float] = ..., sinks: npt.ArrayLike, backend: str = ...,
-                       num_threads: Optional[int] = ...) -> Tuple[Array, Array, Array, Array]: ...
+                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, sinks: npt.ArrayLike, backend: str = ...,
+                       num_threads: Optional[int] = ...,
+                       **options: Unpack[OptionsWithoutSinks]) -> Tuple[Array, Array, Array, Array]: ...
 
 
+@with_option_keywords
 def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike,
-                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, causal: Causal = False,
-                       scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
-                       kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
-                       window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None,
-                       softcap: Optional[float] = None, sinks: Optional[npt.ArrayLike] = None,
-                       backend: str = "auto", num_threads: Optional[int] = None
+                       out: npt.ArrayLike, lse: npt.ArrayLike, /, *, backend: str = "auto",
+                       num_threads: Optional[int] = None, **options: Any
                        ) -> Union[Tuple[Array, Array, Array], Tuple[Array, Array, Array, Array]]:
     """Gradients ``(dq, dk, dv)`` of ``attention`` for the upstream gradient ``dout``.
 
@@ -258,8 +252,6 @@ def attention_backward(dout: npt.ArrayLike, q: npt.ArrayLike, k: npt.ArrayLike, 
     ``(dq, dk, dv, dsinks)``, dsinks of the shape ``sinks`` was given in (summed over the axes it
     was broadcast along) in the compute dtype (float64 for float64 inputs, else float32).
     """
-    options = dict(causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, window=window,
-                   alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
     return _backward(dout, q, k, v, out, lse, None, options, use_cpp(backend), num_threads)
 
 
@@ -299,11 +291,8 @@ def _backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, lse_lo: Any
     return grads + (_contract.sum_to_shape(d_sinks, np.shape(_contract.asarray(options["sinks"], "sinks"))),)
 
 
-def attention_weights(q: npt.ArrayLike, k: npt.ArrayLike, /, *, causal: Causal = False,
-                      scale: Optional[float] = None, mask: Optional[npt.ArrayLike] = None,
-                      kv_lengths: Optional[npt.ArrayLike] = None, q_lengths: Optional[npt.ArrayLike] = None,
-                      window: Window = None, alibi_slopes: Optional[npt.ArrayLike] = None,
-                      softcap: Optional[float] = None, sinks: Optional[npt.ArrayLike] = None) -> npt.NDArray[Any]:
+@with_option_keywords
+def attention_weights(q: npt.ArrayLike, k: npt.ArrayLike, /, **options: Unpack[AttentionOptions]) -> npt.NDArray[Any]:
     """The attention weights ``P = softmax(scores)`` of every head, materialised.
 
     ``scores`` are formed and masked exactly as ``fastattn.attention`` forms them from ``q`` and
@@ -317,9 +306,7 @@ def attention_weights(q: npt.ArrayLike, k: npt.ArrayLike, /, *, causal: Causal =
     float32). Each row sums to 1 (less than 1 with ``sinks``: the sink takes the rest), or is all
     zeros for a query that sees no key (as its output is). Errors are those of ``attention``.
     """
-    call = _contract.normalise(q, k, k, causal=causal, scale=scale, mask=mask, kv_lengths=kv_lengths,
-                               q_lengths=q_lengths, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
-                               sinks=sinks)
+    call = _contract.normalise(q, k, k, **options)
     batch, hq, lq, _ = call.q.shape
     lk = call.k.shape[2]
     shape = call.out_shape[:-1] + (lk,)
@@ -342,6 +329,9 @@ def attention_weights(q: npt.ArrayLike, k: npt.ArrayLike, /, *, causal: Causal =
             row_sum = row_sum + np.exp(sink - shift)
         weights = np.where(row_sum > 0, p / np.where(row_sum > 0, row_sum, 1), p)
     return weights.reshape(shape).astype(compute, copy=False)  # ALiBi promotes
+
+
+_PLAIN_KEYS = frozenset(("causal", "scale"))
 
 
 def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
@@ -371,5 +361,5 @@ def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
     threads = check_num_threads(num_threads)
     out = np.empty((batch, hq, lq, dv), dtype)
     lse = np.empty((batch, hq, lq), dtype) if return_lse else None
-    cpp_forward(q, k, v, out, lse, binding_args(dtype, scale, UPPER_LEFT if causal else NO_CAUSAL, threads))
+    cpp_forward(q, k, v, out, lse, binding_args(scale, UPPER_LEFT if causal else NO_CAUSAL, threads))
     return (out, lse) if return_lse else out

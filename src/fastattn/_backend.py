@@ -4,14 +4,13 @@ NumPy fallback, and its two kernel calls, whose arguments are built here and now
 from __future__ import annotations
 
 import glob
-import math
 import os
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 
-from ._contract import ADDITIVE_MASK, BOOL_MASK, DTYPE_CODES, NO_CAUSAL, NO_MASK, Call, Options, check_backend
+from ._contract import Call, check_backend, plain_options
 
 def _why_unavailable(exc: ImportError) -> str:
     """Why the extension did not import, in words a user can act on. A source tree imported
@@ -70,48 +69,20 @@ def use_cpp(backend: Any) -> bool:
 
 
 # -- the binding's arguments ------------------------------------------------------------------
-# _core.forward(q, k, v, out, lse, lse_lo, *args) and _core.backward(dout, out, lse, lse_lo, dq, dk,
-# dv, q, k, v, *args) share `args`, dtype .. sinks in the order of src/cpp/bindings/module.cpp, passed
-# positionally: pybind11 matching 20 keywords by name costs about 2 µs per call, a third of a
-# tiny call. binding_args spells dtype .. num_threads, _option_args mask .. sinks.
+# _core.forward(q, k, v, out, lse, lse_lo, options, num_threads) and _core.backward(dout, out, lse,
+# lse_lo, dq, dk, dv, q, k, v, options, num_threads) take the call's normalised `Options` as one
+# tuple, read by position in C++ (its order is _contract.AttentionOptions', the one list of them),
+# and the thread count; both passed positionally: pybind11 matching keywords by name costs about
+# 0.1 µs each. `args` below is that pair.
 
-def _option_args(options: Options, batch_shape: Tuple[int, ...]) -> tuple:
-    """The binding's arguments from `mask` to `sinks`."""
-    mask_kind, mask_strides, mask_offsets = NO_MASK, (0, 0, 0), None
-    mask = options.mask
-    if mask is not None:
-        # The mask view is batch_shape + (Hq, Lq, Lk) with stride-0 broadcast axes. Its batch
-        # axes may not merge into one stride, so the kernel gets one offset per batch index.
-        mask_kind = BOOL_MASK if mask.dtype == np.bool_ else ADDITIVE_MASK
-        strides = [s // mask.itemsize for s in mask.strides]
-        nb = len(batch_shape)
-        mask_strides = tuple(strides[nb:])
-        mask_offsets = np.zeros(max(1, math.prod(batch_shape)), dtype=np.int64)
-        if nb:
-            index = np.indices(batch_shape, dtype=np.int64).reshape(nb, -1)
-            mask_offsets = np.ascontiguousarray((index * np.array(strides[:nb], np.int64)[:, None]).sum(0))
-    return (mask, mask_kind, mask_strides, mask_offsets,                                     # mask view
-            options.q_lengths, options.kv_lengths, options.window[0], options.window[1],  # positional rules
-            options.alibi_slopes, options.softcap, options.sinks)
-
-
-# The tail of a call with none of those options (the fast path's), built once by the same code.
-NO_OPTIONS = _option_args(Options(scale=1.0, causal=NO_CAUSAL), ())
-
-
-def binding_args(dtype: np.dtype, scale: float, causal: int, threads: int, tail: tuple = NO_OPTIONS) -> tuple:
-    """The binding's arguments after its arrays: `dtype` (as its code) .. `num_threads`, then
-    `tail` (from `mask` on; default: a call without options)."""
-    # A dtype here has been accepted by _contract.as_float_array (or is float32/float64, on the
-    # fast path), which put its code in DTYPE_CODES: a plain lookup, no dtype_code() call.
-    return (DTYPE_CODES[dtype], scale, causal, threads) + tail
+def binding_args(scale: float, causal: int, threads: int) -> tuple:
+    """The binding's (options, num_threads) for a call with no option but `scale` and `causal` (its code)."""
+    return (plain_options(scale, causal), threads)
 
 
 def call_args(call: Call, threads: int) -> tuple:
-    """binding_args for a normalised call."""
-    options = call.options
-    return binding_args(call.q.dtype, options.scale, options.causal, threads,
-                        _option_args(options, call.batch_shape))
+    """The binding's (options, num_threads) for a normalised call."""
+    return (call.options, threads)
 
 
 def cpp_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],

@@ -14,18 +14,25 @@ float scale, integer codes, int64 lengths, float64 slopes). Nothing below it re-
 
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 import operator
 import sys
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Tuple, TypedDict, Union
 
 import numpy as np
 
-# Codes shared with the C++ kernel: they must match `enum class DType`, `enum class Causal` and
-# `enum class MaskKind` in src/cpp/fastattn/api.hpp (the binding passes them through as ints).
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+# Codes shared with the C++ kernel: they must match `enum class DType`, `enum class Causal`,
+# `enum class Align`, `enum class Precision` and `enum class MaskKind` in src/cpp/fastattn/api.hpp
+# (the binding passes them through as ints).
 F32, F64, F16, BF16 = 0, 1, 2, 3  # DType
 NO_CAUSAL, UPPER_LEFT, LOWER_RIGHT = 0, 1, 2  # Causal
+ALIGN_UPPER_LEFT, ALIGN_LOWER_RIGHT = 0, 1  # Align
+HIGHEST, HIGH, MEDIUM = 0, 1, 2  # Precision
 NO_MASK, BOOL_MASK, ADDITIVE_MASK = 0, 1, 2  # MaskKind
 
 # Storage dtypes by their DType code, keyed by dtype object (dtype.name is slow to compute on
@@ -36,24 +43,77 @@ DTYPE_CODES = {FLOAT32: F32, FLOAT64: F64, np.dtype(np.float16): F16}
 _DTYPE_NAMES = "float32, float64, float16 or bfloat16"
 
 _CAUSAL_MODES = {"upper_left": UPPER_LEFT, "lower_right": LOWER_RIGHT}
+_ALIGNMENTS = {"upper_left": ALIGN_UPPER_LEFT, "lower_right": ALIGN_LOWER_RIGHT}
+PRECISIONS = {"highest": HIGHEST, "high": HIGH, "medium": MEDIUM}
 BACKENDS = ("auto", "cpp", "numpy")
 MAX_THREADS = 1024
 _DLPACK_CPU = 1  # DLPack's kDLCPU
 _TooHardError = getattr(np, "exceptions", np).TooHardError  # moved in NumPy 2
 
+Causal = Union[bool, str]
+Window = Optional[Tuple[Optional[int], Optional[int]]]
 
-class Options(NamedTuple):
-    """Every option of one call, validated and normalised once by `normalise`."""
 
-    scale: float
-    causal: int  # NO_CAUSAL, UPPER_LEFT or LOWER_RIGHT
-    mask: Optional[np.ndarray] = None  # bool or compute-dtype view, batch_shape + (Hq, Lq, Lk)
-    q_lengths: Optional[np.ndarray] = None  # (B,) int64
-    kv_lengths: Optional[np.ndarray] = None  # (B,) int64
-    window: Tuple[int, int] = (-1, -1)  # (left, right); -1 = unbounded
-    alibi_slopes: Optional[np.ndarray] = None  # (B·Hq,) float64
-    softcap: float = 0.0  # 0 = off
-    sinks: Optional[np.ndarray] = None  # (B·Hq,) float64, finite or -inf (no sink)
+class OptionsWithoutSinks(TypedDict, total=False):
+    """`AttentionOptions` but `sinks` (attention_backward's result has one more array with sinks)."""
+
+    causal: Causal
+    align: Optional[str]
+    scale: Optional[float]
+    mask: Optional[npt.ArrayLike]
+    kv_lengths: Optional[npt.ArrayLike]
+    q_lengths: Optional[npt.ArrayLike]
+    window: Window
+    alibi_slopes: Optional[npt.ArrayLike]
+    softcap: Optional[float]
+    precision: str
+
+
+class AttentionOptions(OptionsWithoutSinks, total=False):
+    """The options of ``attention``, ``attention_backward`` and ``attention_weights`` (keywords;
+    their meaning is in ``attention``'s docstring). With its base, this is the one list of them in
+    Python: the functions take ``**options: Unpack[AttentionOptions]``, `Options` holds them
+    normalised in this order, and the C++ binding reads that tuple in the same order
+    (FASTATTN_OPTIONS in src/cpp/bindings/module.cpp; tests/test_dispatch.py compares them)."""
+
+    sinks: Optional[npt.ArrayLike]
+
+
+OPTION_NAMES: Tuple[str, ...] = tuple(AttentionOptions.__annotations__)
+# Every option of one call, validated and normalised once by `normalise`: scale a float, causal,
+# align and precision their codes, mask a bool or compute-dtype view of batch_shape + (Hq, Lq, Lk),
+# the lengths (B,) int64, window (left, right) with -1 unbounded, alibi_slopes and sinks (B·Hq,)
+# float64 (sinks finite or -inf), softcap a float (0 = off).
+Options = collections.namedtuple("Options", OPTION_NAMES)  # type: ignore[misc]
+
+
+_OPTION_SET = frozenset(OPTION_NAMES)
+# A keyword's default where it is not None (normalise reads the same values).
+_DEFAULTS = {"causal": False, "precision": "highest"}
+
+
+def _annotation_text(annotation: Any) -> Any:
+    return getattr(annotation, "__forward_arg__", annotation)  # TypedDict keeps them as ForwardRefs
+
+
+def with_option_keywords(func: Any) -> Any:
+    """`func`, which takes ``**options``, with a signature that lists them (OPTION_NAMES, their
+    defaults) in place of ``**options``, for help() and inspect.signature."""
+    import inspect
+
+    sig = inspect.signature(func)
+    params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    keywords = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_DEFAULTS.get(name),
+                                  annotation=_annotation_text(AttentionOptions.__annotations__[name]))
+                for name in OPTION_NAMES]
+    first_keyword = next((i for i, p in enumerate(params) if p.kind == p.KEYWORD_ONLY), len(params))
+    func.__signature__ = sig.replace(parameters=params[:first_keyword] + keywords + params[first_keyword:])
+    return func
+
+
+def plain_options(scale: float, causal: int) -> Any:
+    """The normalised options of a call with only `scale` (a float) and `causal` (its code)."""
+    return _PLAIN_OPTIONS._replace(scale=scale, causal=causal)
 
 
 class Call(NamedTuple):
@@ -82,11 +142,12 @@ def compute_dtype(dtype: Any, float32: Any = FLOAT32, float64: Any = FLOAT64) ->
     return float64 if dtype == float64 else float32
 
 
-def normalise(q: Any, k: Any, v: Any, *, causal: Any = False, scale: Any = None, mask: Any = None,
-              kv_lengths: Any = None, q_lengths: Any = None, window: Any = None, alibi_slopes: Any = None,
-              softcap: Any = None, sinks: Any = None) -> Call:
+def normalise(q: Any, k: Any, v: Any, **options: Any) -> Call:
     """The call ``attention(q, k, v, **options)`` describes, validated: a `Call`, or the error
     that call raises. Allocates nothing of the output's size."""
+    unknown = [name for name in options if name not in _OPTION_SET]
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}: the options are {', '.join(OPTION_NAMES)}")
     q = as_float_array(q, "q")
     k = as_float_array(k, "k")
     v = as_float_array(v, "v")
@@ -147,18 +208,22 @@ def normalise(q: Any, k: Any, v: Any, *, causal: Any = False, scale: Any = None,
 
     hq, lq, lk = (q.shape[-3] if q.ndim > 2 else 1), q.shape[-2], k.shape[-2]
     compute = compute_dtype(q.dtype)
-    options = Options(
-        scale=check_scale(scale, d),
-        causal=check_causal(causal),
-        mask=check_mask(mask, q.shape[:-1] + (lk,), batch_shape + (hq, lq, lk), compute),
-        q_lengths=check_lengths(q_lengths, "q_lengths", batch_shape, lq, "Lq"),
-        kv_lengths=check_lengths(kv_lengths, "kv_lengths", batch_shape, lk, "Lk"),
-        window=check_window(window),
-        alibi_slopes=check_per_head(alibi_slopes, "alibi_slopes", batch_shape, hq, q.ndim == 2),
-        softcap=check_softcap(softcap, compute),
-        sinks=check_per_head(sinks, "sinks", batch_shape, hq, q.ndim == 2, allow_neg_inf=True),
+    get = options.get
+    causal, align = check_alignment(get("causal", _DEFAULTS["causal"]), get("align"))
+    normalised = Options(
+        causal=causal,
+        align=align,
+        scale=check_scale(get("scale"), d),
+        mask=check_mask(get("mask"), q.shape[:-1] + (lk,), batch_shape + (hq, lq, lk), compute),
+        kv_lengths=check_lengths(get("kv_lengths"), "kv_lengths", batch_shape, lk, "Lk"),
+        q_lengths=check_lengths(get("q_lengths"), "q_lengths", batch_shape, lq, "Lq"),
+        window=check_window(get("window")),
+        alibi_slopes=check_per_head(get("alibi_slopes"), "alibi_slopes", batch_shape, hq, q.ndim == 2),
+        softcap=check_softcap(get("softcap"), compute),
+        sinks=check_per_head(get("sinks"), "sinks", batch_shape, hq, q.ndim == 2, allow_neg_inf=True),
+        precision=check_precision(get("precision", _DEFAULTS["precision"])),
     )
-    return Call(as_4d(q), as_4d(k), as_4d(v), out_shape, batch_shape, options)
+    return Call(as_4d(q), as_4d(k), as_4d(v), out_shape, batch_shape, normalised)
 
 
 def sum_to_shape(x: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
@@ -359,6 +424,37 @@ def check_causal(causal: Any) -> int:
     raise TypeError(f"causal must be a bool or a str, got {type(causal).__name__}")
 
 
+def check_alignment(causal: Any, align: Any) -> Tuple[int, int]:
+    """(causal code, align code). `align` puts query i at key position i + off for every
+    positional rule: off = 0 ("upper_left") or Lk − Lq ("lower_right"); None follows causal (lower
+    right only under causal="lower_right"). causal=True with align="lower_right" is
+    causal="lower_right"; causal="lower_right" with align="upper_left" (or the reverse) contradict."""
+    mode = check_causal(causal)
+    if align is None:
+        return mode, ALIGN_LOWER_RIGHT if mode == LOWER_RIGHT else ALIGN_UPPER_LEFT
+    if not isinstance(align, str):
+        raise TypeError(f"align must be a str or None, got {type(align).__name__}")
+    if align not in _ALIGNMENTS:
+        raise ValueError(f"align (={align!r}) must be 'upper_left', 'lower_right' or None")
+    code = _ALIGNMENTS[align]
+    if isinstance(causal, str) and (mode == LOWER_RIGHT) != (code == ALIGN_LOWER_RIGHT):
+        raise ValueError(f"align (={align!r}) contradicts causal (={causal!r}): a causal mask and the window and "
+                         f"ALiBi share one diagonal; pass causal=True with align={align!r}")
+    if mode != NO_CAUSAL:
+        mode = LOWER_RIGHT if code == ALIGN_LOWER_RIGHT else UPPER_LEFT
+    return mode, code
+
+
+def check_precision(precision: Any) -> int:
+    """The code of `precision`: "highest", "high" or "medium" (torch's set_float32_matmul_precision
+    names; what each means per dtype and engine: attention's docstring)."""
+    if not isinstance(precision, str):
+        raise TypeError(f"precision must be a str, got {type(precision).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision (={precision!r}) must be 'highest', 'high' or 'medium'")
+    return PRECISIONS[precision]
+
+
 def check_mask(mask: Any, user_shape: Tuple[int, ...], target: Tuple[int, ...],
                compute: np.dtype) -> Optional[np.ndarray]:
     """The mask as a view of shape target = batch_shape + (Hq, Lq, Lk), stride 0 where broadcast.
@@ -536,3 +632,7 @@ def _shown(x: Any) -> str:
 
 def _index_text(a: np.ndarray, where: Any) -> str:
     return f"[{', '.join(str(int(i)) for i in where)}]" if a.ndim else ""
+
+
+# What normalise makes of a call without options (D = 1: scale 1.0): the fast paths' options.
+_PLAIN_OPTIONS = normalise(np.zeros((1, 1), FLOAT32), np.zeros((1, 1), FLOAT32), np.zeros((1, 1), FLOAT32)).options

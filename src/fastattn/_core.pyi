@@ -1,28 +1,18 @@
 # The C++ extension (internal: use fastattn.attention). Signatures of src/cpp/bindings/module.cpp.
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
+# options: fastattn._contract.Options (a tuple of option_fields(), normalised), read by position.
 def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: Optional[np.ndarray],
-            lse_lo: Optional[np.ndarray], dtype: int, scale: float, causal: int, num_threads: int, mask: Optional[np.ndarray],
-            mask_kind: int, mask_strides: Tuple[int, int, int], mask_offsets: Optional[np.ndarray],
-            q_lengths: Optional[np.ndarray], kv_lengths: Optional[np.ndarray], window_left: int,
-            window_right: int, alibi_slopes: Optional[np.ndarray], softcap: float,
-            sinks: Optional[np.ndarray]) -> None: ...
+            lse_lo: Optional[np.ndarray], options: Tuple[Any, ...], num_threads: int) -> None: ...
 def forward_paged(q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, out: np.ndarray,
                   lse: Optional[np.ndarray], table: np.ndarray, k_scale: Optional[np.ndarray],
-                  v_scale: Optional[np.ndarray], dtype: int, scale: float, causal: int, num_threads: int,
-                  mask: Optional[np.ndarray], mask_kind: int, mask_strides: Tuple[int, int, int],
-                  mask_offsets: Optional[np.ndarray], q_lengths: Optional[np.ndarray],
-                  kv_lengths: Optional[np.ndarray], window_left: int, window_right: int,
-                  alibi_slopes: Optional[np.ndarray], softcap: float, sinks: Optional[np.ndarray]) -> None: ...
+                  v_scale: Optional[np.ndarray], options: Tuple[Any, ...], num_threads: int) -> None: ...
 def backward(dout: np.ndarray, out: np.ndarray, lse: np.ndarray, lse_lo: Optional[np.ndarray],
-             dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, dtype: int, scale: float,
-             causal: int, num_threads: int, mask: Optional[np.ndarray], mask_kind: int,
-             mask_strides: Tuple[int, int, int], mask_offsets: Optional[np.ndarray],
-             q_lengths: Optional[np.ndarray], kv_lengths: Optional[np.ndarray], window_left: int,
-             window_right: int, alibi_slopes: Optional[np.ndarray], softcap: float,
-             sinks: Optional[np.ndarray]) -> None: ...
+             dq: np.ndarray, dk: np.ndarray, dv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+             options: Tuple[Any, ...], num_threads: int) -> None: ...
+def option_fields() -> list[str]: ...
 def math(fn: str, x: np.ndarray) -> np.ndarray: ...
 def compiled_isas() -> list[str]: ...
 def supported_isas() -> list[str]: ...

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._contract import LOWER_RIGHT, NO_CAUSAL, Call, Options, compute_dtype
+from ._contract import ALIGN_LOWER_RIGHT, NO_CAUSAL, Call, Options, compute_dtype
 
 # Elements of one chunk's score matrix (B·Hq·rows·Lk): about 64 MiB in float32.
 _SCORE_BUDGET = 1 << 24
@@ -37,7 +37,7 @@ class _Scores:
         q_len = np.full(batch, lq) if opts.q_lengths is None else opts.q_lengths
         self.kv_len = np.full(batch, lk) if opts.kv_lengths is None else opts.kv_lengths
         # The diagonal of every positional rule: query i is at key position i + off (docs/architecture.md).
-        self.diag_off = self.kv_len - q_len if opts.causal == LOWER_RIGHT else np.zeros(batch, dtype=np.int64)
+        self.diag_off = self.kv_len - q_len if opts.align == ALIGN_LOWER_RIGHT else np.zeros(batch, dtype=np.int64)
         self.q_len = q_len
         left, right = opts.window
         if opts.causal != NO_CAUSAL:

@@ -18,8 +18,8 @@ from . import _api, _contract
 __all__ = ["attention"]
 
 
-def attention(q, k, v, /, *, causal=False, scale=None, mask=None, kv_lengths=None, q_lengths=None,
-              window=None, alibi_slopes=None, softcap=None, backend="auto", num_threads=None):
+@_contract.with_option_keywords
+def attention(q, k, v, /, *, backend="auto", num_threads=None, **options):
     """``fastattn.attention`` on Dask arrays: a lazy Dask array, computed where the graph runs.
 
     Shapes are fastattn's (see ``fastattn.attention``)::
@@ -27,7 +27,7 @@ def attention(q, k, v, /, *, causal=False, scale=None, mask=None, kv_lengths=Non
         q    (..., Hq,  Lq, D)      k (..., Hkv, Lk, D)      v (..., Hkv, Lk, Dv)
         out  (..., Hq,  Lq, Dv)     lazy, q's dtype
 
-    q, k, v, ``mask``, ``kv_lengths``, ``q_lengths`` and ``alibi_slopes`` may be Dask or NumPy
+    q, k, v, ``mask``, ``kv_lengths``, ``q_lengths``, ``alibi_slopes`` and ``sinks`` may be Dask or NumPy
     arrays (NumPy ones are wrapped with ``da.asarray``). Every option means what it means for
     ``fastattn.attention`` and the result equals ``fastattn.attention`` on the whole arrays;
     ``return_lse`` and ``out`` are not offered. Shapes, dtypes and options are validated here,
@@ -95,19 +95,17 @@ def attention(q, k, v, /, *, causal=False, scale=None, mask=None, kv_lengths=Non
     >>> total = out.sum().compute()          # runs on the cluster; only the sum comes back
     """
     q, k, v = (da.asarray(x) for x in (q, k, v))
-    _validate(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap,
-              backend, num_threads)
+    _validate(q, k, v, options, backend, num_threads)
     if q.ndim == 2:  # one head (L, D): give it a head axis, and take it off the result
-        out = attention(q[None], k[None], v[None], causal=causal, scale=scale, mask=mask,
-                        kv_lengths=kv_lengths, q_lengths=q_lengths, window=window,
-                        alibi_slopes=alibi_slopes, softcap=softcap, backend=backend,
-                        num_threads=num_threads)
-        return out[0]
+        return attention(q[None], k[None], v[None], backend=backend, num_threads=num_threads, **options)[0]
+    # Arrays go to the blocks chunked like q; the other options are passed to every call as they are.
+    mask, kv_lengths, q_lengths, alibi_slopes, sinks = (options.pop(name, None) for name in _PER_BLOCK)
+    causal, window = options.get("causal", False), options.get("window")
 
     nb = q.ndim - 3  # batch dimensions; then heads, rows, features
     hq, lq, lk, dv = q.shape[-3], q.shape[-2], k.shape[-2], v.shape[-1]
     group = hq // k.shape[-3] if k.shape[-3] else 1
-    mode = _contract.check_causal(causal)
+    mode, _ = _contract.check_alignment(causal, options.get("align"))
     lower_right, is_causal = mode == _contract.LOWER_RIGHT, mode != _contract.NO_CAUSAL
 
     q = q.rechunk(q.chunks[:nb] + (_group_chunks(q.chunks[nb], group), q.chunks[nb + 1], -1))
@@ -127,31 +125,37 @@ def attention(q, k, v, /, *, causal=False, scale=None, mask=None, kv_lengths=Non
     args = [da.arange(lq, chunks=(q.chunks[-2],)), "i",  # each block's global row indices
             q, batch + ("h", "i", "d"), k, batch + ("h", "j", "d"), v, batch + ("h", "j", "e")]
     for x, index in ((mask, batch + ("h", "i", "j")), (q_lengths, batch), (kv_lengths, batch),
-                     (alibi_slopes, batch + ("h",))):
+                     (alibi_slopes, batch + ("h",)), (sinks, batch + ("h",))):
         args += [None, None] if x is None else [_chunk_like(da.asarray(x), q, len(index)), index]
 
-    options = dict(scale=scale, softcap=softcap, window=window, backend=backend, num_threads=num_threads)
+    options = dict(options, causal=mode, backend=backend, num_threads=num_threads)
     return da.blockwise(
         _attention_block, batch + ("h", "i", "e"), *args,
-        lq=lq, lk=lk, causal=causal, shift=shift, options=options,
+        lq=lq, lk=lk, shift=shift, options=options,
         # K/V heads are chunked as q's / g, so Dask must not align chunks; the output's are given.
         align_arrays=False, adjust_chunks={"h": q.chunks[nb], "i": q.chunks[-2], "e": (dv,)},
         # The contracted axes (D, Lk) are one chunk each: no concatenation, which would copy.
         concatenate=False, token="fastattn-attention", meta=np.empty((0,) * q.ndim, q.dtype))
 
 
-def _attention_block(rows, q, k, v, mask, q_len, kv_len, slopes, *, lq, lk, causal, shift, options):
+# The options that are arrays: each block gets its chunk of them (the others are passed as they are).
+_PER_BLOCK = ("mask", "kv_lengths", "q_lengths", "alibi_slopes", "sinks")
+
+
+def _attention_block(rows, q, k, v, mask, q_len, kv_len, slopes, sinks, *, lq, lk, shift, options):
     """One output block: q rows [r0, r0 + n) of some heads and batch indices, with the whole K/V
-    of those heads. Runs on a worker."""
+    of those heads. Runs on a worker. options["causal"] is the causal code."""
     q, k, v, mask = (_one_block(x) for x in (q, k, v, mask))
     r0, n = (int(rows[0]) if rows.size else 0), q.shape[-2]
-    lower_right = _contract.check_causal(causal) == _contract.LOWER_RIGHT
+    options = dict(options)
+    causal = options.pop("causal")
+    lower_right = causal == _contract.LOWER_RIGHT
     if not shift or r0 == 0 and not lower_right:
         # Rows independent of their position, or a block whose diagonal is the global one.
         if q_len is not None:
             q_len = np.clip(q_len - r0, 0, n)
-        return _api.attention(q, k, v, causal=causal, mask=mask, q_lengths=q_len, kv_lengths=kv_len,
-                              alibi_slopes=slopes, **options)
+        return _api.attention(q, k, v, causal=_CAUSAL_NAMES[causal], mask=mask, q_lengths=q_len,
+                              kv_lengths=kv_len, alibi_slopes=slopes, sinks=sinks, **options)
     # The global diagonal of row i is i + off per sequence (off as fastattn defines it); local
     # row i - r0 under "lower_right" with lengths (q_loc, kv_loc) has kv_loc - q_loc + (i - r0).
     q_b = lq if q_len is None else q_len
@@ -168,7 +172,12 @@ def _attention_block(rows, q, k, v, mask, q_len, kv_len, slopes, *, lq, lk, caus
     if mask is not None and mask.shape[-1] != 1:
         mask = mask[..., :lk_loc]
     lengths = {} if q_len is None and kv_len is None else dict(q_lengths=q_loc, kv_lengths=kv_loc)
-    return _api.attention(q, k, v, causal="lower_right", mask=mask, alibi_slopes=slopes, **lengths, **options)
+    options["align"] = None  # "lower_right" below aligns the block (a shifted block of an upper-left call too)
+    return _api.attention(q, k, v, causal="lower_right", mask=mask, alibi_slopes=slopes, sinks=sinks, **lengths,
+                          **options)
+
+
+_CAUSAL_NAMES = {_contract.NO_CAUSAL: False, _contract.UPPER_LEFT: "upper_left", _contract.LOWER_RIGHT: "lower_right"}
 
 
 def _one_block(x):
@@ -194,8 +203,7 @@ def _chunk_like(x, q, ndim: int):
     return x.rechunk(chunks)
 
 
-def _validate(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi_slopes, softcap,
-              backend, num_threads) -> None:
+def _validate(q, k, v, options, backend, num_threads) -> None:
     """fastattn's own checks, with the same messages, run now on data-free stand-ins."""
     compute = _contract.compute_dtype(q.dtype)
 
@@ -204,11 +212,13 @@ def _validate(q, k, v, causal, scale, mask, kv_lengths, q_lengths, window, alibi
         # and checked for real.
         return _contract.stand_in(x.shape, dtype or x.dtype) if isinstance(x, da.Array) else x
 
-    m = mask
+    given = dict(options)
+    mask = given.get("mask")
     if isinstance(mask, (da.Array, np.ndarray)):  # a float mask is converted by each task
-        m = stand_in(da.asarray(mask), compute if _contract.is_floating(mask.dtype) else None)
-    _contract.normalise(stand_in(q), stand_in(k), stand_in(v), causal=causal, scale=scale, mask=m,
-                        kv_lengths=stand_in(kv_lengths), q_lengths=stand_in(q_lengths), window=window,
-                        alibi_slopes=stand_in(alibi_slopes), softcap=softcap)
+        given["mask"] = stand_in(da.asarray(mask), compute if _contract.is_floating(mask.dtype) else None)
+    for name in ("kv_lengths", "q_lengths", "alibi_slopes", "sinks"):
+        if name in given:
+            given[name] = stand_in(given[name])
+    _contract.normalise(stand_in(q), stand_in(k), stand_in(v), **given)
     _contract.check_num_threads(num_threads)
     _contract.check_backend(backend)

@@ -23,16 +23,6 @@ using fastattn::MathFn;
 
 namespace {
 
-py::ssize_t itemsize_of(DType dtype) {
-    switch (dtype) {
-        case DType::f32: return 4;
-        case DType::f64: return 8;
-        case DType::f16:
-        case DType::bf16: return 2;
-    }
-    throw std::invalid_argument("fastattn._core: unknown dtype code");
-}
-
 void fail(const std::string& what) { throw std::invalid_argument("fastattn._core: " + what); }
 
 // Element strides of a 4-D array whose last axis is contiguous.
@@ -61,25 +51,90 @@ void require_c_contiguous(const py::array& a, const char* name, const py::dtype&
         fail(std::string(name) + " must be a " + (written ? "writeable " : "") + "C-contiguous array of its dtype");
 }
 
-// The options of a call into args, in the order of the Python-side tuple
-// (fastattn._backend._option_args), after q's dtype, batch and hq are set.
-void set_options(fastattn::AttentionArgs& args, double scale, int causal, int num_threads, const py::object& mask,
-                 int mask_kind, std::array<int64_t, 3> mask_strides, const py::object& mask_offsets,
-                 const py::object& q_lengths, const py::object& kv_lengths, int64_t window_left,
-                 int64_t window_right, const py::object& alibi_slopes, double softcap, const py::object& sinks);
+// The options of a call cross the binding as one tuple, fastattn._contract.Options, read
+// by position: this is their one list in C++ (the order of _contract.AttentionOptions, the
+// one list in Python; _core.option_fields() returns these names and a test compares them).
+#define FASTATTN_OPTIONS(X) \
+    X(causal) X(align) X(scale) X(mask) X(kv_lengths) X(q_lengths) X(window) X(alibi_slopes) X(softcap) \
+    X(precision) X(sinks)
 
-// The AttentionArgs of q, k, v, the forward output `out` (written by forward, read
-// by backward) and the options, in the order of the Python-side tuple
-// _backend._option_args.
+#define FASTATTN_OPTION_INDEX(name) k_##name,
+enum OptionIndex : int { FASTATTN_OPTIONS(FASTATTN_OPTION_INDEX) kOptionCount };
+#undef FASTATTN_OPTION_INDEX
+
+std::vector<std::string> option_fields() {
+#define FASTATTN_OPTION_NAME(name) #name,
+    return {FASTATTN_OPTIONS(FASTATTN_OPTION_NAME)};
+#undef FASTATTN_OPTION_NAME
+}
+
+// The mask view (batch dims..., hq, lq, lk), stride 0 where broadcast, or None: its kind from
+// its dtype, its strides in elements, and one element offset per flattened batch index (its
+// batch axes need not merge into one stride), into args.mask and `offsets`.
+void read_mask(const py::handle& obj, fastattn::AttentionArgs& args, std::vector<int64_t>& offsets) {
+    if (obj.is_none()) return;
+    const auto m = py::reinterpret_borrow<py::array>(obj);
+    const bool boolean = m.dtype().equal(py::dtype::of<bool>());
+    const py::dtype additive = args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+    if (!boolean && !m.dtype().equal(additive)) fail("mask must be bool or of the compute dtype");
+    const py::ssize_t item = m.itemsize(), nb = m.ndim() - 3;
+    if (nb < 0) fail("mask must have (hq, lq, lk) axes");
+    int64_t batch = 1;
+    for (py::ssize_t i = 0; i < m.ndim(); ++i) {
+        if (m.strides(i) % item != 0) fail("mask strides must be whole elements");
+        if (i < nb) batch *= m.shape(i);
+    }
+    if (batch != args.batch || m.shape(nb) != args.hq || m.shape(nb + 1) != args.lq || m.shape(nb + 2) != args.lk)
+        fail("mask must have shape (batch..., hq, lq, lk)");
+    offsets.assign(static_cast<size_t>(batch), 0);
+    for (int64_t b = 0; b < batch; ++b)  // unravel b over the batch axes, last fastest
+        for (int64_t i = nb - 1, rest = b; i >= 0; --i) {
+            offsets[b] += rest % m.shape(i) * (m.strides(i) / item);
+            rest /= m.shape(i);
+        }
+    args.mask.kind = boolean ? fastattn::MaskKind::boolean : fastattn::MaskKind::additive;
+    args.mask.data = m.data();
+    args.mask.batch_offsets = offsets.data();
+    args.mask.head = m.strides(nb) / item;
+    args.mask.row = m.strides(nb + 1) / item;
+    args.mask.col = m.strides(nb + 2) / item;
+}
+
+// The options tuple into args (after q's dtype, batch, hq, lq and lk are set); `mask_offsets`
+// holds the mask's batch offsets for the call's duration.
+void read_options(const py::tuple& o, fastattn::AttentionArgs& args, std::vector<int64_t>& mask_offsets) {
+    if (o.size() != kOptionCount) fail("options must be a tuple of " + std::to_string(kOptionCount) + " fields");
+    args.causal = static_cast<fastattn::Causal>(o[k_causal].cast<int>());
+    args.align = static_cast<fastattn::Align>(o[k_align].cast<int>());
+    args.scale = o[k_scale].cast<double>();
+    read_mask(o[k_mask], args, mask_offsets);
+    args.kv_lengths = optional_data<int64_t>(o[k_kv_lengths], args.batch, "kv_lengths");
+    args.q_lengths = optional_data<int64_t>(o[k_q_lengths], args.batch, "q_lengths");
+    const auto window = o[k_window].cast<std::pair<int64_t, int64_t>>();
+    args.window_left = window.first;
+    args.window_right = window.second;
+    args.alibi_slopes = optional_data<double>(o[k_alibi_slopes], args.batch * args.hq, "alibi_slopes");
+    args.softcap = o[k_softcap].cast<double>();
+    args.sinks = optional_data<double>(o[k_sinks], args.batch * args.hq, "sinks");
+    args.precision = static_cast<fastattn::Precision>(o[k_precision].cast<int>());
+}
+
+// q's dtype as the kernel's code (the contract accepted it: bfloat16 is the one other 2-byte type).
+DType dtype_of(const py::array& q) {
+    const py::dtype dtype = q.dtype();
+    if (dtype.equal(py::dtype::of<float>())) return DType::f32;
+    if (dtype.equal(py::dtype::of<double>())) return DType::f64;
+    if (dtype.itemsize() != 2) fail("q must be float32, float64, float16 or bfloat16");
+    return dtype.num() == 23 /* NPY_HALF */ ? DType::f16 : DType::bf16;
+}
+
+// The AttentionArgs of q, k, v, the forward output `out` (written by forward, read by
+// backward), the options tuple and the thread count.
 fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py::array& v, const py::array& out,
-                          bool out_written, int dtype, double scale, int causal, int num_threads,
-                          const py::object& mask, int mask_kind, std::array<int64_t, 3> mask_strides,
-                          const py::object& mask_offsets, const py::object& q_lengths, const py::object& kv_lengths,
-                          int64_t window_left, int64_t window_right, const py::object& alibi_slopes, double softcap,
-                          const py::object& sinks) {
+                               bool out_written, const py::tuple& options, int num_threads,
+                               std::vector<int64_t>& mask_offsets) {
     fastattn::AttentionArgs args;
-    args.dtype = static_cast<DType>(dtype);
-    if (q.itemsize() != itemsize_of(args.dtype)) fail("q's itemsize does not match its dtype code");
+    args.dtype = dtype_of(q);
     args.q_strides = strides_of(q, "q", q.dtype());
     args.k_strides = strides_of(k, "k", q.dtype());
     args.v_strides = strides_of(v, "v", q.dtype());
@@ -101,38 +156,9 @@ fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py:
     args.k = k.data();
     args.v = v.data();
     args.out = const_cast<void*>(out.data());  // written only by forward, which required it writeable
-    set_options(args, scale, causal, num_threads, mask, mask_kind, mask_strides, mask_offsets, q_lengths, kv_lengths,
-                window_left, window_right, alibi_slopes, softcap, sinks);
-    return args;
-}
-
-void set_options(fastattn::AttentionArgs& args, double scale, int causal, int num_threads, const py::object& mask,
-                 int mask_kind, std::array<int64_t, 3> mask_strides, const py::object& mask_offsets,
-                 const py::object& q_lengths, const py::object& kv_lengths, int64_t window_left,
-                 int64_t window_right, const py::object& alibi_slopes, double softcap, const py::object& sinks) {
-    args.scale = scale;
-    args.causal = static_cast<fastattn::Causal>(causal);
     args.num_threads = num_threads;
-    args.q_lengths = optional_data<int64_t>(q_lengths, args.batch, "q_lengths");
-    args.kv_lengths = optional_data<int64_t>(kv_lengths, args.batch, "kv_lengths");
-    args.window_left = window_left;
-    args.window_right = window_right;
-    args.alibi_slopes = optional_data<double>(alibi_slopes, args.batch * args.hq, "alibi_slopes");
-    args.softcap = softcap;
-    args.sinks = optional_data<double>(sinks, args.batch * args.hq, "sinks");
-    args.mask.kind = static_cast<fastattn::MaskKind>(mask_kind);
-    if (args.mask.kind != fastattn::MaskKind::none) {
-        const auto m = mask.cast<py::array>();
-        const bool boolean = args.mask.kind == fastattn::MaskKind::boolean;
-        const py::dtype want = boolean ? py::dtype::of<bool>()
-                                       : (args.dtype == DType::f64 ? py::dtype::of<double>() : py::dtype::of<float>());
-        if (!m.dtype().equal(want)) fail("mask has the wrong dtype for its kind");
-        args.mask.data = m.data();
-        args.mask.batch_offsets = optional_data<int64_t>(mask_offsets, args.batch, "mask_offsets");
-        args.mask.head = mask_strides[0];
-        args.mask.row = mask_strides[1];
-        args.mask.col = mask_strides[2];
-    }
+    read_options(options, args, mask_offsets);
+    return args;
 }
 
 // A (batch, hq, lq) C-contiguous array of the compute dtype (writeable when
@@ -156,13 +182,9 @@ void set_lse(fastattn::AttentionArgs& args, const py::object& lse, const py::obj
 
 // out (and lse, lse_lo, or None: in the compute dtype) are written in place.
 void forward(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& lse,
-             const py::object& lse_lo, int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
-             std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
-             const py::object& kv_lengths, int64_t window_left, int64_t window_right,
-             const py::object& alibi_slopes, double softcap, const py::object& sinks) {
-    fastattn::AttentionArgs args = unpack(q, k, v, out, true, dtype, scale, causal, num_threads, mask, mask_kind,
-                                     mask_strides, mask_offsets, q_lengths, kv_lengths, window_left, window_right,
-                                     alibi_slopes, softcap, sinks);
+             const py::object& lse_lo, const py::tuple& options, int num_threads) {
+    std::vector<int64_t> mask_offsets;
+    fastattn::AttentionArgs args = unpack(q, k, v, out, true, options, num_threads, mask_offsets);
     set_lse(args, lse, lse_lo);
     py::gil_scoped_release release;
     fastattn::attention_forward(args);
@@ -173,14 +195,9 @@ void forward(const py::array& q, const py::array& k, const py::array& v, py::arr
 // scales (num_blocks, hkv, block_size), else None. kv_lengths is required.
 void forward_paged(const py::array& q, const py::array& k_pool, const py::array& v_pool, py::array& out,
                    const py::object& lse, const py::array& table, const py::object& k_scale,
-                   const py::object& v_scale, int dtype, double scale, int causal, int num_threads,
-                   const py::object& mask, int mask_kind, std::array<int64_t, 3> mask_strides,
-                   const py::object& mask_offsets, const py::object& q_lengths, const py::object& kv_lengths,
-                   int64_t window_left, int64_t window_right, const py::object& alibi_slopes, double softcap,
-                   const py::object& sinks) {
+                   const py::object& v_scale, const py::tuple& options, int num_threads) {
     fastattn::AttentionArgs args;
-    args.dtype = static_cast<DType>(dtype);
-    if (q.itemsize() != itemsize_of(args.dtype)) fail("q's itemsize does not match its dtype code");
+    args.dtype = dtype_of(q);
     const bool int8 = k_pool.dtype().equal(py::dtype::of<int8_t>());
     const py::dtype pool_dtype = int8 ? py::dtype::of<int8_t>() : q.dtype();
     args.q_strides = strides_of(q, "q", q.dtype());
@@ -220,8 +237,9 @@ void forward_paged(const py::array& q, const py::array& k_pool, const py::array&
     args.k = k_pool.data();
     args.v = v_pool.data();
     args.out = out.mutable_data();
-    set_options(args, scale, causal, num_threads, mask, mask_kind, mask_strides, mask_offsets, q_lengths, kv_lengths,
-                window_left, window_right, alibi_slopes, softcap, sinks);
+    args.num_threads = num_threads;
+    std::vector<int64_t> mask_offsets;
+    read_options(options, args, mask_offsets);
     set_lse(args, lse, py::none());
     py::gil_scoped_release release;
     fastattn::attention_forward(args);
@@ -230,13 +248,9 @@ void forward_paged(const py::array& q, const py::array& k_pool, const py::array&
 // dq, dk, dv are written in place; lse (and lse_lo, or None) are in the compute dtype.
 void backward(const py::array& dout, const py::array& out, const py::array& lse, const py::object& lse_lo,
               py::array& dq, py::array& dk, py::array& dv, const py::array& q, const py::array& k, const py::array& v,
-              int dtype, double scale, int causal, int num_threads, const py::object& mask, int mask_kind,
-              std::array<int64_t, 3> mask_strides, const py::object& mask_offsets, const py::object& q_lengths,
-              const py::object& kv_lengths, int64_t window_left, int64_t window_right,
-              const py::object& alibi_slopes, double softcap, const py::object& sinks) {
-    const fastattn::AttentionArgs args = unpack(q, k, v, out, false, dtype, scale, causal, num_threads, mask, mask_kind,
-                                           mask_strides, mask_offsets, q_lengths, kv_lengths, window_left,
-                                           window_right, alibi_slopes, softcap, sinks);
+              const py::tuple& options, int num_threads) {
+    std::vector<int64_t> mask_offsets;
+    const fastattn::AttentionArgs args = unpack(q, k, v, out, false, options, num_threads, mask_offsets);
     fastattn::GradArgs grad;
     require_c_contiguous(dout, "dout", q.dtype(), false);
     const std::array<std::pair<const py::array*, const py::array*>, 4> same_shape = {
@@ -286,24 +300,16 @@ py::array math_array(const std::string& fn, const py::array& x) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastattn's C++ kernels (internal: use fastattn.attention)";
-    m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("lse_lo"),
-          py::arg("dtype"), py::arg("scale"), py::arg("causal"), py::arg("num_threads"),
-          py::arg("mask"), py::arg("mask_kind"), py::arg("mask_strides"), py::arg("mask_offsets"),
-          py::arg("q_lengths"), py::arg("kv_lengths"), py::arg("window_left"), py::arg("window_right"),
-          py::arg("alibi_slopes"), py::arg("softcap"), py::arg("sinks"));
+    // Options: the call's normalised fastattn._contract.Options tuple (FASTATTN_OPTIONS above).
+    m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
+          py::arg("lse_lo"), py::arg("options"), py::arg("num_threads"));
     m.def("forward_paged", &forward_paged, py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("out"),
-          py::arg("lse"), py::arg("table"), py::arg("k_scale"), py::arg("v_scale"), py::arg("dtype"),
-          py::arg("scale"), py::arg("causal"), py::arg("num_threads"), py::arg("mask"), py::arg("mask_kind"),
-          py::arg("mask_strides"), py::arg("mask_offsets"), py::arg("q_lengths"), py::arg("kv_lengths"),
-          py::arg("window_left"), py::arg("window_right"), py::arg("alibi_slopes"), py::arg("softcap"),
-          py::arg("sinks"));
+          py::arg("lse"), py::arg("table"), py::arg("k_scale"), py::arg("v_scale"), py::arg("options"),
+          py::arg("num_threads"));
     m.def("backward", &backward, py::arg("dout"), py::arg("out"), py::arg("lse"), py::arg("lse_lo"), py::arg("dq"),
-          py::arg("dk"),
-          py::arg("dv"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dtype"), py::arg("scale"),
-          py::arg("causal"), py::arg("num_threads"), py::arg("mask"), py::arg("mask_kind"),
-          py::arg("mask_strides"), py::arg("mask_offsets"), py::arg("q_lengths"), py::arg("kv_lengths"),
-          py::arg("window_left"), py::arg("window_right"), py::arg("alibi_slopes"), py::arg("softcap"),
-          py::arg("sinks"));
+          py::arg("dk"), py::arg("dv"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("options"),
+          py::arg("num_threads"));
+    m.def("option_fields", &option_fields, "the names of the options tuple's fields, in the order read");
     m.def("math", &math_array, py::arg("fn"), py::arg("x"),
           "exp, exp2 or tanh with the selected ISA's vectorised kernel implementation");
     m.def("compiled_isas", &fastattn::compiled_isas);

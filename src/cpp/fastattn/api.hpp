@@ -24,6 +24,21 @@ enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
 // off = 0 (upper_left) or Lk - Lq (lower_right).
 enum class Causal : int { none = 0, upper_left = 1, lower_right = 2 };
 
+// Where query i sits on the keys for every positional rule (causal, window, ALiBi):
+// at key position i + off, off = 0 (upper_left) or Lk - Lq (lower_right; per
+// sequence kv_lengths[b] - q_lengths[b]). Causal::lower_right comes with
+// lower_right, Causal::upper_left with upper_left; without causal either may be
+// chosen (FlashAttention aligns windows and ALiBi lower-right).
+enum class Align : int { upper_left = 0, lower_right = 1 };
+
+// The precision of the products on a matrix engine (torch's
+// set_float32_matmul_precision names). highest: float32 products (bf16 engines
+// split their float32 operands into high + low bf16 parts); high: float32 on
+// tile engines at ~float32 accuracy (three bf16 parts); medium: the float32
+// operands (P, dS) rounded to bf16 once. An engine without a faster path
+// computes every mode as highest.
+enum class Precision : int { highest = 0, high = 1, medium = 2 };
+
 // Strides are in elements, not bytes, and may be zero or negative.
 struct Strides3 {
     int64_t batch = 0, head = 0, row = 0;
@@ -73,12 +88,14 @@ struct AttentionArgs {
     int64_t batch = 0, hq = 0, hkv = 0, lq = 0, lk = 0, d = 0, dv = 0;
     double scale = 1.0;
     Causal causal = Causal::none;
+    Align align = Align::upper_left;
+    Precision precision = Precision::highest;
     // Per-sequence lengths in a padded batch, (batch,) each, or null for lq / lk.
     // Keys j >= kv_lengths[b] are invisible; rows i >= q_lengths[b] give zeros.
     // Under lower_right the diagonal offset is kv_lengths[b] - q_lengths[b].
     const int64_t* q_lengths = nullptr;
     const int64_t* kv_lengths = nullptr;
-    // Sliding window: key j visible iff i + off - left <= j <= i + off + right;
+    // Sliding window: key j visible iff i + off - left <= j <= i + off + right (off: Align);
     // -1 means unbounded on that side.
     int64_t window_left = -1, window_right = -1;
     const double* alibi_slopes = nullptr;  // (batch, hq): adds -slope·|i + off - j|
@@ -97,6 +114,8 @@ struct AttentionArgs {
 };
 // Order in which a score is formed: s = scale·q·k; softcap; + ALiBi; + additive
 // mask; then boolean mask, causal, window and lengths set it to -inf.
+// (The options above, scale .. precision, reach the kernel from one Python tuple:
+// src/cpp/bindings/module.cpp reads it, FASTATTN_OPTIONS.)
 
 // Throws std::invalid_argument when args break the contract above.
 void check_args(const AttentionArgs& args);

@@ -128,6 +128,11 @@ void check_args(const AttentionArgs& a) {
     require(a.hq % a.hkv == 0, "hq must be a multiple of hkv");
     require(a.causal == Causal::none || a.causal == Causal::upper_left || a.causal == Causal::lower_right,
             "unknown causal mode");
+    require(a.align == Align::upper_left || a.align == Align::lower_right, "unknown alignment");
+    require(a.causal == Causal::none || (a.causal == Causal::lower_right) == (a.align == Align::lower_right),
+            "the causal mode and the alignment disagree");
+    require(a.precision == Precision::highest || a.precision == Precision::high || a.precision == Precision::medium,
+            "unknown precision");
     require(a.dtype == DType::f32 || a.dtype == DType::f64 || a.dtype == DType::f16 || a.dtype == DType::bf16,
             "unknown dtype");
     require(a.num_threads >= 0, "num_threads must be >= 0");

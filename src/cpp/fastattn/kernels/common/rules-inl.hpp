@@ -1,7 +1,7 @@
 // The positional rules of a call and the shaping of scores, used by both
 // passes (api.hpp states them; this is their one implementation):
 //   - a Sequence: one batch entry's query and key lengths and its diagonal
-//     offset (0 upper-left, kv_len − q_len lower-right);
+//     offset (0 aligned upper-left, kv_len − q_len lower-right: Align);
 //   - the interval of keys query row i may see, [key_begin(i), key_end(i)),
 //     from causal, window and lengths; both ends grow with i, so a block of
 //     rows sees a contiguous range and whole key blocks can be skipped;
@@ -47,7 +47,7 @@ public:
         seq.b = b;
         seq.q_len = a_.q_lengths ? a_.q_lengths[b] : a_.lq;
         seq.kv_len = a_.kv_lengths ? a_.kv_lengths[b] : a_.lk;
-        seq.diag_off = a_.causal == Causal::lower_right ? seq.kv_len - seq.q_len : 0;
+        seq.diag_off = a_.align == Align::lower_right ? seq.kv_len - seq.q_len : 0;
         return seq;
     }
 
