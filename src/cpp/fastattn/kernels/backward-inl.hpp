@@ -25,13 +25,13 @@
 // chunk leaves a partial dQ that a second pass sums in chunk order. Results
 // are therefore bitwise independent of the thread count.
 //
-// Five products per block, each a register tile of kTileRows rows ×
-// kTileVecs vectors:
-//     S  = (scale·Q)·Kᵀ,  dP = dO·Vᵀ      Tiles::score_tile: K, V packed transposed
-//     dV += Pᵀ·dO,  dK += dSᵀ·(scale·Q)   Tiles::weighted_sum over the block's rows
-//     dQ += dS·K                           Tiles::weighted_sum over the block's keys
-// weighted_sum's B operands (dO, Q, K) are packed in column panels one tile
-// wide, so each is walked contiguously.
+// Five products per block, each on the engine's tiles (engines/):
+//     S  = scale·Q·Kᵀ,  dP = dO·Vᵀ        score_tile: K, V packed by pack_keys
+//     dV += Pᵀ·dO,  dK += scale·dSᵀ·Q     weighted_sum over the block's rows
+//     dQ += dS·K                           weighted_sum over the block's keys
+// weighted_sum's B operands (dO, Q, K) are packed by pack_values, its weights
+// (P, dS, as float blocks) by prepare_weights. K and V are read through the
+// K/V rows policy (common/kv_rows-inl.hpp) as the forward reads them.
 //
 // Precision on peaked rows (docs/how-it-works.md, 7.1): where a row is nearly
 // one-hot, dS = P ∘ (dP − D) is a difference of nearly equal numbers, so the
@@ -57,11 +57,10 @@
 #include <limits>
 #include <vector>
 
-#include "common/pack-inl.hpp"
+#include "common/kv_rows-inl.hpp"
 #include "common/parallel-inl.hpp"
 #include "common/rules-inl.hpp"
 #include "common/storage-inl.hpp"
-#include "common/tiles-inl.hpp"
 #include "forward-inl.hpp"
 
 namespace fastattn {
@@ -72,31 +71,35 @@ constexpr int64_t gcd(int64_t a, int64_t b) { return b == 0 ? a : gcd(b, a % b);
 // All work items' partial dQ buffers together (see BackwardKernel::chunks).
 constexpr int64_t kPartialBudgetBytes = int64_t(64) << 20;
 
-template <class S>
+template <class S, class E>
 class BackwardKernel {
     using T = ComputeType<S>;
     using V = Vec<T>;  // registers are `auto` below: V::reg
-    using Tile = Tiles<T>;
+    using Packed = typename E::Packed;
     static constexpr int64_t W = V::width;
-    static constexpr int64_t kTileRows = Tile::kRows, kTileVecs = Tile::kVecs, kTileKeys = Tile::kKeys;
+    static constexpr int64_t kTileRows = E::kRows, kTileKeys = E::kKeys;
+    static constexpr int64_t lcm(int64_t a, int64_t b) { return a / gcd(a, b) * b; }
     // Keys per block: whole transposed panels (kTileKeys) and whole row tiles
-    // of dK/dV (kTileRows), at least 288.
-    static constexpr int64_t kKeysUnit = kTileRows * kTileKeys / gcd(kTileRows, kTileKeys);
+    // of dK/dV (kTileRows), an even number (pairs, for bf16 engines), at least 288.
+    static constexpr int64_t kKeysUnit = lcm(lcm(kTileRows, kTileKeys), 2);
     static constexpr int64_t kKeys = (288 + kKeysUnit - 1) / kKeysUnit * kKeysUnit;
-    static constexpr int64_t kRows = 60;  // query rows per block: whole row tiles
-    static_assert(kRows % kTileRows == 0, "a query block must be whole tiles");
+    // Query rows per block: whole row tiles, even, at least 60.
+    static constexpr int64_t kRowsUnit = lcm(kTileRows, 2);
+    static constexpr int64_t kRows = (60 + kRowsUnit - 1) / kRowsUnit * kRowsUnit;
 
 public:
     BackwardKernel(const AttentionArgs& a, const GradArgs& g)
         : a_(a),
           g_(g),
           rules_(a),
-          d_pad_((a.d + W - 1) / W * W),
-          dv_pad_((a.dv + W - 1) / W * W),
+          engine_(a),
+          d_pad_(E::cols_pad(a.d)),
+          dv_pad_(E::cols_pad(a.dv)),
           group_(a.hq / a.hkv),
           key_blocks_((a.lk + kKeys - 1) / kKeys),
           scale_(static_cast<T>(a.scale)),
-          kv_in_place_(ForwardKernel<S>::reads_kv_in_place(a)),
+          score_post_(engine_.post(scale_)),
+          kv_in_place_(ForwardKernel<S, S, E>::reads_kv_in_place(a)),
           neg_inf_(-std::numeric_limits<T>::infinity()) {}
 
     int64_t num_tasks() const { return a_.batch * a_.hkv; }
@@ -113,19 +116,26 @@ public:
     int64_t dq_size() const { return group_ * a_.lq * d_pad_; }
 
     struct Workspace {
-        std::vector<T> k_t, k_pan, v_t;      // the key block: K, V transposed; K in column panels
+        // Packed by the engine: the key block's K and V for the score tiles, K for dQ;
+        // a query block's Q and dO as score rows and as weighted sums' panels.
+        std::vector<Packed> k_t, k_pan, v_t, q_rows, q_pan, do_rows, do_pan;
+        std::vector<Packed> p_w, ds_w, ds_wt;  // P and dS as weights: transposed (dV, dK), row-major (dQ)
+        std::vector<T> q_direct;             // scale·Q as the forward's in-place decode tiles read it
         std::vector<T> dk_acc, dv_acc;       // (kKeys, d_pad), (kKeys, dv_pad)
-        std::vector<T> q_rows, q_pan;        // scale·Q of a query block: rows (stride d); panels
-        std::vector<T> do_rows, do_pan;      // dO of a query block: rows (stride dv); panels
         std::vector<T> lse, lse_lo, delta;   // per row of the query block (lse = lse + lse_lo)
         std::vector<T> p, ds, cap_grad;      // (kRows, kKeys): P and dP, then dS
         std::vector<T> bias, key_index, row; // scratch
         std::vector<T> dq_acc;               // one head group's dQ when the item owns it
         std::vector<T> deltas;               // D of every row of the head group (task_deltas)
-        Workspace(int64_t d_pad, int64_t dv_pad, int64_t d, int64_t dv, int64_t dq_size, int64_t rows, bool softcap)
-            : k_t(d * kKeys), k_pan(kKeys * d_pad), v_t(dv * kKeys),
+        typename E::ThreadScope engine_scope;
+        Workspace(int64_t d_pad, int64_t dv_pad, int64_t d, int64_t dv, int64_t dq_size, int64_t rows, bool softcap,
+                  bool direct)
+            : k_t(E::keys_size(kKeys, d)), k_pan(E::values_size(kKeys, d_pad)), v_t(E::keys_size(kKeys, dv)),
+              q_rows(E::rows_size(kRows, d)), q_pan(E::values_size(kRows, d_pad)),
+              do_rows(E::rows_size(kRows, dv)), do_pan(E::values_size(kRows, dv_pad)),
+              p_w(E::weights_size(kKeys, kRows)), ds_w(E::weights_size(kRows, kKeys)),
+              ds_wt(E::weights_size(kKeys, kRows)), q_direct(direct ? kRows * d : 0),
               dk_acc(kKeys * d_pad), dv_acc(kKeys * dv_pad),
-              q_rows(kRows * d), q_pan(kRows * d_pad), do_rows(kRows * dv), do_pan(kRows * dv_pad),
               lse(kRows), lse_lo(kRows), delta(kRows),
               p(kRows * kKeys), ds(kRows * kKeys), cap_grad(softcap ? kRows * kKeys : 0),
               bias(kKeys), key_index(kKeys), row(std::max(d_pad, dv_pad)),
@@ -133,7 +143,8 @@ public:
     };
 
     Workspace make_workspace(int64_t chunks) const {
-        return Workspace(d_pad_, dv_pad_, a_.d, a_.dv, chunks == 1 ? dq_size() : 0, group_ * a_.lq, a_.softcap > 0);
+        return Workspace(d_pad_, dv_pad_, a_.d, a_.dv, chunks == 1 ? dq_size() : 0, group_ * a_.lq, a_.softcap > 0,
+                         kv_in_place_);
     }
 
     // Work item (task, chunk): the gradients of its keys, and its dQ (into
@@ -185,16 +196,20 @@ private:
         write_key_rows(seq.b, h_kv, key0, keys, ws);
     }
 
-    // Packs K and V of keys [key0, key0 + keys); returns whether K is finite.
+    // Packs K and V of keys [key0, key0 + keys), run by run as the forward reads
+    // them; returns whether K is finite.
     bool pack_key_block(int64_t key0, int64_t keys, const Sequence& seq, int64_t h_kv, Workspace& ws) const {
-        const S* k = static_cast<const S*>(a_.k) + seq.b * a_.k_strides.batch + h_kv * a_.k_strides.head +
-                     key0 * a_.k_strides.row;
-        const S* v = static_cast<const S*>(a_.v) + seq.b * a_.v_strides.batch + h_kv * a_.v_strides.head +
-                     key0 * a_.v_strides.row;
-        pack_transposed(k, a_.k_strides.row, keys, kKeys, a_.d, ws.k_t.data(), ws.row.data());
-        pack_transposed(v, a_.v_strides.row, keys, kKeys, a_.dv, ws.v_t.data(), ws.row.data());
-        pack_panels(k, a_.k_strides.row, keys, a_.d, d_pad_, kKeys, T(1), ws.k_pan.data(), nullptr, ws.row.data());
-        return all_finite(ws.k_pan.data(), keys, kKeys, d_pad_);
+        const KvRows<S> src = KvRows<S>::of(a_, seq.b, h_kv);
+        src.for_each_run(a_, key0, key0 + keys, [&](int64_t j, int64_t n, const S* k, const S* v, const T*, const T*) {
+            engine_.pack_keys(k, a_.k_strides.row, n, n, a_.d, ws.k_t.data(), ws.row.data(), j - key0);
+            engine_.pack_keys(v, a_.v_strides.row, n, n, a_.dv, ws.v_t.data(), ws.row.data(), j - key0);
+            engine_.pack_values(k, a_.k_strides.row, n, a_.d, d_pad_, kKeys, T(1), ws.k_pan.data(), ws.row.data(),
+                                j - key0);
+        });
+        engine_.pack_keys(src.k, 0, 0, kKeys - keys, a_.d, ws.k_t.data(), ws.row.data(), keys);  // zero tails
+        engine_.pack_keys(src.v, 0, 0, kKeys - keys, a_.dv, ws.v_t.data(), ws.row.data(), keys);
+        E::pad_values(ws.k_pan.data(), keys, kKeys, d_pad_);
+        return E::values_finite(ws.k_pan.data(), keys, kKeys, d_pad_);
     }
 
     // One query block [r0, r1) of query head h (group member g) against the
@@ -213,56 +228,67 @@ private:
             hi[r] = std::min(rules_.key_end(r0 + r, seq) - key0, seen_end);
             if (ws.lse[r] == neg_inf_) lo[r] = hi[r] = 0;  // sees no key at all: no gradient
         }
-        pack_panels(q, a_.q_strides.row, rows, a_.d, d_pad_, kRows, scale_, ws.q_pan.data(), ws.q_rows.data(),
-                    ws.row.data());
-        pack_panels(dout, a_.dv, rows, a_.dv, dv_pad_, kRows, T(1), ws.do_pan.data(), ws.do_rows.data(),
-                    ws.row.data());
+        // scale·Q for the score tiles (in place of the forward's decode tiles when it read K in place)
+        // and for dK's weighted sums; dO for dP and dV.
+        if (kv_in_place_)
+            E::pack_direct_rows(q, a_.q_strides.row, rows, a_.d, scale_, ws.q_direct.data());
+        else
+            engine_.pack_rows(q, a_.q_strides.row, rows, a_.d, scale_, ws.q_rows.data());
+        engine_.pack_values(q, a_.q_strides.row, rows, a_.d, d_pad_, kRows, scale_, ws.q_pan.data(), ws.row.data());
+        engine_.pack_rows(dout, a_.dv, rows, a_.dv, T(1), ws.do_rows.data());
+        engine_.pack_values(dout, a_.dv, rows, a_.dv, dv_pad_, kRows, T(1), ws.do_pan.data(), ws.row.data());
+        E::pad_values(ws.q_pan.data(), rows, kRows, d_pad_);
+        E::pad_values(ws.do_pan.data(), rows, kRows, dv_pad_);
         for (int64_t r = 0; r < rows; ++r) {
             ws.delta[r] = ws.deltas[g * a_.lq + r0 + r];
             if (lo[r] < hi[r]) continue;
             // Contributes nothing, even if its dO holds a NaN.
-            std::fill(ws.do_rows.data() + r * a_.dv, ws.do_rows.data() + (r + 1) * a_.dv, T(0));
-            for (int64_t c0 = 0; c0 < dv_pad_; c0 += Tile::panel_width(c0, dv_pad_)) {
-                const int64_t w = Tile::panel_width(c0, dv_pad_);
-                std::fill_n(ws.do_pan.data() + c0 * kRows + r * w, w, T(0));
-            }
+            E::zero_row(ws.do_rows.data(), a_.dv, r);
+            E::zero_value_row(ws.do_pan.data(), kRows, dv_pad_, r);
             ws.delta[r] = 0;
         }
 
         int64_t key_hi = 0;
         for (int64_t r = 0; r < rows; ++r) key_hi = std::max(key_hi, hi[r]);
         if (key_hi == 0) return;
-        const int64_t v_end = (key_hi + kTileKeys - 1) / kTileKeys * kTileVecs;  // key vectors computed
-        scores(h, key0, seen_end, seq, rows, v_end, ws);                                   // S, in p
-        score_block(ws.do_rows.data(), rows, a_.dv, ws.v_t.data(), v_end, ws.ds.data());  // dP, in ds
-        if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, v_end * W, ws.key_index.data());
-        for (int64_t r = 0; r < rows; ++r) softmax_grad_row(h, r0 + r, r, lo[r], hi[r], v_end * W, key0, seq, ws);
+        const int64_t k_end = (key_hi + kTileKeys - 1) / kTileKeys * kTileKeys;  // keys computed
+        scores(h, key0, seen_end, seq, rows, k_end, ws);                                          // S, in p
+        score_block(ws.do_rows.data(), rows, a_.dv, ws.v_t.data(), k_end, T(1), ws.ds.data());  // dP, in ds
+        if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, k_end, ws.key_index.data());
+        for (int64_t r = 0; r < rows; ++r) softmax_grad_row(h, r0 + r, r, lo[r], hi[r], k_end, key0, seq, ws);
+        weighted_sums(rows, key_hi, lo, hi, k_finite, ws, dq_acc + (g * a_.lq + r0) * d_pad_);
+    }
 
+    // The block's three weighted sums, from P and dS of its `rows` rows × `key_hi` keys.
+    void weighted_sums(int64_t rows, int64_t key_hi, const int64_t* lo, const int64_t* hi, bool k_finite,
+                       Workspace& ws, T* dq) const {
         // dV += Pᵀ·dO and dK += dSᵀ·(scale·Q): tiles of keys, summed over the block's rows.
         // A NaN or inf in a row of dO or Q must not reach the keys that row cannot see
         // via 0·x: such a block takes one key at a time, skipping zero weights.
-        const bool do_finite = all_finite(ws.do_pan.data(), rows, kRows, dv_pad_);
-        const bool q_finite = all_finite(ws.q_pan.data(), rows, kRows, d_pad_);
+        const bool do_finite = E::values_finite(ws.do_pan.data(), rows, kRows, dv_pad_);
+        const bool q_finite = E::values_finite(ws.q_pan.data(), rows, kRows, d_pad_);
+        const auto p_t = engine_.template prepare_weights<1, kKeys>(ws.p.data(), key_hi, 0, rows, ws.p_w.data());
+        const auto ds_t = engine_.template prepare_weights<1, kKeys>(ws.ds.data(), key_hi, 0, rows, ws.ds_wt.data());
         for (int64_t j0 = 0; j0 < key_hi; j0 += kTileRows)
-            Tile::with_rows(std::min(kTileRows, key_hi - j0), [&](auto n) {
+            E::with_rows(std::min(kTileRows, key_hi - j0), [&](auto n) {
                 constexpr int R = decltype(n)::value;
                 if (do_finite)
-                    Tile::template weighted_sum<R, 1, kKeys>(ws.p.data() + j0, 0, rows, nullptr, ws.do_pan.data(),
-                                                             kRows, dv_pad_, ws.dv_acc.data() + j0 * dv_pad_, dv_pad_);
+                    engine_.template weighted_sum<R>(p_t, j0, 0, rows, nullptr, ws.do_pan.data(), kRows, dv_pad_,
+                                                     ws.dv_acc.data() + j0 * dv_pad_, dv_pad_);
                 if (q_finite)
-                    Tile::template weighted_sum<R, 1, kKeys>(ws.ds.data() + j0, 0, rows, nullptr, ws.q_pan.data(),
-                                                             kRows, d_pad_, ws.dk_acc.data() + j0 * d_pad_, d_pad_);
+                    engine_.template weighted_sum<R>(ds_t, j0, 0, rows, nullptr, ws.q_pan.data(), kRows, d_pad_,
+                                                     ws.dk_acc.data() + j0 * d_pad_, d_pad_);
             });
         for (int64_t j = 0; j < key_hi && !(do_finite && q_finite); ++j) {
             if (!do_finite)
-                Tile::template weighted_sum<1, 1, kKeys, true>(ws.p.data() + j, 0, rows, nullptr, ws.do_pan.data(),
-                                                               kRows, dv_pad_, ws.dv_acc.data() + j * dv_pad_, dv_pad_);
+                engine_.template weighted_sum<1, true>(p_t, j, 0, rows, nullptr, ws.do_pan.data(), kRows, dv_pad_,
+                                                       ws.dv_acc.data() + j * dv_pad_, dv_pad_);
             if (!q_finite)
-                Tile::template weighted_sum<1, 1, kKeys, true>(ws.ds.data() + j, 0, rows, nullptr, ws.q_pan.data(),
-                                                               kRows, d_pad_, ws.dk_acc.data() + j * d_pad_, d_pad_);
+                engine_.template weighted_sum<1, true>(ds_t, j, 0, rows, nullptr, ws.q_pan.data(), kRows, d_pad_,
+                                                       ws.dk_acc.data() + j * d_pad_, d_pad_);
         }
         // dQ += dS·K: tiles of rows, summed over the keys they see.
-        T* dq = dq_acc + (g * a_.lq + r0) * d_pad_;
+        const auto ds_w = engine_.template prepare_weights<kKeys, 1>(ws.ds.data(), rows, 0, key_hi, ws.ds_w.data());
         for (int64_t t0 = 0; t0 < rows; t0 += kTileRows) {
             const int64_t n = std::min(kTileRows, rows - t0);
             int64_t first = kKeys, last = 0;
@@ -271,15 +297,13 @@ private:
             if (first >= last) continue;
             if (!k_finite) {  // a NaN or inf key that a row cannot see must not reach it via 0·K
                 for (int64_t r = t0; r < t0 + n; ++r)
-                    Tile::template weighted_sum<1, kKeys, 1, true>(ws.ds.data() + r * kKeys, lo[r], hi[r], nullptr,
-                                                                   ws.k_pan.data(), kKeys, d_pad_, dq + r * d_pad_,
-                                                                   d_pad_);
+                    engine_.template weighted_sum<1, true>(ds_w, r, lo[r], hi[r], nullptr, ws.k_pan.data(), kKeys,
+                                                           d_pad_, dq + r * d_pad_, d_pad_);
                 continue;
             }
-            Tile::with_rows(n, [&](auto m) {
-                constexpr int R = decltype(m)::value;
-                Tile::template weighted_sum<R, kKeys, 1>(ws.ds.data() + t0 * kKeys, first, last, nullptr,
-                                                         ws.k_pan.data(), kKeys, d_pad_, dq + t0 * d_pad_, d_pad_);
+            E::with_rows(n, [&](auto m) {
+                engine_.template weighted_sum<decltype(m)::value>(ds_w, t0, first, last, nullptr, ws.k_pan.data(),
+                                                                  kKeys, d_pad_, dq + t0 * d_pad_, d_pad_);
             });
         }
     }
@@ -324,13 +348,14 @@ private:
         }
     }
 
-    // Writes the key block's dK and dV rows (keys past kv_len get zeros).
+    // Writes the key block's dK and dV rows (keys past kv_len get zeros); dK times
+    // the part of the scale the engine did not apply to Q when it packed it.
     void write_key_rows(int64_t b, int64_t h_kv, int64_t key0, int64_t keys, Workspace& ws) const {
         const int64_t first = (b * a_.hkv + h_kv) * a_.lk + key0;
         S* dk = static_cast<S*>(g_.dk) + first * a_.d;
         S* dv = static_cast<S*>(g_.dv) + first * a_.dv;
         for (int64_t j = 0; j < keys; ++j) {
-            narrow_row(ws.dk_acc.data() + j * d_pad_, a_.d, T(1), dk + j * a_.d);
+            narrow_row(ws.dk_acc.data() + j * d_pad_, a_.d, score_post_, dk + j * a_.d);
             narrow_row(ws.dv_acc.data() + j * dv_pad_, a_.dv, T(1), dv + j * a_.dv);
         }
     }
@@ -365,66 +390,61 @@ private:
             const S* dout = static_cast<const S*>(g_.dout) + row_first * a_.dv;
             const O* o = out + row_first * a_.dv;
             T* delta = ws.deltas.data() + g * a_.lq;
-            for (int64_t r0 = 0; r0 < a_.lq; r0 += kRows) {
-                const int64_t rows = std::min(kRows, a_.lq - r0);
-                std::fill(delta + r0, delta + r0 + rows, T(0));
-                for (int64_t c = 0; c < a_.dv; ++c)
-                    for (int64_t r = r0; r < r0 + rows; ++r)
-                        delta[r] = Tile::lane_fma(Storage<S>::widen(dout[r * a_.dv + c]),
-                                                  Storage<O>::widen(o[r * a_.dv + c]), delta[r]);
-            }
+            for (int64_t r0 = 0; r0 < a_.lq; r0 += kRows)
+                E::delta_rows(dout + r0 * a_.dv, o + r0 * a_.dv, std::min(kRows, a_.lq - r0), a_.dv, delta + r0);
         }
     }
 
     // S of the query block (ws.q_rows, scale·Q) against the key block at key0,
-    // key vectors [0, v_end), into ws.p: summed over the features in the
+    // keys [0, k_end), into ws.p: summed over the features in the
     // order the forward pass summed them, so that each score is bitwise the
     // one whose maximum went into lse. For a row's largest score P = exp(s −
     // lse) then cancels exactly to 1/l; a score formed in another order
     // differs by about an ulp of s (7.6e-6 at |s| = 100), an error P would
     // carry whole and the cancellation dS = P ∘ (dP − D) would amplify.
-    void scores(int64_t h, int64_t key0, int64_t seen_end, const Sequence& seq, int64_t rows, int64_t v_end,
+    void scores(int64_t h, int64_t key0, int64_t seen_end, const Sequence& seq, int64_t rows, int64_t k_end,
                 Workspace& ws) const {
-        if (!kv_in_place_) return score_block(ws.q_rows.data(), rows, a_.d, ws.k_t.data(), v_end, ws.p.data());
-        // The forward read K in place (decoding shapes): Tiles::unpacked_scores, as it did.
+        if (!kv_in_place_) return score_block(ws.q_rows.data(), rows, a_.d, ws.k_t.data(), k_end, score_post_, ws.p.data());
+        // The forward read K in place (decoding shapes): its decode tiles, as it did.
         const S* k = static_cast<const S*>(a_.k) + seq.b * a_.k_strides.batch + (h / group_) * a_.k_strides.head +
                      key0 * a_.k_strides.row;
-        const int64_t n = std::min(seen_end, v_end * W);
-        for (int64_t t0 = 0; t0 < rows; t0 += kTileRows)
-            Tile::with_rows(std::min(kTileRows, rows - t0), [&](auto m) {
-                Tile::template unpacked_scores<decltype(m)::value>(ws.q_rows.data() + t0 * a_.d, a_.d, k,
-                                                                   a_.k_strides.row, 0, n, ws.p.data() + t0 * kKeys,
-                                                                   kKeys);
+        const int64_t n = std::min(seen_end, k_end);
+        for (int64_t t0 = 0; t0 < rows; t0 += E::kDirectRows)
+            E::with_direct_rows(std::min(E::kDirectRows, rows - t0), [&](auto m) {
+                E::template unpacked_scores<decltype(m)::value>(ws.q_direct.data() + t0 * a_.d, a_.d, k,
+                                                                a_.k_strides.row, 0, n, ws.p.data() + t0 * kKeys, kKeys);
             });
-        for (int64_t r = 0; r < rows; ++r) std::fill(ws.p.data() + r * kKeys + n, ws.p.data() + r * kKeys + v_end * W, T(0));
+        for (int64_t r = 0; r < rows; ++r) std::fill(ws.p.data() + r * kKeys + n, ws.p.data() + r * kKeys + k_end, T(0));
     }
 
-    // out[r][j] = Σ_c a[r][c]·bt[c][j] for rows [0, rows) of a (stride depth)
-    // and key vectors [0, v_end); out has stride kKeys. A panel at a time
-    // against every row tile, so that the panel stays in L1 (row tiles
-    // outside would walk the whole block per tile).
-    static void score_block(const T* a, int64_t rows, int64_t depth, const T* bt, int64_t v_end, T* out) {
-        for (int64_t v0 = 0; v0 < v_end; v0 += kTileVecs)
+    // out[r][j] = post·Σ_c a[r][c]·bt[c][j] for rows [0, rows) of a and keys [0, k_end);
+    // out has stride kKeys. A panel at a time against every row tile, so that the panel
+    // stays in L1 (row tiles outside would walk the whole block per tile).
+    void score_block(const Packed* a, int64_t rows, int64_t depth, const Packed* bt, int64_t k_end, T post,
+                     T* out) const {
+        for (int64_t k0 = 0; k0 < k_end; k0 += kTileKeys)
             for (int64_t t0 = 0; t0 < rows; t0 += kTileRows)
-                Tile::with_rows(std::min(kTileRows, rows - t0), [&](auto n) {
-                    Tile::template score_tile<decltype(n)::value>(a + t0 * depth, depth, bt, v0, v0 + kTileVecs,
-                                                                  out + t0 * kKeys, kKeys);
+                E::with_rows(std::min(kTileRows, rows - t0), [&](auto n) {
+                    engine_.template score_tile<decltype(n)::value>(a + E::rows_size(t0, depth), depth, bt, k0,
+                                                                    k0 + kTileKeys, post, out + t0 * kKeys, kKeys);
                 });
     }
 
     const AttentionArgs& a_;
     const GradArgs& g_;
     const Rules<T> rules_;
+    const E engine_;
     const int64_t d_pad_, dv_pad_, group_, key_blocks_;
     const T scale_;
+    const T score_post_;  // the part of the scale the engine applies after its products (S, dK)
     const bool kv_in_place_;  // the forward read K in place: scores in its order
     const T neg_inf_;
 };
 
-template <class S>
+template <class S, class E>
 void backward_typed(const AttentionArgs& args, const GradArgs& grad) {
     using T = ComputeType<S>;
-    using Kernel = BackwardKernel<S>;
+    using Kernel = BackwardKernel<S, E>;
     const Kernel kernel(args, grad);
     const int64_t tasks = kernel.num_tasks(), chunks = kernel.chunks();
     std::vector<T> partial(chunks > 1 ? tasks * chunks * kernel.dq_size() : 0);

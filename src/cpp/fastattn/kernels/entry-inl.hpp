@@ -9,6 +9,7 @@
 
 #include "backward-inl.hpp"
 #include "common/storage-inl.hpp"
+#include "engines/fma-inl.hpp"
 #include "forward-inl.hpp"
 #include "isa_entry.hpp"
 
@@ -44,12 +45,18 @@ namespace fastattn {
 namespace FASTATTN_ISA {
 
 void forward(const AttentionArgs& args) {
-    if (args.paged.int8) return forward_typed<float, int8_t>(args);  // check_args: q is float32
-    with_storage_type(args.dtype, [&](auto storage) { forward_typed<decltype(storage)>(args); });
+    if (args.paged.int8) return forward_typed<float, int8_t, FmaEngine<float>>(args);  // check_args: q is float32
+    with_storage_type(args.dtype, [&](auto storage) {
+        using S = decltype(storage);
+        forward_typed<S, S, FmaEngine<ComputeType<S>>>(args);
+    });
 }
 
 void backward(const AttentionArgs& args, const GradArgs& grad) {
-    with_storage_type(args.dtype, [&](auto storage) { backward_typed<decltype(storage)>(args, grad); });
+    with_storage_type(args.dtype, [&](auto storage) {
+        using S = decltype(storage);
+        backward_typed<S, FmaEngine<ComputeType<S>>>(args, grad);
+    });
 }
 
 void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n) {

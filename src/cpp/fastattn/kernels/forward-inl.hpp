@@ -1,8 +1,10 @@
-// The attention forward pass, written once against the vector API of
-// vec/<isa>.hpp and compiled once per ISA inside namespace
-// fastattn::FASTATTN_ISA (attention_<isa>.cpp includes its vec header, then
-// entry-inl.hpp, which includes this). The positional rules, tiles, packing
-// and threads it uses are the common/ layer it shares with the backward pass.
+// The attention forward pass: its schedule. Written once against the vector
+// API of vec/<isa>.hpp and an engine (engines/: what multiplies the matrices),
+// compiled per ISA inside namespace fastattn::FASTATTN_ISA (attention_<isa>.cpp
+// includes its vec header, then entry-inl.hpp, which includes this). The online
+// softmax is forward_softmax-inl.hpp, the decode mode forward_direct-inl.hpp;
+// the positional rules, K/V rows and threads are the common/ layer it shares
+// with the backward pass.
 //
 // Flash-style streaming with an online softmax. Each task owns one block of
 // query rows of one (batch, head) and streams K/V in blocks of kKeyBlock keys.
@@ -15,29 +17,19 @@
 // At the end out = acc / l and lse = m + log(l). Every exponent is <= 0, so
 // nothing overflows however large the logits are.
 //
-// q is multiplied by the scale once, when it is packed, so the score tile
-// needs no multiply; and p = exp(x), x = s − m <= 0, is computed as
-// 2^(x·log2(e)) by vexp2, without exp's two-part ln2 reduction. Rounding
-// x·log2(e) costs p a relative |x|·eps/2, largest where p = e^x is smallest,
-// so each term's error stays below ~0.2 eps of the row's largest term.
-// (Scores themselves stay in natural units: in log2 units a score of
-// magnitude 100 would be rounded at 144, an extra rounding naive attention
-// does not have.)
-//
 // How the work is cut (all in ForwardKernel below):
 //   task       up to kQueryBlock query rows of one batch entry: one head's
 //              block of rows, or, when a head has fewer rows (decoding), the
 //              rows of several query heads that share one K/V head (GQA).
-//   key block  kKeyBlock keys. K is packed transposed and V in column panels,
-//              each panel one register tile wide and walked contiguously
-//              (packed_block); a thread keeps the packed blocks of a whole
-//              (batch, K/V head) while later tasks on that head reuse them.
-//              Decoding tasks (<= kDirectMaxRows rows, their K/V head read by
-//              no other task) skip packing and read K/V in place (direct_, Tiles::unpacked_*).
-//   tile       kTileRows rows × kTileVecs vectors of FMA accumulators: each
-//              loaded vector of K or V feeds every row of the tile
-//              (Tiles::score_tile, Tiles::weighted_sum); softmax_tile is in between, its rows
-//              interleaved so that their dependency chains overlap.
+//   key block  kKeyBlock keys, packed by the engine (K for the score tiles, V
+//              for the weighted sums: packed_block); a thread keeps the packed
+//              blocks of a whole (batch, K/V head) while later tasks on that
+//              head reuse them. Decoding tasks (<= kDirectMaxRows rows, their
+//              K/V head read by no other task) skip packing and read K/V in
+//              place (direct_, the engine's unpacked_* tiles).
+//   tile       the engine's kRows rows: S = Q·Kᵀ (score_tile), the softmax
+//              (softmax_tile, its rows interleaved so that their dependency
+//              chains overlap), O += P·V (weighted_sum).
 //   split      when a call has few tasks, each task's key blocks are shared
 //              out as several work items whose partial states are merged
 //              (flash-decoding: count_splits, merge_splits).
@@ -51,7 +43,8 @@
 // kPanelBudgetBytes for all threads together, never O(Lq·Lk).
 //
 // float16 and bfloat16 inputs are widened to float32 while a block is packed
-// (or, in direct mode, as it is read) and computed in float32; the output is
+// (or, in direct mode, as it is read) — or kept as they are by an engine that
+// multiplies them natively — and the softmax runs in float32; the output is
 // rounded back once per element.
 //
 // Each row's arithmetic depends only on the key blocks and the shape (the
@@ -77,19 +70,16 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/pack-inl.hpp"
-#include "common/parallel-inl.hpp"
 #include "common/kv_rows-inl.hpp"
+#include "common/parallel-inl.hpp"
 #include "common/rules-inl.hpp"
 #include "common/storage-inl.hpp"
-#include "common/tiles-inl.hpp"
 
 namespace fastattn {
 namespace FASTATTN_ISA {
 namespace {
 
-constexpr int64_t kQueryBlock = 60;  // query rows per task: a multiple of the register tile's 6 rows
-constexpr int64_t kKeyBlock = 256;   // keys per streamed K/V block
+constexpr int64_t kKeyBlock = 256;  // keys per streamed K/V block
 // Direct mode (decoding: K/V read in place, not packed) for tasks of at most
 // this many rows whose K/V head no other task reads. Measured at D = 128,
 // Lk = 8192, AVX2: direct is 10-15% faster up to 8 rows, 10-20% slower at 12.
@@ -102,40 +92,42 @@ constexpr int64_t kDirectMaxRows = 8;
 constexpr int64_t kPanelBudgetBytes = 8 << 20;
 
 // S: the storage type of q and out; K: of k and v (S, or int8 for a
-// quantised KVCache, computed in float32).
-template <class S, class K = S>
+// quantised KVCache, computed in float32); E: the engine.
+template <class S, class K, class E>
 class ForwardKernel {
     using T = ComputeType<S>;
     static_assert(std::is_same<ComputeType<K>, T>::value, "K/V are computed in q's compute type");
     using KvSource = KvRows<K>;
     using V = Vec<T>;
     using reg = typename V::reg;
-    using Tile = Tiles<T>;
+    using Packed = typename E::Packed;
     static constexpr int64_t W = V::width;
-    static constexpr int64_t kTileRows = Tile::kRows, kTileVecs = Tile::kVecs;
-    static_assert(kKeyBlock % Tile::kKeys == 0, "a key block must be whole tiles");
-    static_assert(kQueryBlock % kTileRows == 0, "a task must be whole tiles");
-    static constexpr int64_t kKeyVecs = kKeyBlock / W;
+    static constexpr int64_t kTileRows = E::kRows, kTileKeys = E::kKeys;
+    static_assert(kKeyBlock % kTileKeys == 0 && kTileKeys % W == 0, "a key block must be whole tiles of vectors");
 
 public:
+    // Query rows per task: the fewest whole tiles of at least 60 rows.
+    static constexpr int64_t kQueryBlock = (60 + kTileRows - 1) / kTileRows * kTileRows;
+
     explicit ForwardKernel(const AttentionArgs& a)
         : a_(a),
+          engine_(a),
           rules_(a),
-          dv_pad_((a.dv + W - 1) / W * W),
+          dv_pad_(E::cols_pad(a.dv)),
           group_(a.hq / a.hkv),
           rows_per_head_(std::min(a.lq, kQueryBlock)),
           heads_per_task_(heads_per_task(group_, rows_per_head_)),
           task_rows_(rows_per_head_ * heads_per_task_),
           q_blocks_((a.lq + rows_per_head_ - 1) / rows_per_head_),
-          q_scale_(static_cast<T>(a.scale)),
           direct_(reads_kv_in_place(a)),
-          neg_inf_(-std::numeric_limits<T>::infinity()) {}
+          neg_inf_(-std::numeric_limits<T>::infinity()),
+          score_post_(engine_.post(static_cast<T>(a.scale))) {}
 
     int64_t num_tasks() const { return a_.batch * (a_.hq / heads_per_task_) * q_blocks_; }
 
     // Direct mode (direct_): one task per (batch, K/V head), of at most
     // kDirectMaxRows rows. Shape only; the backward asks too, to form its
-    // scores the way this pass did (BackwardKernel::score_rows).
+    // scores the way this pass did (BackwardKernel::scores).
     static bool reads_kv_in_place(const AttentionArgs& a) {
         const int64_t group = a.hq / a.hkv, rows_per_head = std::min(a.lq, kQueryBlock);
         const int64_t heads = heads_per_task(group, rows_per_head);
@@ -144,7 +136,7 @@ public:
 
     // When a head has too few query rows to fill a task (decoding: Lq = 1),
     // a task takes several query heads that share one K/V head, so that their
-    // rows fill the register tiles and the K/V panel is packed once for them.
+    // rows fill the tiles and the K/V panel is packed once for them.
     static int64_t heads_per_task(int64_t group, int64_t rows_per_head) {
         int64_t heads = 1;
         for (int64_t g = 1; g <= group; ++g)
@@ -156,21 +148,25 @@ public:
     struct Workspace {
         // Packed key blocks: `slots` of them, one (slots = 1) or a whole panel.
         // Left uninitialised: only the slots a task packs are ever touched.
-        std::unique_ptr<T[]> k_pack, v_pack;
+        std::unique_ptr<Packed[]> k_pack, v_pack;
         std::vector<char> slot_ready, v_finite;  // per slot: packed; its V rows all finite
         int64_t panel_owner = -1;                // b·hkv + h_kv whose panel the slots hold
-        std::vector<T> q_pack, row, scores, bias, key_index, acc, row_max, row_sum;
+        std::vector<Packed> q_pack, weights;     // the task's queries; a tile's weights as the engine reads them
+        std::vector<T> q_direct, row, scores, bias, key_index, acc, row_max, row_sum;
         // Per task row: its query position, its head's ALiBi slope, its mask row.
         std::vector<int64_t> row_pos;
         std::vector<T> row_slope;
         std::vector<const char*> row_mask;
+        typename E::ThreadScope engine_scope;    // e.g. a tile configuration, for this thread
         // rows: the most query rows a task has (<= kQueryBlock; a tiny call has fewer).
-        Workspace(int64_t d, int64_t dv_pad, int64_t slots, int64_t rows)
-            : k_pack(new T[slots * d * kKeyBlock]),
-              v_pack(new T[slots * kKeyBlock * dv_pad]),
+        Workspace(int64_t d, int64_t dv_pad, int64_t slots, int64_t rows, bool direct)
+            : k_pack(new Packed[slots * E::keys_size(kKeyBlock, d)]),
+              v_pack(new Packed[slots * E::values_size(kKeyBlock, dv_pad)]),
               slot_ready(slots),
               v_finite(slots),
-              q_pack(rows * d),
+              q_pack(direct ? 0 : E::rows_size(rows, d)),
+              weights(E::weights_size(kTileRows, kKeyBlock)),
+              q_direct(direct ? rows * d : 0),
               row(std::max(d, dv_pad)),
               scores(kTileRows * kKeyBlock),
               bias(kKeyBlock),
@@ -188,10 +184,11 @@ public:
     // stays in L2 instead of writing a copy of K/V; none in direct mode.
     Workspace make_workspace(int64_t threads) const {
         const int64_t key_blocks = (a_.lk + kKeyBlock - 1) / kKeyBlock;
-        const int64_t panel_bytes = key_blocks * kKeyBlock * (a_.d + dv_pad_) * static_cast<int64_t>(sizeof(T));
+        const int64_t panel_bytes = key_blocks * static_cast<int64_t>(sizeof(Packed)) *
+                                    (E::keys_size(kKeyBlock, a_.d) + E::values_size(kKeyBlock, dv_pad_));
         const bool reused = q_blocks_ > 1 || group_ / heads_per_task_ > 1;
         const int64_t slots = direct_ ? 0 : reused && panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1;
-        return Workspace(a_.d, dv_pad_, slots, task_rows_);
+        return Workspace(a_.d, dv_pad_, slots, task_rows_, direct_);
     }
 
     // Computes the rows of task_rows(task): packs their queries, streams the
@@ -209,7 +206,11 @@ public:
         for (int64_t h = h0; h < h0 + heads_per_task_ && rows_live > 0; ++h) {
             const S* q = static_cast<const S*>(a_.q) + seq.b * a_.q_strides.batch + h * a_.q_strides.head +
                          row0 * a_.q_strides.row;
-            pack_rows(q, a_.q_strides.row, rows_live, a_.d, a_.d, q_scale_, ws.q_pack.data() + live * a_.d);
+            const T scale = static_cast<T>(a_.scale);
+            if (direct_)
+                E::pack_direct_rows(q, a_.q_strides.row, rows_live, a_.d, scale, ws.q_direct.data() + live * a_.d);
+            else
+                engine_.pack_rows(q, a_.q_strides.row, rows_live, a_.d, scale, ws.q_pack.data() + E::rows_size(live, a_.d));
             const T slope = rules_.alibi_slope(seq.b, h);
             for (int64_t i = row0; i < row0 + rows_live; ++i, ++live) {
                 ws.row_pos[live] = i;
@@ -235,6 +236,7 @@ public:
         // block; it also narrows the block to its unmasked keys, and a block it
         // masks whole is skipped.
         const bool shared_mask = rules_.mask_shared_by_rows(heads_per_task_);
+        const int64_t tile_rows = direct_ ? E::kDirectRows : kTileRows;
         for (int64_t key0 = first / kKeyBlock * kKeyBlock; live > 0 && key0 < last; key0 += kKeyBlock) {
             const int64_t keys = std::min(kKeyBlock, seq.kv_len - key0);
             int64_t span_lo = 0, span_hi = keys;
@@ -247,17 +249,21 @@ public:
             const KvBlock kv = direct_ ? KvBlock{nullptr, nullptr, false, &src, key0}
                                        : packed_block(src, owner, key0, keys, ws);
             if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, kKeyBlock, ws.key_index.data());
-            for (int64_t r0 = 0; r0 < live; r0 += kTileRows) {
-                const int64_t n = std::min(kTileRows, live - r0);
-                int64_t lo[kTileRows], hi[kTileRows];  // row r0 + r sees keys [lo[r], hi[r])
+            for (int64_t r0 = 0; r0 < live; r0 += tile_rows) {
+                const int64_t n = std::min(tile_rows, live - r0);
+                int64_t lo[kMaxTileRows], hi[kMaxTileRows];  // row r0 + r sees keys [lo[r], hi[r])
                 for (int64_t r = 0; r < n; ++r) {
                     const int64_t i = ws.row_pos[r0 + r];
                     lo[r] = std::max(rules_.key_begin(i, seq) - key0, span_lo);
                     hi[r] = std::min(rules_.key_end(i, seq) - key0, span_hi);
                 }
-                Tile::with_rows(n, [&](auto rows) {
+                auto rows_of = [&](auto rows) {
                     update_rows<decltype(rows)::value>(r0, lo, hi, key0, seq, shared_mask, kv, ws);
-                });
+                };
+                if (direct_)
+                    E::with_direct_rows(n, rows_of);
+                else
+                    E::with_rows(n, rows_of);
             }
         }
 
@@ -275,44 +281,12 @@ public:
     // task_rows_ rows, then their accumulators.
     int64_t partial_size() const { return task_rows_ * (2 + dv_pad_); }
 
-    // Combines the `splits` partial states of `task` (each over a disjoint key
-    // range) by the same rescaling identity as the block loop:
-    //     m = max_s m_s,  l = Σ_s l_s·exp(m_s − m),  acc = Σ_s acc_s·exp(m_s − m),
-    // splits in order, so the result depends only on the shape. A NaN
-    // maximum in any split makes the row NaN, as in one pass.
-    void merge_splits(int64_t task, int64_t splits, const T* partial, Workspace& ws) const {
-        const TaskRows t = task_rows(task);
-        const int64_t live = t.rows_live * heads_per_task_;
-        for (int64_t r = 0; r < live; ++r) {
-            T m = neg_inf_;
-            bool nan = false;
-            for (int64_t sp = 0; sp < splits; ++sp) {
-                const T m_s = partial[sp * partial_size() + r];
-                nan |= m_s != m_s;
-                m = std::max(m, m_s);
-            }
-            if (nan) m = std::numeric_limits<T>::quiet_NaN();
-            T l = 0;
-            T* acc = ws.acc.data() + r * dv_pad_;
-            std::fill(acc, acc + dv_pad_, T(0));
-            if (m != neg_inf_) {  // else no split saw a key: the row stays empty
-                for (int64_t sp = 0; sp < splits; ++sp) {
-                    const T* part = partial + sp * partial_size();
-                    const T w = std::exp(part[r] - m);  // 0 for a split that saw nothing
-                    l += part[task_rows_ + r] * w;
-                    const T* acc_s = part + 2 * task_rows_ + r * dv_pad_;
-                    const reg wv = V::set1(w);
-                    for (int64_t c = 0; c < dv_pad_; c += W)
-                        V::store(acc + c, V::fma(V::load(acc_s + c), wv, V::load(acc + c)));
-                }
-            }
-            ws.row_max[r] = m;
-            ws.row_sum[r] = l;
-        }
-        write_rows(t, ws.row_max.data(), ws.row_sum.data(), ws.acc.data());
-    }
+    // Combines the `splits` partial states of `task` (forward_softmax-inl.hpp).
+    void merge_splits(int64_t task, int64_t splits, const T* partial, Workspace& ws) const;
 
 private:
+    static constexpr int64_t kMaxTileRows = std::max<int64_t>(kTileRows, E::kDirectRows);
+
     // Which rows a task owns: rows [row0, row0 + rows) of query heads
     // [h0, h0 + heads_per_task_) of batch entry seq.b; rows at or past
     // q_lengths[b] are padding (rows_live <= rows) and finish as zeros with
@@ -366,9 +340,9 @@ private:
 
     // One key block of K and V as the tiles read it.
     struct KvBlock {
-        const T* k;     // K transposed in panels (pack_transposed)
-        const T* v;     // V in column panels of kKeyBlock rows (pack_panels)
-        bool v_finite;  // no NaN or inf among its values
+        const Packed* k;  // K for the score tiles (the engine's pack_keys)
+        const Packed* v;  // V for the weighted sums (the engine's pack_values)
+        bool v_finite;    // no NaN or inf among its values
         // In direct mode (direct_) nothing is packed: the block's keys
         // [key0, key0 + kKeyBlock) are read where they are.
         const KvSource* src = nullptr;
@@ -381,24 +355,26 @@ private:
     KvBlock packed_block(const KvSource& src, int64_t owner, int64_t key0, int64_t keys, Workspace& ws) const {
         const bool panel = ws.slot_ready.size() > 1;
         const int64_t slot = panel ? key0 / kKeyBlock : 0;
-        T* k_pack = ws.k_pack.get() + slot * a_.d * kKeyBlock;
-        T* v_pack = ws.v_pack.get() + slot * kKeyBlock * dv_pad_;
+        Packed* k_pack = ws.k_pack.get() + slot * E::keys_size(kKeyBlock, a_.d);
+        Packed* v_pack = ws.v_pack.get() + slot * E::values_size(kKeyBlock, dv_pad_);
         if (panel && ws.panel_owner != owner) {
             std::fill(ws.slot_ready.begin(), ws.slot_ready.end(), 0);
             ws.panel_owner = owner;
         }
         if (!panel || !ws.slot_ready[slot]) {
-            // Keys past `keys` up to the end of the last K panel are zero; V
-            // leaves them out (the weighted sum reads keys below a row's end only).
-            const int64_t keys_pad = (keys + Tile::kKeys - 1) / Tile::kKeys * Tile::kKeys;
+            // Keys past `keys` up to the end of the last K panel are zero, and so are
+            // V's rows up to the engine's own padding (weighted sums read keys below a
+            // row's end, and whatever an engine reads beyond it is zero).
+            const int64_t keys_pad = (keys + kTileKeys - 1) / kTileKeys * kTileKeys;
             src.for_each_run(a_, key0, key0 + keys, [&](int64_t j, int64_t n, const K* k_rows, const K* v_rows,
                                                      const T* k_scale, const T* v_scale) {
-                pack_transposed(k_rows, a_.k_strides.row, n, n, a_.d, k_pack, ws.row.data(), j - key0, k_scale);
-                pack_panels(v_rows, a_.v_strides.row, n, a_.dv, dv_pad_, kKeyBlock, T(1), v_pack, nullptr,
-                            ws.row.data(), j - key0, v_scale);
+                engine_.pack_keys(k_rows, a_.k_strides.row, n, n, a_.d, k_pack, ws.row.data(), j - key0, k_scale);
+                engine_.pack_values(v_rows, a_.v_strides.row, n, a_.dv, dv_pad_, kKeyBlock, T(1), v_pack,
+                                    ws.row.data(), j - key0, v_scale);
             });
-            pack_transposed(src.k, 0, 0, keys_pad - keys, a_.d, k_pack, ws.row.data(), keys);  // the zero tail
-            ws.v_finite[slot] = all_finite(v_pack, keys, kKeyBlock, dv_pad_);
+            engine_.pack_keys(src.k, 0, 0, keys_pad - keys, a_.d, k_pack, ws.row.data(), keys);  // the zero tail
+            E::pad_values(v_pack, keys, kKeyBlock, dv_pad_);
+            ws.v_finite[slot] = E::values_finite(v_pack, keys, kKeyBlock, dv_pad_);
             ws.slot_ready[slot] = 1;
         }
         return {k_pack, v_pack, ws.v_finite[slot] != 0};
@@ -413,42 +389,47 @@ private:
         for (int r = 0; r < R; ++r)
             if (lo[r] < hi[r]) first = std::min(first, lo[r]), last = std::max(last, hi[r]);
         if (first >= last) return;
-        const int64_t v_begin = first / W / kTileVecs * kTileVecs;
-        const int64_t v_end = std::min(kKeyVecs, ((last + W - 1) / W + kTileVecs - 1) / kTileVecs * kTileVecs);
+        // The keys the tile computes: whole tiles of the engine around [first, last).
+        const int64_t k_begin = first / kTileKeys * kTileKeys;
+        const int64_t k_end = std::min(kKeyBlock, (last + kTileKeys - 1) / kTileKeys * kTileKeys);
         T* scores = ws.scores.data();
-        const T* q_rows = ws.q_pack.data() + r0 * a_.d;
-        if (direct_) {
-            direct_scores<R>(q_rows, kv, first, last, v_begin, v_end, scores);
-        } else {
-            Tile::template score_tile<R>(q_rows, a_.d, kv.k, v_begin, v_end, scores, kKeyBlock);
+        if constexpr (R <= E::kDirectRows) {
+            if (direct_) {
+                direct_scores<R>(ws.q_direct.data() + r0 * a_.d, kv, first, last, k_begin, k_end, scores);
+                T alpha[R];
+                softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, k_begin / W, k_end / W, scores, alpha, ws);
+                // (direct mode never looks at V first: no v_finite)
+                direct_sums<R>(lo, hi, alpha, kv, first, last, scores, ws.acc.data() + r0 * dv_pad_);
+                return;
+            }
         }
-        T alpha[R];
-        softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, v_begin, v_end, scores, alpha, ws);
-        T* acc = ws.acc.data() + r0 * dv_pad_;
-        if (direct_) {  // (direct mode never looks at V first: no v_finite)
-            direct_sums<R>(lo, hi, alpha, kv, first, last, scores, acc);
-            return;
-        }
-        if (kv.v_finite) {
-            // Keys outside a row's own [lo, hi) have p = 0 exactly and finite
-            // values: they add exact zeros to that row.
-            Tile::template weighted_sum<R, kKeyBlock, 1>(scores, first, last, alpha, kv.v, kKeyBlock, dv_pad_, acc,
-                                                         dv_pad_);
-            return;
-        }
-        // A NaN or inf value would leak into rows that cannot see its key
-        // through 0·NaN: one row at a time over the row's own keys, and under
-        // a mask (which leaves keys of weight 0 inside [lo, hi)) skipping zeros.
-        for (int r = 0; r < R; ++r) {
-            if (lo[r] >= hi[r]) continue;
-            const T* p = scores + r * kKeyBlock;
-            T* acc_r = acc + r * dv_pad_;
-            if (rules_.has_mask())
-                Tile::template weighted_sum<1, kKeyBlock, 1, true>(p, lo[r], hi[r], alpha + r, kv.v, kKeyBlock,
-                                                                   dv_pad_, acc_r, dv_pad_);
-            else
-                Tile::template weighted_sum<1, kKeyBlock, 1>(p, lo[r], hi[r], alpha + r, kv.v, kKeyBlock, dv_pad_,
-                                                             acc_r, dv_pad_);
+        if constexpr (R <= kTileRows) {
+            engine_.template score_tile<R>(ws.q_pack.data() + E::rows_size(r0, a_.d), a_.d, kv.k, k_begin, k_end,
+                                           score_post_, scores, kKeyBlock);
+            T alpha[R];
+            softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, k_begin / W, k_end / W, scores, alpha, ws);
+            T* acc = ws.acc.data() + r0 * dv_pad_;
+            if (kv.v_finite) {
+                // Keys outside a row's own [lo, hi) have p = 0 exactly and finite
+                // values: they add exact zeros to that row.
+                const auto w = engine_.template prepare_weights<kKeyBlock, 1>(scores, R, first, last, ws.weights.data());
+                engine_.template weighted_sum<R>(w, 0, first, last, alpha, kv.v, kKeyBlock, dv_pad_, acc, dv_pad_);
+                return;
+            }
+            // A NaN or inf value would leak into rows that cannot see its key
+            // through 0·NaN: one row at a time over the row's own keys, and under
+            // a mask (which leaves keys of weight 0 inside [lo, hi)) skipping zeros.
+            for (int r = 0; r < R; ++r) {
+                if (lo[r] >= hi[r]) continue;
+                const auto w = engine_.template prepare_weights<kKeyBlock, 1>(scores + r * kKeyBlock, 1, lo[r], hi[r],
+                                                                              ws.weights.data());
+                if (rules_.has_mask())
+                    engine_.template weighted_sum<1, true>(w, 0, lo[r], hi[r], alpha + r, kv.v, kKeyBlock, dv_pad_,
+                                                           acc + r * dv_pad_, dv_pad_);
+                else
+                    engine_.template weighted_sum<1>(w, 0, lo[r], hi[r], alpha + r, kv.v, kKeyBlock, dv_pad_,
+                                                     acc + r * dv_pad_, dv_pad_);
+            }
         }
     }
 
@@ -456,148 +437,39 @@ private:
     // line so that the packed path of update_rows keeps its code layout.
     template <int R>
     FASTATTN_NOINLINE void direct_scores(const T* q_rows, const KvBlock& kv, int64_t first, int64_t last,
-                                         int64_t v_begin, int64_t v_end, T* scores) const;
+                                         int64_t k_begin, int64_t k_end, T* scores) const;
     template <int R>
     FASTATTN_NOINLINE void direct_sums(const int64_t* lo, const int64_t* hi, const T* alpha, const KvBlock& kv,
                                        int64_t first, int64_t last, const T* scores, T* acc) const;
 
-    // The online-softmax step of task rows [r0, r0 + R) for one key block:
-    // shapes and masks each row's scores, turns them into p = exp(s − m') in
-    // place, updates m and l, and sets alpha[r] = exp(m − m') for the old acc.
-    // A row that sees nothing here gets p = 0 and alpha = 1. The rows are
-    // independent; each pass runs over all of them so their chains overlap.
+    // The online softmax (forward_softmax-inl.hpp): one key block's step for R
+    // rows, and a finished row's output and lse.
     template <int R>
     void softmax_tile(int64_t r0, const int64_t* lo, const int64_t* hi, int64_t key0, const Sequence& seq,
-                      bool shared_mask, int64_t v_begin, int64_t v_end, T* scores, T* alpha, Workspace& ws) const {
-        bool live[R];
-        for (int r = 0; r < R; ++r) {
-            T* s = scores + r * kKeyBlock;
-            live[r] = lo[r] < hi[r];
-            if (!live[r]) {
-                std::fill(s + v_begin * W, s + v_end * W, T(0));
-                continue;
-            }
-            T* bias = nullptr;
-            if (rules_.has_mask()) {
-                bias = ws.bias.data();
-                if (!shared_mask) rules_.mask_bias(ws.row_mask[r0 + r], key0, lo[r], hi[r], bias);
-            }
-            rules_.shape_row(s, v_begin * W, v_end * W, lo[r], hi[r], static_cast<T>(ws.row_pos[r0 + r] + seq.diag_off),
-                             ws.row_slope[r0 + r], ws.key_index.data(), bias, nullptr);
-        }
-
-        reg block_max[R];
-        for (int r = 0; r < R; ++r) block_max[r] = V::set1(neg_inf_);
-        for (int64_t u = v_begin; u < v_end; ++u)
-            for (int r = 0; r < R; ++r) block_max[r] = V::max(block_max[r], V::load(scores + r * kKeyBlock + u * W));
-
-        T shift[R], decay[R];  // the new maximum, and old − new maximum
-        for (int r = 0; r < R; ++r) {
-            alpha[r] = T(1);
-            decay[r] = shift[r] = T(0);
-            if (!live[r]) continue;
-            T* s = scores + r * kKeyBlock;
-            const T old_max = ws.row_max[r0 + r];
-            const T block = V::reduce_max(block_max[r]);
-            T new_max = std::max(old_max, block);
-            // Vector max may drop or keep a NaN depending on its lane, and
-            // std::max(-inf, NaN) is -inf: decide NaN explicitly, so that a NaN
-            // score always makes the row NaN instead of hiding the block.
-            if (block != block || (new_max == neg_inf_ && has_nan(s + lo[r], hi[r] - lo[r]))) {
-                new_max = std::numeric_limits<T>::quiet_NaN();
-            } else if (new_max == neg_inf_) {  // every visible score is -inf: nothing seen yet
-                std::fill(s + v_begin * W, s + v_end * W, T(0));
-                live[r] = false;
-                continue;
-            }
-            shift[r] = new_max;
-            decay[r] = old_max - new_max;  // -inf on the first visible block: alpha = 0
-            ws.row_max[r0 + r] = new_max;
-        }
-        const reg log2e = V::set1(ExpConstants<T>::log2e);
-        for (int r = 0; r < R; r += W) {  // alpha = exp(decay), a vector at a time
-            T lanes[W] = {};
-            std::copy(decay + r, decay + std::min<int>(R, r + W), lanes);
-            V::store(lanes, vexp2<T>(V::mul(V::load(lanes), log2e)));
-            std::copy(lanes, lanes + std::min<int>(R - r, W), alpha + r);
-        }
-
-        // p_j = exp(s_j − m') = 2^((s_j − m')·log2(e)); a NaN score makes p_j NaN, and the row NaN.
-        for (int r = 0; r < R; ++r) {
-            if (!live[r]) continue;
-            T* s = scores + r * kKeyBlock;
-            const reg m = V::set1(shift[r]);
-            reg sum = V::zero();
-            for (int64_t u = v_begin; u < v_end; ++u) {
-                const reg p = vexp2<T>(V::mul(V::sub(V::load(s + u * W), m), log2e));
-                V::store(s + u * W, p);
-                sum = V::add(sum, p);
-            }
-            ws.row_sum[r0 + r] = ws.row_sum[r0 + r] * alpha[r] + V::reduce_add(sum);
-        }
-    }
-
-    static bool has_nan(const T* x, int64_t n) {
-        return std::any_of(x, x + n, [](T e) { return e != e; });
-    }
-
-    // out = acc / l and lse = m + log(l); a row that saw no key gives zeros
-    // and lse = -inf (never 0/0 = NaN), or lse = sink with a sink.
-    // A sink (> -inf) is one more term exp(sink) of the denominator, with no
-    // value. With m' = max(m, sink), so that no exponent is positive:
-    //     l' = l·exp(m − m') + exp(sink − m'),  out = acc·exp(m − m') / l',
-    //     lse = m' + log(l').
+                      bool shared_mask, int64_t v_begin, int64_t v_end, T* scores, T* alpha, Workspace& ws) const;
     template <class O>
-    void finish_row(T m, T l, T sink, const T* acc, O* out, T* lse, T* lse_lo) const {
-        if (lse_lo) *lse_lo = T(0);
-        if (m == neg_inf_) {
-            std::fill(out, out + a_.dv, Storage<O>::narrow(T(0)));
-            if (lse) *lse = sink;
-            return;
-        }
-        T decay = T(1);  // exp(m − m'): 1 without a sink (and for a NaN row)
-        if (sink != neg_inf_ && m == m) {
-            const T m_new = std::max(m, sink);
-            decay = std::exp(m - m_new);
-            l = l * decay + std::exp(sink - m_new);
-            m = m_new;
-        }
-        const reg denom = V::set1(l);
-        int64_t c = 0;
-        if (decay == T(1)) {
-            for (; c + W <= a_.dv; c += W) Storage<O>::store(out + c, V::div(V::load(acc + c), denom));
-            for (; c < a_.dv; ++c) out[c] = Storage<O>::narrow(acc[c] / l);
-        } else {
-            const reg scale = V::set1(decay);
-            for (; c + W <= a_.dv; c += W)
-                Storage<O>::store(out + c, V::div(V::mul(V::load(acc + c), scale), denom));
-            for (; c < a_.dv; ++c) out[c] = Storage<O>::narrow(acc[c] * decay / l);
-        }
-        if (!lse) return;
-        const T log_l = std::log(l);
-        *lse = m + log_l;
-        // TwoSum: the exact error of that rounding (no FMA to fuse: adds only).
-        const T b = *lse - m;
-        if (lse_lo && *lse - *lse == 0) *lse_lo = (m - (*lse - b)) + (log_l - b);
-    }
+    void finish_row(T m, T l, T sink, const T* acc, O* out, T* lse, T* lse_lo) const;
 
     const AttentionArgs& a_;
+    const E engine_;
     const Rules<T> rules_;
     const int64_t dv_pad_, group_, rows_per_head_, heads_per_task_;
     const int64_t task_rows_;  // the most query rows a task has: rows_per_head_·heads_per_task_
     const int64_t q_blocks_;
-    const T q_scale_;    // q is packed times the scale
     const bool direct_;  // decoding: few rows per task, nothing to share: K/V read in place
     const T neg_inf_;
+    // The part of the scale the engine applies after the score products rather than to
+    // q when it packs it (bf16 engines must not round q·scale to 16 bits).
+    const T score_post_;
 };
 
 // Flash-decoding: when a call has few tasks (decoding a few sequences,
 // Lq = 1), each task's key range is cut into splits (count_splits) whose
 // partial states merge_splits combines.
-template <class S, class K = S>
+template <class S, class K, class E>
 void forward_typed(const AttentionArgs& args) {
     using T = ComputeType<S>;
-    using Kernel = ForwardKernel<S, K>;
+    using Kernel = ForwardKernel<S, K, E>;
     const Kernel kernel(args);
     const int64_t tasks = kernel.num_tasks();
     const int64_t splits = count_splits(tasks, (args.lk + kKeyBlock - 1) / kKeyBlock);
@@ -620,3 +492,4 @@ void forward_typed(const AttentionArgs& args) {
 }  // namespace fastattn
 
 #include "forward_direct-inl.hpp"
+#include "forward_softmax-inl.hpp"

@@ -9,28 +9,28 @@ namespace FASTATTN_ISA {
 namespace {
 
 // The scores of keys [first, last) of the block, run by run.
-template <class S, class K>
+template <class S, class K, class E>
 template <int R>
-void ForwardKernel<S, K>::direct_scores(const T* q_rows, const KvBlock& kv, int64_t first, int64_t last,
-                                        int64_t v_begin, int64_t v_end, T* scores) const {
-    for (int r = 0; r < R; ++r) {  // keys of the vector range outside [first, last): masked later
-        std::fill(scores + r * kKeyBlock + v_begin * W, scores + r * kKeyBlock + first, T(0));
-        std::fill(scores + r * kKeyBlock + last, scores + r * kKeyBlock + v_end * W, T(0));
+void ForwardKernel<S, K, E>::direct_scores(const T* q_rows, const KvBlock& kv, int64_t first, int64_t last,
+                                           int64_t k_begin, int64_t k_end, T* scores) const {
+    for (int r = 0; r < R; ++r) {  // keys of the tiles' range outside [first, last): masked later
+        std::fill(scores + r * kKeyBlock + k_begin, scores + r * kKeyBlock + first, T(0));
+        std::fill(scores + r * kKeyBlock + last, scores + r * kKeyBlock + k_end, T(0));
     }
     kv.src->for_each_run(a_, kv.key0 + first, kv.key0 + last,
                          [&](int64_t j, int64_t n, const K* k_rows, const K*, const T* k_scale, const T*) {
-                             Tile::template unpacked_scores<R>(q_rows, a_.d, k_rows, a_.k_strides.row, 0, n,
+                             E::template unpacked_scores<R>(q_rows, a_.d, k_rows, a_.k_strides.row, 0, n,
                                                                scores + (j - kv.key0), kKeyBlock, k_scale);
                          });
 }
 
 // acc = acc·alpha + p·V over each row's keys, V read in place, run by run.
-template <class S, class K>
+template <class S, class K, class E>
 template <int R>
-void ForwardKernel<S, K>::direct_sums(const int64_t* lo, const int64_t* hi, const T* alpha, const KvBlock& kv,
+void ForwardKernel<S, K, E>::direct_sums(const int64_t* lo, const int64_t* hi, const T* alpha, const KvBlock& kv,
                                       int64_t first, int64_t last, const T* scores, T* acc) const {
     // The block's value rows, run by run (one run for dense V).
-    using Run = typename Tile::template Run<K>;
+    using Run = typename E::template Run<K>;
     Run runs[kKeyBlock];
     int64_t num_runs = 0;
     kv.src->for_each_run(a_, kv.key0 + first, kv.key0 + last,
@@ -42,13 +42,13 @@ void ForwardKernel<S, K>::direct_sums(const int64_t* lo, const int64_t* hi, cons
     bool shared = !rules_.has_mask() && lo[0] < hi[0];
     for (int r = 1; r < R; ++r) shared = shared && lo[r] == lo[0] && hi[r] == hi[0];
     if (shared) {
-        Tile::template unpacked_sum_rows<R>(scores, kKeyBlock, lo[0], hi[0], alpha, runs, num_runs,
+        E::template unpacked_sum_rows<R>(scores, kKeyBlock, lo[0], hi[0], alpha, runs, num_runs,
                                             a_.v_strides.row, a_.dv, acc, dv_pad_);
         return;
     }
     for (int r = 0; r < R; ++r)
         if (lo[r] < hi[r])
-            Tile::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], runs, num_runs,
+            E::unpacked_sum(scores + r * kKeyBlock, lo[r], hi[r], alpha[r], runs, num_runs,
                                a_.v_strides.row, a_.dv, rules_.has_mask(), acc + r * dv_pad_);
 }
 

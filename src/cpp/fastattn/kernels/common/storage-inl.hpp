@@ -18,6 +18,11 @@
 #error "FASTATTN_ISA must name the target ISA (set by CMakeLists.txt)"
 #endif
 
+// "<isa>_<kind>": an engine's name as show_config() reports it (e.g. "avx512_fma").
+#define FASTATTN_STRINGIFY_(x) #x
+#define FASTATTN_STRINGIFY(x) FASTATTN_STRINGIFY_(x)
+#define FASTATTN_ENGINE_NAME(kind) FASTATTN_STRINGIFY(FASTATTN_ISA) "_" kind
+
 namespace fastattn {
 namespace FASTATTN_ISA {
 

@@ -1,8 +1,8 @@
-// Packing of the tile micro-kernels' operands (tiles-inl.hpp), used by both
-// passes: rows of the storage arrays (any row stride, last axis contiguous,
+// Packing of the FMA engine's operands (fma_tiles-inl.hpp), used by both
+// passes through FmaEngine (fma-inl.hpp): rows of the storage arrays (any row stride, last axis contiguous,
 // 16-bit formats widened) copied once per block into the layouts the tiles
 // walk front to back.
-//   pack_rows        plain rows, zero-padded (an A operand)
+//   pack_plain_rows  plain rows, zero-padded (an A operand)
 //   pack_transposed  keys × depth transposed into panels of Tiles::kKeys keys:
 //                    dst[g][c][w] = src[g·kKeys + w][c] (score_tile's B). A plain
 //                    [c][j] layout would stride by the block's width, and at
@@ -17,8 +17,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "storage-inl.hpp"
-#include "tiles-inl.hpp"
+#include "../common/storage-inl.hpp"
+#include "fma_tiles-inl.hpp"
 
 namespace fastattn {
 namespace FASTATTN_ISA {
@@ -26,8 +26,8 @@ namespace {
 
 // dst[r][c] = src[r·stride + c]·factor for c < cols, zero up to cols_pad.
 template <class S>
-void pack_rows(const S* src, int64_t stride, int64_t rows, int64_t cols, int64_t cols_pad, ComputeType<S> factor,
-               ComputeType<S>* dst) {
+void pack_plain_rows(const S* src, int64_t stride, int64_t rows, int64_t cols, int64_t cols_pad,
+                     ComputeType<S> factor, ComputeType<S>* dst) {
     using T = ComputeType<S>;
     for (int64_t r = 0; r < rows; ++r) {
         T* d = dst + r * cols_pad;

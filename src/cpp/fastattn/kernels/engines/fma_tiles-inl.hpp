@@ -1,6 +1,5 @@
-// The tile micro-kernels of both passes: every product of the attention
-// kernels is one of these, so this is the one place where a matrix engine
-// plugs in (FMA on vector registers today).
+// The FMA engine's register tiles (FmaEngine, fma-inl.hpp, is their interface
+// to the passes), and the decoding tiles every engine uses to read K/V in place.
 //
 // A register tile is kRows rows × kVecs vectors of accumulators. Each vector
 // of the B operand loaded feeds kRows rows' FMAs; the accumulators, the loaded
@@ -8,7 +7,7 @@
 // or 6·4 + 4 + 1 = 29 of 32. (AVX2, against 4 × 2: +3% at D = 64, +11% at
 // D = 128.)
 //
-// B operands are packed (pack-inl.hpp) so that a tile walks them front to back:
+// B operands are packed (fma_pack-inl.hpp) so that a tile walks them front to back:
 //   score_tile     out = A·Bᵀ over a depth, B transposed in panels of kKeys
 //                  keys (S = Q·Kᵀ, and the backward's dP = dO·Vᵀ)
 //   weighted_sum   C = C·alpha + Σ_i a_i·B_i, B in column panels one tile wide
@@ -32,7 +31,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "storage-inl.hpp"
+#include "../common/storage-inl.hpp"
 
 // The tiles are inlined into their callers, as when each pass had its own
 // copy. Left to GCC 12, the forward's 6-row score_tile and weighted_sum stayed
