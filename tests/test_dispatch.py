@@ -24,12 +24,23 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, **env}, timeout=120)
 
 
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":")[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
 def test_auto_selects_the_best_supported_isa():
+    # The best supported ISA, except avx512_bf16 off AMD: VDPBF16PS runs at half the FMA's
+    # multiply-add rate on the Intel Xeon measured (dispatch.cpp, avx512_bf16_is_faster).
     supported = core.supported_isas()
     assert supported[0] == "scalar" and set(supported) <= set(core.compiled_isas())
+    best = [isa for isa in supported if isa != "avx512_bf16" or _cpu_vendor() == "AuthenticAMD"][-1]
     previous = fastattn.set_isa("auto")
     try:
-        assert fastattn.get_isa() == supported[-1]
+        assert fastattn.get_isa() == best
     finally:
         fastattn.set_isa(previous)
 
@@ -50,7 +61,7 @@ def test_avx2_is_selected_on_an_avx2_machine():
 def test_x86_builds_compile_every_x86_isa():
     if os.uname().machine not in ("x86_64", "AMD64"):
         pytest.skip("not x86-64")
-    assert core.compiled_isas() == ["scalar", "avx2", "avx512"]
+    assert core.compiled_isas() == ["scalar", "avx2", "avx512", "avx512_bf16"]
 
 
 @pytest.mark.parametrize("isa", core.supported_isas() if core else [])

@@ -8,6 +8,7 @@ from importlib import metadata
 from typing import Optional
 
 from . import _backend
+from . import _contract
 from ._contract import check_num_threads
 
 ISA_ENV = "FASTATTN_ISA"
@@ -86,7 +87,11 @@ def show_config() -> dict:
 
     Keys: ``version``, ``backend`` ("cpp" or "numpy"), ``compiled_isas``, ``supported_isas``
     (compiled and runnable on this CPU), ``selected_isa``, ``openmp`` (bool), ``num_threads``
-    (what a call with ``num_threads=None`` uses from this thread, as ``get_num_threads()``), and ``import_error`` when the extension is missing.
+    (what a call with ``num_threads=None`` uses from this thread, as ``get_num_threads()``),
+    ``engines`` (the engine that multiplies each dtype's matrices on the selected ISA, e.g.
+    ``{"float32": "avx512_fma", ..., "bfloat16": "avx512_bf16"}``, with ``"<dtype> (<precision>)"``
+    entries where a ``precision=`` other than "highest" runs another engine), and
+    ``import_error`` when the extension is missing.
     """
     core = _backend._core
     config: dict = {"version": metadata.version("fastattn"), "backend": "cpp" if core else "numpy"}
@@ -97,18 +102,36 @@ def show_config() -> dict:
             selected_isa=core.selected_isa(),
             openmp=bool(core.have_openmp()),
             num_threads=int(core.default_num_threads()),
+            engines=_engines(core),
         )
     else:
         config.update(compiled_isas=[], supported_isas=[], selected_isa=None, openmp=False,
-                      num_threads=1, import_error=_backend.UNAVAILABLE)
+                      num_threads=1, engines={}, import_error=_backend.UNAVAILABLE)
     width = max(len(key) for key in config)
     for key, value in config.items():
         if isinstance(value, list):
             value = ", ".join(value) or "-"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
         elif isinstance(value, bool):
             value = "on" if value else "off"
         print(f"{key:<{width}}  {value}")
     return config
+
+
+def _engines(core) -> dict:
+    """{dtype: engine} at precision "highest", and {"dtype (precision)": engine} where another
+    precision runs another engine."""
+    dtypes = {_contract.F32: "float32", _contract.F64: "float64", _contract.F16: "float16", _contract.BF16: "bfloat16"}
+    precisions = {code: name for name, code in _contract.PRECISIONS.items()}
+    table = {(dtype, precision): name for dtype, precision, name in core.engines()}
+    engines = {}
+    for dtype, dtype_name in dtypes.items():
+        engines[dtype_name] = table[dtype, _contract.HIGHEST]
+        for precision, precision_name in precisions.items():
+            if table[dtype, precision] != engines[dtype_name]:
+                engines[f"{dtype_name} ({precision_name})"] = table[dtype, precision]
+    return engines
 
 
 _apply_isa_env()

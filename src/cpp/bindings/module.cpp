@@ -13,7 +13,9 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "fastattn/api.hpp"
 
@@ -275,6 +277,44 @@ void backward(const py::array& dout, const py::array& out, const py::array& lse,
     fastattn::attention_backward(args, grad);
 }
 
+// Tile tests (tests/test_engines.py): the engine `isa` runs for b's dtype at `precision`, on
+// scores (a, b: rows × depth, keys × depth, b's dtype) or weighted sums (a: float32 weights
+// rows × terms, or terms × rows when transposed; b: terms × cols), into out (float32, rows × cols,
+// read as C by the sums). Last axes contiguous; a and b may have any row stride.
+void engine_products(const std::string& isa, const py::array& a, const py::array& b, py::array& out, int precision,
+                     bool sums, bool transposed, bool skip_zero, int64_t lo, int64_t hi, double scale,
+                     const py::object& alpha) {
+    fastattn::ProductArgs p;
+    p.dtype = dtype_of(b);
+    p.precision = static_cast<fastattn::Precision>(precision);
+    p.sums = sums;
+    p.transposed = transposed;
+    p.skip_zero = skip_zero;
+    if (a.ndim() != 2 || b.ndim() != 2 || out.ndim() != 2) fail("a, b and out must be 2-D");
+    if (a.strides(1) != a.itemsize() || b.strides(1) != b.itemsize()) fail("a and b need contiguous last axes");
+    if (!sums && !a.dtype().equal(b.dtype())) fail("scores need a and b of one dtype");
+    if (sums && !a.dtype().equal(py::dtype::of<float>())) fail("weights must be float32");
+    require_c_contiguous(out, "out", py::dtype::of<float>(), true);
+    p.a = a.data();
+    p.b = b.data();
+    p.a_stride = a.strides(0) / a.itemsize();
+    p.b_stride = b.strides(0) / b.itemsize();
+    p.rows = out.shape(0);
+    p.cols = out.shape(1);
+    p.depth = sums ? (transposed ? a.shape(0) : a.shape(1)) : a.shape(1);
+    if ((sums && (b.shape(0) != p.depth || b.shape(1) != p.cols || (transposed ? a.shape(1) : a.shape(0)) != p.rows)) ||
+        (!sums && (b.shape(1) != p.depth || a.shape(0) != p.rows || b.shape(0) != p.cols)))
+        fail("inconsistent shapes");
+    p.lo = lo;
+    p.hi = hi;
+    if (sums && !(0 <= lo && lo <= hi && hi <= p.depth)) fail("need 0 <= lo <= hi <= terms");
+    p.scale = scale;
+    p.alpha = optional_data<float>(alpha, p.rows, "alpha");
+    if (sums && !p.alpha) fail("sums need alpha");
+    p.out = static_cast<float*>(out.mutable_data());
+    fastattn::engine_products(isa, p);
+}
+
 py::array math_array(const std::string& fn, const py::array& x) {
     DType dtype;
     if (x.dtype().equal(py::dtype::of<float>()))
@@ -310,8 +350,20 @@ PYBIND11_MODULE(_core, m) {
           py::arg("dk"), py::arg("dv"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("options"),
           py::arg("num_threads"));
     m.def("option_fields", &option_fields, "the names of the options tuple's fields, in the order read");
+    m.def("_engine_products", &engine_products, py::arg("isa"), py::arg("a"), py::arg("b"), py::arg("out"),
+          py::arg("precision"), py::arg("sums"), py::arg("transposed"), py::arg("skip_zero"), py::arg("lo"),
+          py::arg("hi"), py::arg("scale"), py::arg("alpha"), "tests: one engine's products (api.hpp, ProductArgs)");
     m.def("math", &math_array, py::arg("fn"), py::arg("x"),
           "exp, exp2 or tanh with the selected ISA's vectorised kernel implementation");
+    m.def(
+        "engines",
+        [] {
+            std::vector<std::tuple<int, int, std::string>> rows;
+            for (const fastattn::EngineName& e : fastattn::engine_names())
+                rows.emplace_back(static_cast<int>(e.dtype), static_cast<int>(e.precision), e.name);
+            return rows;
+        },
+        "(dtype code, precision code, engine name) for each dtype and precision of the selected ISA");
     m.def("compiled_isas", &fastattn::compiled_isas);
     m.def("supported_isas", &fastattn::supported_isas);
     m.def("selected_isa", &fastattn::selected_isa);

@@ -146,7 +146,36 @@ void attention_backward(const AttentionArgs& args, const GradArgs& grad);
 enum class MathFn : int { exp = 0, tanh = 1, exp2 = 2 };
 void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n);
 
+// Tests of the tile layer: one engine's products, through its own packing, on
+// given operands (tests/test_engines.py compares every engine with a float64
+// reference on random tiles, tails and strides).
+//   scores: out[r][j] = scale·Σ_c a[r·a_stride + c]·b[j·b_stride + c], r < rows,
+//           c < depth, j < cols (keys); a, b in `dtype`
+//   sums:   out[r][col] = out[r][col]·alpha[r] + Σ_{lo <= i < hi} w(r, i)·b[i·b_stride + col],
+//           w(r, i) = a[r·a_stride + i] (float32; transposed: a[i·a_stride + r]),
+//           i < depth (terms), col < cols; skip_zero: terms of weight 0 skipped
+struct ProductArgs {
+    DType dtype = DType::f32;
+    Precision precision = Precision::highest;
+    bool sums = false, transposed = false, skip_zero = false;
+    const void* a = nullptr;
+    const void* b = nullptr;
+    int64_t a_stride = 0, b_stride = 0, rows = 0, depth = 0, cols = 0, lo = 0, hi = 0;
+    double scale = 1.0;
+    const float* alpha = nullptr;  // sums: (rows,)
+    float* out = nullptr;          // (rows, cols) C-contiguous
+};
+// The engine `isa` runs for args.dtype and args.precision (a supported ISA).
+void engine_products(const std::string& isa, const ProductArgs& args);
+
 // ---- runtime ISA dispatch (dispatch.cpp) ---------------------------------
+// The engine (kernels/engines/) the selected ISA runs for each dtype and precision.
+struct EngineName {
+    DType dtype;
+    Precision precision;
+    std::string name;
+};
+std::vector<EngineName> engine_names();
 std::vector<std::string> compiled_isas();   // built into this binary, best last
 std::vector<std::string> supported_isas();  // compiled and runnable on this CPU
 std::string selected_isa();

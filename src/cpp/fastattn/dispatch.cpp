@@ -22,6 +22,9 @@ FASTATTN_DECLARE_ISA_ENTRY(avx2)
 #ifdef FASTATTN_HAVE_AVX512
 FASTATTN_DECLARE_ISA_ENTRY(avx512)
 #endif
+#ifdef FASTATTN_HAVE_AVX512_BF16
+FASTATTN_DECLARE_ISA_ENTRY(avx512_bf16)
+#endif
 #ifdef FASTATTN_HAVE_NEON
 FASTATTN_DECLARE_ISA_ENTRY(neon)
 #endif
@@ -29,15 +32,30 @@ FASTATTN_DECLARE_ISA_ENTRY(neon)
 namespace fastattn {
 namespace {
 
+bool always() { return true; }
+
+// An engine (kernels/engines/): what multiplies the matrices of both passes for one
+// dtype, and the ISA translation unit whose entry points run it.
+struct Engine {
+    const char* name;
+    void (*forward)(const AttentionArgs&);
+    void (*backward)(const AttentionArgs&, const GradArgs&);
+    void (*products)(const ProductArgs&);  // tile tests
+};
+constexpr int kDtypes = 4, kPrecisions = 3;  // DType and Precision codes index these
+
+// An ISA: its CPU probe, the engine it runs for each dtype and precision, and its math
+// functions. Adding an engine is a row here (and its header, and a translation unit).
 struct IsaEntry {
     const char* name;
     bool (*cpu_has)();
-    void (*forward)(const AttentionArgs&);
-    void (*backward)(const AttentionArgs&, const GradArgs&);
+    Engine engines[kDtypes][kPrecisions];
     void (*math_array)(MathFn, DType, const void*, void*, int64_t);
+    // Whether "auto" may pick it on this CPU (it runs and is measured faster than the ISAs
+    // before it); set_isa and FASTATTN_ISA take any supported ISA.
+    bool (*preferred)() = always;
 };
 
-bool always() { return true; }
 #if defined(FASTATTN_HAVE_AVX2) || defined(FASTATTN_HAVE_AVX512)
 // __builtin_cpu_supports also checks that the OS saves the wide registers.
 bool cpu_has_avx2() {
@@ -48,26 +66,49 @@ bool cpu_has_avx512() {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("fma");
 }
+bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+// VDPBF16PS issues at the FMA's rate on AMD Zen 4 (32 multiply-adds to its 16: twice the
+// rate), and at a quarter of it on the Intel Xeon measured (1.8 G/s to 7.0 G/s: half the
+// rate), where the FMA engine is faster (shared/MATRIX-ENGINES.md).
+bool avx512_bf16_is_faster() { return __builtin_cpu_is("amd"); }
 #endif
+
+// The same engine for every precision (it has no faster mode), and for every dtype.
+#define FASTATTN_ALL_PRECISIONS(engine) {engine, engine, engine}
+#define FASTATTN_ENGINE(name, isa) (Engine{name, isa::forward, isa::backward, isa::products})
+#define FASTATTN_FMA(isa) FASTATTN_ALL_PRECISIONS(FASTATTN_ENGINE(#isa "_fma", isa))
+#define FASTATTN_FMA_ROW(isa) {FASTATTN_FMA(isa), FASTATTN_FMA(isa), FASTATTN_FMA(isa), FASTATTN_FMA(isa)}
 
 // Best last: "auto" picks the last entry the CPU can run.
 const IsaEntry kIsas[] = {
-    {"scalar", always, scalar::forward, scalar::backward, scalar::math_array},
+    {"scalar", always, FASTATTN_FMA_ROW(scalar), scalar::math_array},
 #ifdef FASTATTN_HAVE_NEON
-    {"neon", always, neon::forward, neon::backward, neon::math_array},  // NEON is part of AArch64
+    {"neon", always, FASTATTN_FMA_ROW(neon), neon::math_array},  // NEON is part of AArch64
 #endif
 #ifdef FASTATTN_HAVE_AVX2
-    {"avx2", cpu_has_avx2, avx2::forward, avx2::backward, avx2::math_array},
+    {"avx2", cpu_has_avx2, FASTATTN_FMA_ROW(avx2), avx2::math_array},
 #endif
 #ifdef FASTATTN_HAVE_AVX512
-    {"avx512", cpu_has_avx512, avx512::forward, avx512::backward, avx512::math_array},
+    {"avx512", cpu_has_avx512, FASTATTN_FMA_ROW(avx512), avx512::math_array},
+#endif
+#ifdef FASTATTN_HAVE_AVX512_BF16
+    // bfloat16 on VDPBF16PS: the scores ("highest", "high"), every product ("medium": P and dS
+    // rounded to bf16). float16 keeps the FMA engine: its exact split into two bf16 parts would
+    // cost four products for one.
+    {"avx512_bf16",
+     cpu_has_avx512_bf16,
+     {FASTATTN_FMA(avx512), FASTATTN_FMA(avx512), FASTATTN_FMA(avx512),
+      {FASTATTN_ENGINE("avx512_bf16", avx512_bf16), FASTATTN_ENGINE("avx512_bf16", avx512_bf16),
+       FASTATTN_ENGINE("avx512_bf16_rounded", avx512_bf16)}},
+     avx512::math_array,
+     avx512_bf16_is_faster},
 #endif
 };
 
 const IsaEntry* best_supported() {
     const IsaEntry* best = &kIsas[0];
     for (const IsaEntry& isa : kIsas)
-        if (isa.cpu_has()) best = &isa;
+        if (isa.cpu_has() && isa.preferred()) best = &isa;
     return best;
 }
 
@@ -171,11 +212,16 @@ static double forward_work(const AttentionArgs& a) {
     return double(a.batch) * double(a.hq) * double(a.lq) * double(a.lk) * double(a.d + a.dv);
 }
 
+const Engine& engine_for(const AttentionArgs& args) {
+    return selected().load()->engines[static_cast<int>(args.dtype)][static_cast<int>(args.precision)];
+}
+
 void attention_forward(const AttentionArgs& args) {
     check_args(args);
     AttentionArgs resolved = args;
     resolved.num_threads = threads_for(args.num_threads, forward_work(args));
-    selected().load()->forward(resolved);
+    // int8 KV caches (float32 q) and paged K/V run on the FMA engine's decode tiles of any ISA.
+    engine_for(args).forward(resolved);
 }
 
 void attention_backward(const AttentionArgs& args, const GradArgs& grad) {
@@ -184,11 +230,31 @@ void attention_backward(const AttentionArgs& args, const GradArgs& grad) {
     require(!args.paged.table, "paged K/V are forward only");
     AttentionArgs resolved = args;
     resolved.num_threads = threads_for(args.num_threads, 2.5 * forward_work(args));
-    selected().load()->backward(resolved, grad);
+    engine_for(args).backward(resolved, grad);
 }
 
 void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n) {
     selected().load()->math_array(fn, dtype, x, y, n);
+}
+
+void engine_products(const std::string& name, const ProductArgs& args) {
+    for (const IsaEntry& isa : kIsas) {
+        if (name != isa.name) continue;
+        require(isa.cpu_has(), "ISA '" + name + "' is not supported by this CPU");
+        require(args.rows >= 0 && args.depth >= 0 && args.cols >= 0 && args.a && args.b && args.out,
+                "bad product arguments");
+        return isa.engines[static_cast<int>(args.dtype)][static_cast<int>(args.precision)].products(args);
+    }
+    require(false, "unknown ISA '" + name + "'");
+}
+
+std::vector<EngineName> engine_names() {
+    const IsaEntry& isa = *selected().load();
+    std::vector<EngineName> names;
+    for (int d = 0; d < kDtypes; ++d)
+        for (int p = 0; p < kPrecisions; ++p)
+            names.push_back({static_cast<DType>(d), static_cast<Precision>(p), isa.engines[d][p].name});
+    return names;
 }
 
 }  // namespace fastattn

@@ -75,7 +75,8 @@ template <class S, class E>
 class BackwardKernel {
     using T = ComputeType<S>;
     using V = Vec<T>;  // registers are `auto` below: V::reg
-    using Packed = typename E::Packed;
+    using ScorePacked = typename E::ScorePacked;
+    using SumPacked = typename E::SumPacked;
     static constexpr int64_t W = V::width;
     static constexpr int64_t kTileRows = E::kRows, kTileKeys = E::kKeys;
     static constexpr int64_t lcm(int64_t a, int64_t b) { return a / gcd(a, b) * b; }
@@ -98,7 +99,8 @@ public:
           group_(a.hq / a.hkv),
           key_blocks_((a.lk + kKeys - 1) / kKeys),
           scale_(static_cast<T>(a.scale)),
-          score_post_(engine_.post(scale_)),
+          score_post_(engine_.score_post(scale_)),
+          value_post_(engine_.value_post(scale_)),
           kv_in_place_(ForwardKernel<S, S, E>::reads_kv_in_place(a)),
           neg_inf_(-std::numeric_limits<T>::infinity()) {}
 
@@ -116,10 +118,11 @@ public:
     int64_t dq_size() const { return group_ * a_.lq * d_pad_; }
 
     struct Workspace {
-        // Packed by the engine: the key block's K and V for the score tiles, K for dQ;
-        // a query block's Q and dO as score rows and as weighted sums' panels.
-        std::vector<Packed> k_t, k_pan, v_t, q_rows, q_pan, do_rows, do_pan;
-        std::vector<Packed> p_w, ds_w, ds_wt;  // P and dS as weights: transposed (dV, dK), row-major (dQ)
+        // Packed by the engine: the key block's K and V and a query block's Q and dO for
+        // the score tiles; K, Q and dO as the weighted sums' panels.
+        std::vector<ScorePacked> k_t, v_t, q_rows, do_rows;
+        std::vector<SumPacked> k_pan, q_pan, do_pan;
+        std::vector<SumPacked> p_w, ds_w, ds_wt;  // P and dS as weights: transposed (dV, dK), row-major (dQ)
         std::vector<T> q_direct;             // scale·Q as the forward's in-place decode tiles read it
         std::vector<T> dk_acc, dv_acc;       // (kKeys, d_pad), (kKeys, dv_pad)
         std::vector<T> lse, lse_lo, delta;   // per row of the query block (lse = lse + lse_lo)
@@ -130,9 +133,9 @@ public:
         typename E::ThreadScope engine_scope;
         Workspace(int64_t d_pad, int64_t dv_pad, int64_t d, int64_t dv, int64_t dq_size, int64_t rows, bool softcap,
                   bool direct)
-            : k_t(E::keys_size(kKeys, d)), k_pan(E::values_size(kKeys, d_pad)), v_t(E::keys_size(kKeys, dv)),
-              q_rows(E::rows_size(kRows, d)), q_pan(E::values_size(kRows, d_pad)),
-              do_rows(E::rows_size(kRows, dv)), do_pan(E::values_size(kRows, dv_pad)),
+            : k_t(E::keys_size(kKeys, d)), v_t(E::keys_size(kKeys, dv)), q_rows(E::rows_size(kRows, d)),
+              do_rows(E::rows_size(kRows, dv)), k_pan(E::values_size(kKeys, d_pad)),
+              q_pan(E::values_size(kRows, d_pad)), do_pan(E::values_size(kRows, dv_pad)),
               p_w(E::weights_size(kKeys, kRows)), ds_w(E::weights_size(kRows, kKeys)),
               ds_wt(E::weights_size(kKeys, kRows)), q_direct(direct ? kRows * d : 0),
               dk_acc(kKeys * d_pad), dv_acc(kKeys * dv_pad),
@@ -349,13 +352,13 @@ private:
     }
 
     // Writes the key block's dK and dV rows (keys past kv_len get zeros); dK times
-    // the part of the scale the engine did not apply to Q when it packed it.
+    // the part of the scale the engine did not apply to Q when it packed it (value_post_).
     void write_key_rows(int64_t b, int64_t h_kv, int64_t key0, int64_t keys, Workspace& ws) const {
         const int64_t first = (b * a_.hkv + h_kv) * a_.lk + key0;
         S* dk = static_cast<S*>(g_.dk) + first * a_.d;
         S* dv = static_cast<S*>(g_.dv) + first * a_.dv;
         for (int64_t j = 0; j < keys; ++j) {
-            narrow_row(ws.dk_acc.data() + j * d_pad_, a_.d, score_post_, dk + j * a_.d);
+            narrow_row(ws.dk_acc.data() + j * d_pad_, a_.d, value_post_, dk + j * a_.d);
             narrow_row(ws.dv_acc.data() + j * dv_pad_, a_.dv, T(1), dv + j * a_.dv);
         }
     }
@@ -420,7 +423,7 @@ private:
     // out[r][j] = post·Σ_c a[r][c]·bt[c][j] for rows [0, rows) of a and keys [0, k_end);
     // out has stride kKeys. A panel at a time against every row tile, so that the panel
     // stays in L1 (row tiles outside would walk the whole block per tile).
-    void score_block(const Packed* a, int64_t rows, int64_t depth, const Packed* bt, int64_t k_end, T post,
+    void score_block(const ScorePacked* a, int64_t rows, int64_t depth, const ScorePacked* bt, int64_t k_end, T post,
                      T* out) const {
         for (int64_t k0 = 0; k0 < k_end; k0 += kTileKeys)
             for (int64_t t0 = 0; t0 < rows; t0 += kTileRows)
@@ -436,7 +439,9 @@ private:
     const E engine_;
     const int64_t d_pad_, dv_pad_, group_, key_blocks_;
     const T scale_;
-    const T score_post_;  // the part of the scale the engine applies after its products (S, dK)
+    // The part of the scale the engine applies after its products rather than when it
+    // packs q: to S (score tiles), and to dK (weighted sums over scale·Q).
+    const T score_post_, value_post_;
     const bool kv_in_place_;  // the forward read K in place: scores in its order
     const T neg_inf_;
 };

@@ -1,15 +1,23 @@
 // The entry points of one ISA's translation unit (attention_<isa>.cpp
-// includes its vector header, then this): the dtype switch into the typed
-// forward and backward passes, and the math functions for accuracy tests.
-// dispatch.cpp declares the same signatures (isa_entry.hpp) and picks an ISA.
+// includes its vector header, its engines, then this): the dtype switch into
+// the typed forward and backward passes, and the math functions for accuracy
+// tests. dispatch.cpp declares the same signatures (isa_entry.hpp), and its
+// table says which ISA's entry runs each dtype.
+//
+// The TU names its engine per storage type and precision before including this file:
+//     template <class S, Precision P> struct EngineFor { using type = <engine, or void>; };
+// void: the TU has no engine for S and dispatch.cpp never routes S to it. A precision
+// whose engine is the highest's shares its compiled passes.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <type_traits>
 
 #include "backward-inl.hpp"
 #include "common/storage-inl.hpp"
-#include "engines/fma-inl.hpp"
+#include "engine_products-inl.hpp"
 #include "forward-inl.hpp"
 #include "isa_entry.hpp"
 
@@ -44,18 +52,61 @@ FASTATTN_DECLARE_ISA_ENTRY(FASTATTN_ISA)
 namespace fastattn {
 namespace FASTATTN_ISA {
 
+namespace {
+
+template <class E>
+struct EngineTag {
+    using type = E;
+};
+
+// run(EngineTag<E>{}) with the engine of storage type S at args' precision.
+template <class S, class Run>
+void with_engine(const AttentionArgs& args, Run&& run) {
+    using Highest = typename EngineFor<S, Precision::highest>::type;
+    using High = typename EngineFor<S, Precision::high>::type;
+    using Medium = typename EngineFor<S, Precision::medium>::type;
+    if constexpr (std::is_void<Highest>::value) {
+        throw std::logic_error("fastattn: this ISA's entry has no engine for the dtype (dispatch table)");
+    } else {
+        if constexpr (!std::is_same<Medium, Highest>::value)
+            if (args.precision == Precision::medium) return run(EngineTag<Medium>{});
+        if constexpr (!std::is_same<High, Highest>::value)
+            if (args.precision == Precision::high) return run(EngineTag<High>{});
+        run(EngineTag<Highest>{});
+    }
+}
+
+}  // namespace
+
 void forward(const AttentionArgs& args) {
-    if (args.paged.int8) return forward_typed<float, int8_t, FmaEngine<float>>(args);  // check_args: q is float32
     with_storage_type(args.dtype, [&](auto storage) {
         using S = decltype(storage);
-        forward_typed<S, S, FmaEngine<ComputeType<S>>>(args);
+        with_engine<S>(args, [&](auto engine) {
+            using E = typename decltype(engine)::type;
+            if constexpr (std::is_same<S, float>::value)
+                if (args.paged.int8) return forward_typed<float, int8_t, E>(args);  // check_args: q is float32
+            forward_typed<S, S, E>(args);
+        });
     });
 }
 
 void backward(const AttentionArgs& args, const GradArgs& grad) {
     with_storage_type(args.dtype, [&](auto storage) {
         using S = decltype(storage);
-        backward_typed<S, FmaEngine<ComputeType<S>>>(args, grad);
+        with_engine<S>(args, [&](auto engine) { backward_typed<S, typename decltype(engine)::type>(args, grad); });
+    });
+}
+
+void products(const ProductArgs& args) {
+    with_storage_type(args.dtype, [&](auto storage) {
+        using S = decltype(storage);
+        with_engine<S>(AttentionArgs{product_call(args)}, [&](auto engine) {
+            using E = typename decltype(engine)::type;
+            if (args.sums)
+                engine_sums<S, E>(args);
+            else
+                engine_scores<S, E>(args);
+        });
     });
 }
 

@@ -100,7 +100,8 @@ class ForwardKernel {
     using KvSource = KvRows<K>;
     using V = Vec<T>;
     using reg = typename V::reg;
-    using Packed = typename E::Packed;
+    using ScorePacked = typename E::ScorePacked;  // q and K, as the score tiles read them
+    using SumPacked = typename E::SumPacked;      // V and the weights, as the weighted sums read them
     static constexpr int64_t W = V::width;
     static constexpr int64_t kTileRows = E::kRows, kTileKeys = E::kKeys;
     static_assert(kKeyBlock % kTileKeys == 0 && kTileKeys % W == 0, "a key block must be whole tiles of vectors");
@@ -121,7 +122,7 @@ public:
           q_blocks_((a.lq + rows_per_head_ - 1) / rows_per_head_),
           direct_(reads_kv_in_place(a)),
           neg_inf_(-std::numeric_limits<T>::infinity()),
-          score_post_(engine_.post(static_cast<T>(a.scale))) {}
+          score_post_(engine_.score_post(static_cast<T>(a.scale))) {}
 
     int64_t num_tasks() const { return a_.batch * (a_.hq / heads_per_task_) * q_blocks_; }
 
@@ -148,10 +149,12 @@ public:
     struct Workspace {
         // Packed key blocks: `slots` of them, one (slots = 1) or a whole panel.
         // Left uninitialised: only the slots a task packs are ever touched.
-        std::unique_ptr<Packed[]> k_pack, v_pack;
+        std::unique_ptr<ScorePacked[]> k_pack;
+        std::unique_ptr<SumPacked[]> v_pack;
         std::vector<char> slot_ready, v_finite;  // per slot: packed; its V rows all finite
         int64_t panel_owner = -1;                // b·hkv + h_kv whose panel the slots hold
-        std::vector<Packed> q_pack, weights;     // the task's queries; a tile's weights as the engine reads them
+        std::vector<ScorePacked> q_pack;         // the task's queries
+        std::vector<SumPacked> weights;          // a tile's weights P, as the engine reads them
         std::vector<T> q_direct, row, scores, bias, key_index, acc, row_max, row_sum;
         // Per task row: its query position, its head's ALiBi slope, its mask row.
         std::vector<int64_t> row_pos;
@@ -160,8 +163,8 @@ public:
         typename E::ThreadScope engine_scope;    // e.g. a tile configuration, for this thread
         // rows: the most query rows a task has (<= kQueryBlock; a tiny call has fewer).
         Workspace(int64_t d, int64_t dv_pad, int64_t slots, int64_t rows, bool direct)
-            : k_pack(new Packed[slots * E::keys_size(kKeyBlock, d)]),
-              v_pack(new Packed[slots * E::values_size(kKeyBlock, dv_pad)]),
+            : k_pack(new ScorePacked[slots * E::keys_size(kKeyBlock, d)]),
+              v_pack(new SumPacked[slots * E::values_size(kKeyBlock, dv_pad)]),
               slot_ready(slots),
               v_finite(slots),
               q_pack(direct ? 0 : E::rows_size(rows, d)),
@@ -184,8 +187,9 @@ public:
     // stays in L2 instead of writing a copy of K/V; none in direct mode.
     Workspace make_workspace(int64_t threads) const {
         const int64_t key_blocks = (a_.lk + kKeyBlock - 1) / kKeyBlock;
-        const int64_t panel_bytes = key_blocks * static_cast<int64_t>(sizeof(Packed)) *
-                                    (E::keys_size(kKeyBlock, a_.d) + E::values_size(kKeyBlock, dv_pad_));
+        const int64_t panel_bytes =
+            key_blocks * (E::keys_size(kKeyBlock, a_.d) * static_cast<int64_t>(sizeof(ScorePacked)) +
+                          E::values_size(kKeyBlock, dv_pad_) * static_cast<int64_t>(sizeof(SumPacked)));
         const bool reused = q_blocks_ > 1 || group_ / heads_per_task_ > 1;
         const int64_t slots = direct_ ? 0 : reused && panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1;
         return Workspace(a_.d, dv_pad_, slots, task_rows_, direct_);
@@ -340,8 +344,8 @@ private:
 
     // One key block of K and V as the tiles read it.
     struct KvBlock {
-        const Packed* k;  // K for the score tiles (the engine's pack_keys)
-        const Packed* v;  // V for the weighted sums (the engine's pack_values)
+        const ScorePacked* k;  // K for the score tiles (the engine's pack_keys)
+        const SumPacked* v;    // V for the weighted sums (the engine's pack_values)
         bool v_finite;    // no NaN or inf among its values
         // In direct mode (direct_) nothing is packed: the block's keys
         // [key0, key0 + kKeyBlock) are read where they are.
@@ -355,8 +359,8 @@ private:
     KvBlock packed_block(const KvSource& src, int64_t owner, int64_t key0, int64_t keys, Workspace& ws) const {
         const bool panel = ws.slot_ready.size() > 1;
         const int64_t slot = panel ? key0 / kKeyBlock : 0;
-        Packed* k_pack = ws.k_pack.get() + slot * E::keys_size(kKeyBlock, a_.d);
-        Packed* v_pack = ws.v_pack.get() + slot * E::values_size(kKeyBlock, dv_pad_);
+        ScorePacked* k_pack = ws.k_pack.get() + slot * E::keys_size(kKeyBlock, a_.d);
+        SumPacked* v_pack = ws.v_pack.get() + slot * E::values_size(kKeyBlock, dv_pad_);
         if (panel && ws.panel_owner != owner) {
             std::fill(ws.slot_ready.begin(), ws.slot_ready.end(), 0);
             ws.panel_owner = owner;

@@ -13,5 +13,7 @@
     void backward(const AttentionArgs& args, const GradArgs& grad);             \
     /* y = fn(x) elementwise with this ISA's vexp/vtanh; for accuracy tests. */ \
     void math_array(MathFn fn, DType dtype, const void* x, void* y, int64_t n); \
+    /* The engine's products on given operands (api.hpp); for tile tests. */    \
+    void products(const ProductArgs& args);                                     \
     }                                                                           \
     }

@@ -7,7 +7,9 @@
 // engine owns its tile shape, its packed operand layouts and the products. Its
 // interface, which every engine implements (docs/architecture.md, "Engines"):
 //
-//   Packed                    element type of its packed operands
+//   ScorePacked, SumPacked    element types of its packed operands: of the score
+//                             products' (q, dO rows; K, V keys), of the weighted
+//                             sums' (value panels, weights)
 //   kRows, kKeys              rows per tile (query rows; keys in the backward's
 //                             dK/dV tiles), keys per packed K panel (a score
 //                             tile's width). The passes size their blocks from
@@ -16,8 +18,8 @@
 //   name()                    what show_config() reports
 //   with_rows(n, f)           f(integral_constant<n>) for 1 <= n <= kRows
 //   cols_pad(n)               columns of an accumulator row / value panel
-//   post(factor)              the part of a packing factor left to apply after the
-//                             products (below)
+//   score_post(f), value_post(f)  the part of a packing factor f left to apply
+//                             after the score products / the weighted sums (below)
 //   Score products: out = post·A·Bᵀ (S = scale·Q·Kᵀ, dP = dO·Vᵀ)
 //     rows_size(rows, depth)  pack_rows(...): A, rows of depth values
 //     keys_size(keys, depth)  pack_keys(...): B, keys transposed in panels
@@ -39,8 +41,8 @@
 //
 // `post` factors: an engine may apply a factor (the softmax scale) while packing
 // (FMA: q is packed times the scale, no multiply in the tile) or after the dot
-// (bf16 engines, which must not round q·scale to 16 bits); post(factor) is what
-// it leaves to apply: 1 here.
+// (bf16 engines, which must not round q·scale to 16 bits); score_post(factor) and
+// value_post(factor) are what it leaves to apply: 1 here.
 #pragma once
 
 #include <algorithm>
@@ -58,7 +60,8 @@ namespace {
 template <class T>
 struct FmaEngine {
     using Tile = Tiles<T>;
-    using Packed = T;
+    using ScorePacked = T;
+    using SumPacked = T;
     using V = Vec<T>;
     static constexpr int64_t W = V::width;
     static constexpr int64_t kRows = Tile::kRows;
@@ -78,28 +81,29 @@ struct FmaEngine {
     static void with_direct_rows(int64_t n, F&& f) {
         Tile::with_rows(n, static_cast<F&&>(f));
     }
-    static T post(T) { return T(1); }  // every factor is applied while packing
+    static T score_post(T) { return T(1); }  // every factor is applied while packing
+    static T value_post(T) { return T(1); }
     static int64_t cols_pad(int64_t cols) { return (cols + W - 1) / W * W; }
 
     // ---- score products ---------------------------------------------------
     static int64_t rows_size(int64_t rows, int64_t depth) { return rows * depth; }
     // rows × depth of src (row stride `stride`) times factor, at dst (row stride depth).
     template <class S>
-    void pack_rows(const S* src, int64_t stride, int64_t rows, int64_t depth, T factor, Packed* dst) const {
+    void pack_rows(const S* src, int64_t stride, int64_t rows, int64_t depth, T factor, ScorePacked* dst) const {
         pack_plain_rows(src, stride, rows, depth, depth, factor, dst);
     }
-    static void zero_row(Packed* rows, int64_t depth, int64_t r) { std::fill_n(rows + r * depth, depth, T(0)); }
+    static void zero_row(ScorePacked* rows, int64_t depth, int64_t r) { std::fill_n(rows + r * depth, depth, T(0)); }
     static int64_t keys_size(int64_t keys, int64_t depth) { return keys * depth; }
     // Keys [0, keys) of src transposed into panels at positions [j0, j0 + keys), positions up
     // to j0 + keys_pad zero; row_scale: int8 keys' scales, or null.
     template <class S>
-    void pack_keys(const S* src, int64_t stride, int64_t keys, int64_t keys_pad, int64_t depth, Packed* dst,
+    void pack_keys(const S* src, int64_t stride, int64_t keys, int64_t keys_pad, int64_t depth, ScorePacked* dst,
                    T* scratch, int64_t j0 = 0, const T* row_scale = nullptr) const {
         pack_transposed(src, stride, keys, keys_pad, depth, dst, scratch, j0, row_scale);
     }
     // out[r][j] for keys [k_begin, k_end) (whole panels).
     template <int R>
-    FASTATTN_TILE void score_tile(const Packed* a, int64_t depth, const Packed* bt, int64_t k_begin, int64_t k_end,
+    FASTATTN_TILE void score_tile(const ScorePacked* a, int64_t depth, const ScorePacked* bt, int64_t k_begin, int64_t k_end,
                                   T /* post: always 1 here */, T* out, int64_t out_stride) const {
         Tile::template score_tile<R>(a, depth, bt, k_begin / W, k_end / W, out, out_stride);
     }
@@ -110,18 +114,18 @@ struct FmaEngine {
     // rows_cap rows at rows [r0, r0 + rows); scratch holds cols_pad values.
     template <class S>
     void pack_values(const S* src, int64_t stride, int64_t rows, int64_t cols, int64_t cols_pad, int64_t rows_cap,
-                     T factor, Packed* dst, T* scratch, int64_t r0 = 0, const T* row_scale = nullptr) const {
+                     T factor, SumPacked* dst, T* scratch, int64_t r0 = 0, const T* row_scale = nullptr) const {
         pack_panels(src, stride, rows, cols, cols_pad, rows_cap, factor, dst, nullptr, scratch, r0, row_scale);
     }
     // Rows past `rows` that the tiles may read: none (they read below each row's end only).
-    static void pad_values(Packed*, int64_t /*rows*/, int64_t /*rows_cap*/, int64_t /*cols_pad*/) {}
-    static void zero_value_row(Packed* panels, int64_t rows_cap, int64_t cols_pad, int64_t r) {
+    static void pad_values(SumPacked*, int64_t /*rows*/, int64_t /*rows_cap*/, int64_t /*cols_pad*/) {}
+    static void zero_value_row(SumPacked* panels, int64_t rows_cap, int64_t cols_pad, int64_t r) {
         for (int64_t c0 = 0; c0 < cols_pad; c0 += Tile::panel_width(c0, cols_pad)) {
             const int64_t w = Tile::panel_width(c0, cols_pad);
             std::fill_n(panels + c0 * rows_cap + r * w, w, T(0));
         }
     }
-    static bool values_finite(const Packed* panels, int64_t rows, int64_t rows_cap, int64_t cols_pad) {
+    static bool values_finite(const SumPacked* panels, int64_t rows, int64_t rows_cap, int64_t cols_pad) {
         return all_finite(panels, rows, rows_cap, cols_pad);
     }
 
@@ -133,14 +137,14 @@ struct FmaEngine {
     static int64_t weights_size(int64_t, int64_t) { return 0; }
     template <int64_t kAr, int64_t kAi>
     Weights<kAr, kAi> prepare_weights(const T* a, int64_t /*rows*/, int64_t /*lo*/, int64_t /*hi*/,
-                                      Packed* /*scratch*/) const {
+                                      SumPacked* /*scratch*/) const {
         return {a};
     }
     // c[r] = c[r]·alpha[r] + Σ_{lo <= i < hi} w(r0 + r, i)·B_i for R rows of c; kSkipZero
     // (R = 1): terms of weight exactly 0 are skipped, so that 0·NaN never reaches c.
     template <int R, bool kSkipZero = false, int64_t kAr, int64_t kAi>
     FASTATTN_TILE void weighted_sum(const Weights<kAr, kAi>& w, int64_t r0, int64_t lo, int64_t hi, const T* alpha,
-                                    const Packed* panels, int64_t rows_cap, int64_t cols_pad, T* c,
+                                    const SumPacked* panels, int64_t rows_cap, int64_t cols_pad, T* c,
                                     int64_t c_stride) const {
         Tile::template weighted_sum<R, kAr, kAi, kSkipZero>(w.a + r0 * kAr, lo, hi, alpha, panels, rows_cap, cols_pad,
                                                             c, c_stride);

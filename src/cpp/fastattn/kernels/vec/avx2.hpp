@@ -23,7 +23,7 @@
 #include <cstdint>
 
 namespace fastattn {
-namespace avx2 {
+namespace FASTATTN_ISA {  // avx2, or an ISA built on it (amx_model)
 
 template <class T>
 struct Vec;
@@ -150,5 +150,5 @@ struct Vec<double> {
     }
 };
 
-}  // namespace avx2
+}  // namespace FASTATTN_ISA
 }  // namespace fastattn

@@ -7,7 +7,7 @@
 #include <cstdint>
 
 namespace fastattn {
-namespace avx512 {
+namespace FASTATTN_ISA {  // avx512, or an ISA built on it (avx512_bf16, amx)
 
 template <class T>
 struct Vec;
@@ -127,5 +127,5 @@ struct Vec<double> {
     }
 };
 
-}  // namespace avx512
+}  // namespace FASTATTN_ISA
 }  // namespace fastattn

@@ -8,7 +8,7 @@
 #include <cstdint>
 
 namespace fastattn {
-namespace neon {
+namespace FASTATTN_ISA {  // neon
 
 template <class T>
 struct Vec;
@@ -101,5 +101,5 @@ struct Vec<double> {
     static double reduce_max(reg x) { return vmaxvq_f64(x); }
 };
 
-}  // namespace neon
+}  // namespace FASTATTN_ISA
 }  // namespace fastattn

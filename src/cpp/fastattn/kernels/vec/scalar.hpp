@@ -8,7 +8,7 @@
 #include <limits>
 
 namespace fastattn {
-namespace scalar {
+namespace FASTATTN_ISA {  // scalar
 
 #include "../common/half-inl.hpp"
 
@@ -48,5 +48,5 @@ struct Vec {
     static T reduce_max(reg x) { return x; }
 };
 
-}  // namespace scalar
+}  // namespace FASTATTN_ISA
 }  // namespace fastattn
