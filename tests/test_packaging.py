@@ -33,6 +33,22 @@ def test_the_index_page_is_the_long_description():
     assert "](docs/" not in body and "](examples/" not in body
 
 
+
+def test_project_urls_and_the_index_page_links():
+    """[project.urls]: homepage, documentation, source and issues, all in the one repository; the
+    index page (the long description) links every one of them, so that someone who installed
+    from an index finds the manual."""
+    dist = importlib.metadata.distribution("fastattn")
+    urls = dict(entry.split(", ", 1) for entry in dist.metadata.get_all("Project-URL") or [])
+    assert sorted(urls) == ["Documentation", "Homepage", "Issues", "Source"], urls
+    repository = urls["Source"]
+    assert repository.startswith("https://github.com/") and urls["Homepage"] == repository
+    assert urls["Documentation"].startswith(repository + "#") and urls["Issues"] == repository + "/issues"
+    body = dist.metadata.get_payload() or dist.metadata["Description"]
+    for label, url in urls.items():
+        assert f"({url})" in body or f"<{url}>" in body, f"the index page does not link {label}: {url}"
+
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
