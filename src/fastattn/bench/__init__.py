@@ -39,7 +39,7 @@ What it does, in order:
    ``attention`` over the same values: time, bytes read (K, V and int8's scales), GB/s, its
    fraction of the read bandwidth and time over dense float32; each output checked against
    dense float32's.
-7. Reliability (README "Guarantees"; ``--no-reliability`` skips it): two Python threads each
+7. Reliability (docs/reliability.md; ``--no-reliability`` skips it): two Python threads each
    calling with ``num_threads=1`` against the same calls made serially (the GIL is released
    around the kernel, so on 2 cores the speedup should be >= 1.7), and subnormal against
    normal inputs (no more than 2× slower), forward and backward, in alternating rounds.

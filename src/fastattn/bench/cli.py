@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     if reliability_rows:
         graded = ("--check-speed makes a missed target set the exit status" if plan.graded
                   else "smoke shapes: measured, not graded")
-        print(f"\nReliability timings (README \"Performance\"; {graded}): medians of alternating rounds\n")
+        print(f"\nReliability timings (docs/performance.md; {graded}): medians of alternating rounds\n")
         print(reliability.reliability_table(reliability_rows))
     failed = [row["label"] for row in rows + training_rows + kv_cache_rows if not row["check"]["ok"]]
     if failed:

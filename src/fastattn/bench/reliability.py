@@ -1,5 +1,5 @@
 """Reliability timings for ``python -m fastattn.bench``: measurements with targets, not
-guarantees (README "Performance"); ``--check-speed`` makes a missed target set the exit status.
+guarantees (docs/performance.md); ``--check-speed`` makes a missed target set the exit status.
 
 * GIL release: two Python threads, each calling with ``num_threads=1``, against the same
   calls made one after the other in one thread. With the GIL released around the kernel the
