@@ -1,7 +1,5 @@
 """Records library versions and thread counts in the report header and the benchmark JSON."""
 
-import contextlib
-import io
 import os
 
 import numpy as np
@@ -10,8 +8,7 @@ import fastattn
 
 
 def _environment():
-    with contextlib.redirect_stdout(io.StringIO()):  # show_config() also prints its dict
-        config = fastattn.show_config()
+    config = fastattn.show_config()
     info = {
         "fastattn": fastattn.__version__,
         "fastattn_backend": config["backend"],

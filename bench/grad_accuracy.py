@@ -14,8 +14,6 @@ Needs torch (and ml_dtypes for bfloat16).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 
 import numpy as np
 import torch
@@ -68,8 +66,7 @@ def main() -> None:
     print("| dtype | ISA | q | causal | RMS / torch | RMS / torch math | max / torch | max / torch math |")
     print("|---|---|---|---|---|---|---|---|")
     fmt = lambda x: " ".join(f"{v:.2f}" for v in x)
-    with contextlib.redirect_stdout(io.StringIO()):  # (show_config prints as it returns)
-        isas = fastattn.show_config()["supported_isas"]
+    isas = fastattn.show_config()["supported_isas"]
     previous = fastattn.get_isa()
     try:
         for dtype_name in args.dtypes.split(","):

@@ -27,6 +27,11 @@ its own output one character at a time — on strings never used for training. C
 over the alphabet size. The script exits with status 1 unless that accuracy exceeds twice
 chance, so CI notices a model that stops learning.
 
+The trained model is saved (``--save``, default ``char_transformer.npz`` in the current
+directory: its parameters and the options it was trained with, in one ``.npz`` archive);
+``generate_with_cache.py`` and ``visualize_attention.py`` load it from there instead of training
+again when it was trained with the options they are given.
+
     python examples/char_transformer.py            # the defaults: well under a minute on 2 cores
     python examples/char_transformer.py --help
 """
@@ -34,9 +39,12 @@ chance, so CI notices a model that stops learning.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Dict
 
 import numpy as np
@@ -328,8 +336,12 @@ class Progress:
 # -- training -----------------------------------------------------------------------------------
 
 def train(args: argparse.Namespace) -> float:
-    """Train as ``args`` say; print the held-out results and return the per-character accuracy."""
+    """Train as ``args`` say (and save, unless --no-save); print the held-out results and return
+    the per-character accuracy."""
     model, task = fit(args)
+    if not args.no_save:
+        save(model, args, args.save)
+        print(f"saved the trained model to {args.save}")
     predicted = greedy_reverse(model, task, task.test)
     correct = predicted == task.test[:, ::-1]
     char_acc, string_acc = float(correct.mean()), float(correct.all(axis=1).mean())
@@ -341,12 +353,19 @@ def train(args: argparse.Namespace) -> float:
     return char_acc
 
 
-def fit(args: argparse.Namespace) -> tuple[Model, ReversalTask]:
-    """The model trained as ``args`` say, and its task (with the held-out strings)."""
+def build(args: argparse.Namespace) -> tuple[Model, ReversalTask]:
+    """The untrained model and its task (with the held-out strings), as ``args`` say: both are
+    drawn from the seed, the held-out strings first."""
     rng = np.random.default_rng(args.seed)
     task = ReversalTask(args.alphabet, args.seq_len, rng, held_out=args.held_out)
     model = Model(task.vocab, 2 * args.seq_len, args.d_model, args.heads, args.layers, rng,
                   backend=args.backend, num_threads=args.threads or None)
+    return model, task
+
+
+def fit(args: argparse.Namespace) -> tuple[Model, ReversalTask]:
+    """The model trained as ``args`` say, and its task (with the held-out strings)."""
+    model, task = build(args)
     optimizer = Adam(model.parameters(), lr=args.lr)
     grads = model.grads()  # live arrays: every backward overwrites them
 
@@ -368,9 +387,79 @@ def fit(args: argparse.Namespace) -> tuple[Model, ReversalTask]:
     return model, task
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# -- saving and loading -------------------------------------------------------------------------
+
+# The options that decide a trained model's weights (backend and threads only decide how they
+# are computed): a saved model is reused only for the same values.
+TRAINING_OPTIONS = ("steps", "batch_size", "seq_len", "alphabet", "d_model", "heads", "layers", "lr", "held_out",
+                    "seed")
+DEFAULT_MODEL_PATH = "char_transformer.npz"
+_OPTIONS_ENTRY = "__char_transformer_options__"
+
+
+def save(model: Model, args: argparse.Namespace, path) -> None:
+    """The model's parameters and the options it was trained with, as one .npz archive (through a
+    temporary file, so an interrupted save leaves no half-written model)."""
+    options = {name: getattr(args, name) for name in TRAINING_OPTIONS}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
+        np.savez(f, **{_OPTIONS_ENTRY: np.array(json.dumps(options))}, **model.parameters())
+    os.replace(tmp, path)
+
+
+def saved_options(path) -> dict:
+    """The training options stored with a saved model."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return json.loads(str(f[_OPTIONS_ENTRY]))
+    except (ValueError, KeyError, OSError) as exc:
+        raise ValueError(f"{path} is not a model saved by char_transformer.py: {exc}") from None
+
+
+def load(path, args: argparse.Namespace) -> tuple[Model, ReversalTask]:
+    """The model saved at ``path`` and its task, built with the options it was trained with (the
+    computing options, backend and threads, from ``args``)."""
+    trained = argparse.Namespace(**{**vars(args), **saved_options(path)})
+    model, task = build(trained)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {name: f[name] for name in f.files if name != _OPTIONS_ENTRY}
+    params = model.parameters()
+    if arrays.keys() != params.keys() or any(arrays[n].shape != p.shape for n, p in params.items()):
+        raise ValueError(f"{path}: its arrays do not fit the model its options describe")
+    for name, p in params.items():
+        p[...] = arrays[name]
+    return model, task
+
+
+def trained_model(args: argparse.Namespace) -> tuple[Model, ReversalTask]:
+    """The model ``args`` describe: loaded from ``args.model`` when that holds one trained with the
+    same options (and not ``--retrain``), else trained and saved there."""
+    path = Path(args.model)
+    if path.exists() and not args.retrain:
+        options = saved_options(path)
+        differ = [f"--{name.replace('_', '-')} {options.get(name)} (asked: {getattr(args, name)})"
+                  for name in TRAINING_OPTIONS if options.get(name) != getattr(args, name)]
+        if not differ:
+            print(f"loaded the trained model from {path} (--retrain trains it again)")
+            return load(path, args)
+        print(f"{path} holds a model trained with other options ({', '.join(differ)}): training a new one")
+    model, task = fit(args)
+    save(model, args, path)
+    print(f"saved the trained model to {path}")
+    return model, task
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def describe(doc: str) -> str:
+    """A script's description for --help: the first paragraph of its docstring."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def argument_parser(description: str = describe(__doc__)) -> argparse.ArgumentParser:
+    """The training options, under the calling script's own description."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=300, help="training steps (batches)")
     p.add_argument("--batch-size", type=int, default=64, help="strings per batch")
     p.add_argument("--seq-len", type=int, default=10, help="length of the string to reverse")
@@ -389,6 +478,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="fastattn's num_threads; 0 (default) for its default")
     p.add_argument("--quiet", action="store_true", help="no progress bar or sample outputs")
+    return p
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--model and --retrain, for the scripts that use a trained model (trained_model)."""
+    p.add_argument("--model", default=DEFAULT_MODEL_PATH, metavar="FILE",
+                   help="a model saved by char_transformer.py, reused when it was trained with the options given "
+                        "here; else a model is trained and saved there")
+    p.add_argument("--retrain", action="store_true", help="train (and save) the model even if FILE holds one")
+
+
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    p = parser or argument_parser()
     args = p.parse_args(argv)
     if not 2 <= args.alphabet <= len(ALPHABET):
         p.error(f"--alphabet must be in [2, {len(ALPHABET)}]")
@@ -402,7 +504,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser = argument_parser()
+    parser.add_argument("--save", default=DEFAULT_MODEL_PATH, metavar="FILE",
+                        help="where the trained model goes (generate_with_cache.py and visualize_attention.py "
+                             "load it from there)")
+    parser.add_argument("--no-save", action="store_true", help="do not save the trained model")
+    args = parse_args(argv, parser)
     acc = train(args)
     threshold = 2.0 / args.alphabet
     if not acc > threshold:

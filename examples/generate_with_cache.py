@@ -9,11 +9,13 @@ by token three ways, with the tokens per second of each.
                     scale per token and head, a quarter of the float32 cache's memory
 
 The greedy outputs of (a) and (b) must agree (the same model, computed differently); (c) is
-printed beside (b). The script trains the model first, with char_transformer.py's options, and
-exits with status 1 if (b) disagrees with (a) or the int8 cache's accuracy is not above twice
-chance.
+printed beside (b). The model is the one char_transformer.py saved (``--model``, default
+``char_transformer.npz``) when it was trained with the options given here (char_transformer.py's
+options, the same defaults); otherwise, or with ``--retrain``, it is trained first and saved
+there. The script exits with status 1 if (b) disagrees with (a) or the int8 cache's accuracy is
+not above twice chance.
 
-    python examples/generate_with_cache.py            # trains (well under a minute), then decodes
+    python examples/generate_with_cache.py            # loads (or trains and saves), then decodes
     python examples/generate_with_cache.py --help
 """
 
@@ -100,8 +102,10 @@ def timed(function, *args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = ct.parse_args(argv)
-    model, task = ct.fit(args)
+    parser = ct.argument_parser(ct.describe(__doc__))
+    ct.add_model_options(parser)
+    args = ct.parse_args(argv, parser)
+    model, task = ct.trained_model(args)
     strings = task.test
     tokens = strings.size  # one generated token per input character
     recomputed, t_a = timed(ct.greedy_reverse, model, task, strings)

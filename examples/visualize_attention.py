@@ -1,15 +1,18 @@
 """Pictures of what a transformer learned: attention heatmaps of the string-reversal model.
 
-Trains the character-level model of ``char_transformer.py`` briefly (the same defaults: well
-under a minute on 2 cores), runs it on a held-out string with ``need_weights=True`` and saves:
+Takes the character-level model of ``char_transformer.py`` (the one it saved, ``--model``,
+default ``char_transformer.npz``, when it was trained with the options given here; otherwise, or
+with ``--retrain``, it trains one with those options, the same defaults, and saves it), runs it
+on a held-out string with ``need_weights=True`` and saves, in ``--out-dir`` (default
+``attention-maps``):
 
 - ``attention-layer<i>.png``: every head of layer i (``fastattn.viz.plot_attention``);
 - ``attention-reversal.png``: the head that learned the reversal, alone, with the characters as
   labels. To emit the output character after position t the model must look at input position
   2n − 1 − t: an anti-diagonal in the lower-left block (outputs attending to inputs), which is
-  what the picture shows. The README shows this file (``docs/attention-reversal.png``).
+  what the picture shows. The README shows a copy of it (``docs/attention-reversal.png``).
 
-    python examples/visualize_attention.py --out-dir docs    # needs matplotlib
+    python examples/visualize_attention.py     # needs matplotlib: pip install ".[viz]"
 
 The head is chosen by how much weight the output positions give to their mirror position;
 the script prints that share for every head, and exits with status 1 when no head puts more
@@ -18,7 +21,6 @@ than half its weight there (so a model that did not learn the pattern is noticed
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +29,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # char_transformer.py, beside this file
 import char_transformer as ct  # noqa: E402
 
-from fastattn.viz import plot_attention  # noqa: E402
+
+def plotter():
+    """fastattn.viz.plot_attention, imported when it is used (so that --help needs no matplotlib)."""
+    try:
+        from fastattn.viz import plot_attention
+    except ImportError:
+        sys.exit("visualize_attention.py draws with matplotlib, which is not installed: "
+                 "pip install matplotlib (in a clone of fastattn: pip install \".[viz]\")")
+    return plot_attention
 
 
 def attention_maps(model: ct.Model, tokens: np.ndarray) -> list[np.ndarray]:
@@ -51,13 +61,14 @@ def mirror_share(weights: np.ndarray, n: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ct.argument_parser(ct.describe(__doc__))  # char_transformer's options: --steps, --seed, ...
+    ct.add_model_options(parser)
     parser.add_argument("--out-dir", default="attention-maps", help="where the PNG files go")
-    parser.add_argument("--dpi", type=int, default=110)
-    args, rest = parser.parse_known_args(argv)
-    train_args = ct.parse_args(rest + ["--quiet"])  # char_transformer's options: --steps, --seed, ...
+    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNG files")
+    args = ct.parse_args(argv, parser)
+    plot_attention = plotter()
 
-    model, task = ct.fit(train_args)
+    model, task = ct.trained_model(args)
     string = task.test[0]
     tokens = task.sequences(string[None])[0, :-1]  # what the model reads: s | reversed(s) minus the last
     labels = list(task.decode(tokens))

@@ -145,20 +145,46 @@ def test_a_missing_file_is_file_not_found(tmp_path):
         MultiHeadAttention.load(tmp_path / "nothing.npz")
 
 
-@pytest.mark.parametrize("contents, message", [
-    (b"", "is not a readable fastattn MultiHeadAttention file"),
-    (b"not a numpy file at all", "is not a readable fastattn MultiHeadAttention file"),
-], ids=["empty", "text"])
-def test_foreign_files(tmp_path, contents, message):
-    path = tmp_path / "f.npz"
+NOT_AN_NPZ = "is not a fastattn {kind} file (expected a NumPy .npz archive, as {kind}.save writes): "
+
+
+@pytest.mark.parametrize("contents, reason", [
+    (b"", "it is empty"),
+    (b"not a numpy file at all", "it does not start as a zip archive does (its first bytes: b'not a numpy file'"),
+    (b"\x80\x04\x95 a pickle", "it does not start as a zip archive does (its first bytes: b'\\x80\\x04\\x95"),
+], ids=["empty", "text", "pickle"])
+@pytest.mark.parametrize("kind", ["MultiHeadAttention", "Adam"])
+def test_foreign_files(tmp_path, contents, reason, kind):
+    """A file that is not an .npz archive: the error names the file, says what was expected and what
+    it is, and carries no advice on unpickling (np.load's, for any such file: the wrong hint for a
+    text file, and fastattn never loads pickles)."""
+    path = tmp_path / "notes.txt"
     path.write_bytes(contents)
-    with pytest.raises(ValueError, match=re.escape(f"{str(path)!r} {message}")):
-        MultiHeadAttention.load(path)
+    with pytest.raises(ValueError) as error:
+        if kind == "Adam":
+            Adam.load(path, MultiHeadAttention(8, 2, rng=0).parameters())
+        else:
+            MultiHeadAttention.load(path)
+    assert str(error.value).startswith(f"{str(path)!r} " + NOT_AN_NPZ.format(kind=kind) + reason)
+    assert "allow_pickle" not in str(error.value)
+
+
+def test_a_file_object_is_read_from_where_it_was(rng):
+    data = saved(MultiHeadAttention(8, 2, rng=rng))
+    f = io.BytesIO(b"junk" + data)
+    f.seek(4)
+    assert MultiHeadAttention.load(f).config() == MultiHeadAttention(8, 2, rng=rng).config()
+    f.seek(0)
+    with pytest.raises(ValueError, match=re.escape(f"the file {NOT_AN_NPZ.format(kind='MultiHeadAttention')}"
+                                                   "it does not start as a zip archive does (its first bytes: b'junkPK")):
+        MultiHeadAttention.load(f)
+    assert f.tell() == 0
 
 
 def test_a_single_npy_array_is_not_a_checkpoint(tmp_path):
     np.save(tmp_path / "a.npy", np.ones(3))
-    with pytest.raises(ValueError, match="it is a single .npy array, not an .npz archive"):
+    with pytest.raises(ValueError, match=re.escape(NOT_AN_NPZ.format(kind="MultiHeadAttention")
+                                                   + "it is a single .npy array")):
         MultiHeadAttention.load(tmp_path / "a.npy")
 
 
@@ -171,8 +197,10 @@ def test_an_npz_without_header(tmp_path, rng):
 
 def test_pickled_arrays_are_refused_unread(tmp_path):
     np.savez(tmp_path / "p.npz", __fastattn__=np.array("{}"), w_q=np.array([{"code": "never run"}], dtype=object))
-    with pytest.raises(ValueError, match="is not a readable fastattn MultiHeadAttention file: .*allow_pickle=False"):
+    with pytest.raises(ValueError) as error:
         MultiHeadAttention.load(tmp_path / "p.npz")
+    assert str(error.value) == (f"{str(tmp_path / 'p.npz')!r} is not a readable fastattn MultiHeadAttention file: "
+                                "it holds an array of Python objects (a pickle), which a fastattn file never does")
 
 
 def test_the_kinds_are_not_interchangeable(rng):

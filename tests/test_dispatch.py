@@ -93,13 +93,41 @@ def test_set_isa_returns_previous_and_switches():
 
 def test_show_config(capsys):
     config = fastattn.show_config()
-    printed = capsys.readouterr().out
-    assert config["version"] == fastattn.__version__ and config["backend"] == "cpp"
+    assert capsys.readouterr().out == ""  # shown by whoever shows it (a REPL: once, as its repr)
+    assert isinstance(config, dict) and config["version"] == fastattn.__version__ and config["backend"] == "cpp"
     assert config["selected_isa"] == fastattn.get_isa() in config["supported_isas"]
     assert config["compiled_isas"] == core.compiled_isas()
     assert isinstance(config["openmp"], bool) and config["num_threads"] >= 1
-    for key in config:
-        assert key in printed
+    table = repr(config)
+    assert str(config) == table
+    assert [line.split()[0] for line in table.splitlines()] == list(config)  # every key, one line each
+    assert f"selected_isa    {config['selected_isa']}" in table
+    assert f"compiled_isas   {', '.join(config['compiled_isas'])}" in table
+    assert f"openmp          {'on' if config['openmp'] else 'off'}" in table
+    print(config)
+    assert capsys.readouterr().out == table + "\n"
+
+
+def test_show_config_shows_once_in_a_repl():
+    """Issue 26: it printed and returned a dict, so a REPL showed the configuration twice."""
+    repl = subprocess.run([sys.executable, "-i", "-q"], input="import fastattn\nfastattn.show_config()\n",
+                          capture_output=True, text=True, timeout=120)
+    assert repl.stdout.count("selected_isa") == 1, repl.stdout + repl.stderr
+
+
+def test_show_config_shows_any_key():
+    """The table is generic over keys: a new one (a list, a dict, a bool, None) shows without a
+    change to the display code, and IPython's pretty printer gets the same table."""
+    config = type(fastattn.show_config())(version="1", engines={"float32": "fma", "bfloat16": "amx"},
+                                          isas=[], openmp=False, selected_isa=None)
+    assert repr(config) == ("version       1\n"
+                            "engines       float32 fma, bfloat16 amx\n"
+                            "isas          -\n"
+                            "openmp        off\n"
+                            "selected_isa  None")
+    shown = []
+    config._repr_pretty_(type("Printer", (), {"text": lambda self, text: shown.append(text)})(), False)
+    assert shown == [repr(config)]
 
 
 def test_omp_num_threads_is_honoured():

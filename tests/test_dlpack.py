@@ -1,5 +1,5 @@
 """Any array library: objects with __dlpack__ on the CPU are read in place (no copy); other
-devices, tensors that require grad and array_likes behave as the README says."""
+devices, tensors that require grad and array_likes behave as docs/integrations.md says."""
 
 from __future__ import annotations
 

@@ -185,3 +185,58 @@ def test_worked_example_matches_fastattn(printed, backend, dtype):
     assert_printed(printed, "O_causal", fastattn.attention(Q, K, V, causal=True, backend=backend), extra)
     assert_printed(printed, "P", fastattn.attention_weights(Q, K), extra)
     assert_printed(printed, "P_causal", fastattn.attention_weights(Q, K, causal=True), extra)
+
+
+# -- links between the README and the pages of docs/ ---------------------------------------------
+
+ROOT = DOC.parents[1]
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def broken_links(path: pathlib.Path) -> List[str]:
+    """The relative links of a Markdown file (outside code blocks) whose file or heading is missing."""
+    def prose(p: pathlib.Path) -> str:
+        return re.sub(r"```.*?```", "", p.read_text(), flags=re.S)
+
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose(path)):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        name, _, anchor = target.partition("#")
+        dest = (path.parent / name).resolve() if name else path
+        if not dest.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and (dest.suffix != ".md"
+                         or anchor not in {github_anchor(h) for h in re.findall(r"^#+ (.*)$", prose(dest), re.M)}):
+            broken.append(f"{target}: no such heading")
+    return broken
+
+
+def markdown_files() -> List[pathlib.Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "tools").glob("*/README.md"))]
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(path):
+    if not path.exists():
+        pytest.skip(f"{path} is not beside the tests (installed elsewhere)")
+    assert not broken_links(path), broken_links(path)
+
+
+def test_a_broken_link_is_found(tmp_path):
+    (tmp_path / "b.md").write_text("# B\n\n## Some heading: `code`, here\n")
+    (tmp_path / "a.md").write_text("[ok](b.md) [ok](b.md#some-heading-code-here) [x](c.md) [y](b.md#nothing)\n"
+                                   "[z](#a) [w](https://example.com/x)\n```\n[in code](none.md)\n```\n# A\n")
+    assert broken_links(tmp_path / "a.md") == ["c.md: no such file", "b.md#nothing: no such heading"]
+
+
+def test_the_readme_links_every_page_of_docs():
+    """Every page of docs/ (but the index page, which the package index shows) is reachable from
+    the README."""
+    readme = (ROOT / "README.md").read_text()
+    pages = [p.name for p in (ROOT / "docs").glob("*.md") if p.name != "index-page.md"]
+    assert [name for name in pages if f"](docs/{name}" not in readme] == []

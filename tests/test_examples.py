@@ -1,14 +1,18 @@
-"""The training examples in examples/: they run, they learn, and their hand-written gradients are right.
+"""The examples in examples/: they run, they learn, their hand-written gradients are right, each
+describes itself in --help (which needs no optional package), and the character model is saved
+and reused.
 
 Each example runs as a subprocess with this interpreter and environment (so it uses whichever
-fastattn this test run imports) on short settings, and its exit status and printed results are
-checked. The char transformer's building blocks are imported from its file and their backward
-passes compared with central finite differences in float64.
+fastattn this test run imports), in a temporary directory (what it saves goes there), on short
+settings, and its exit status and printed results are checked. The char transformer's building
+blocks are imported from its file and their backward passes compared with central finite
+differences in float64.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -24,8 +28,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHAR_CI_ARGS = ["--steps", "60", "--batch-size", "32", "--d-model", "32", "--seq-len", "8", "--alphabet", "8"]
 
 
-def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, timeout=300)
+def run_example(name: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, timeout=300,
+                            cwd=cwd, env=env)
     # Decoded by hand: text=True would turn the progress bar's \r into \n.
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     return result
@@ -43,7 +48,8 @@ def load_example(name: str):
 
 def test_train_self_attention_halves_the_loss_and_saves_what_it_trained(tmp_path):
     saved = tmp_path / "saved"
-    result = run_example("train_self_attention.py", "--epochs", "100", "--seed", "0", "--save", str(saved))
+    result = run_example("train_self_attention.py", "--epochs", "100", "--seed", "0", "--save", str(saved),
+                         cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     losses = [float(x) for x in re.findall(r"^Epoch \d+, Loss: (\S+)$", result.stdout, re.M)]
     assert len(losses) == 100
@@ -71,13 +77,13 @@ def test_train_self_attention_halves_the_loss_and_saves_what_it_trained(tmp_path
 
 def test_train_self_attention_fails_when_the_loss_does_not_halve(tmp_path):
     # One epoch: the final loss is the first, so the script's CI check must fail.
-    result = run_example("train_self_attention.py", "--epochs", "1", "--save", str(tmp_path))
+    result = run_example("train_self_attention.py", "--epochs", "1", "--save", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL" in result.stderr
 
 
-def test_char_transformer_learns_to_reverse():
-    result = run_example("char_transformer.py", *CHAR_CI_ARGS, "--seed", "0")
+def test_char_transformer_learns_to_reverse(tmp_path):
+    result = run_example("char_transformer.py", *CHAR_CI_ARGS, "--seed", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     match = re.search(r"held-out accuracy: (\S+) per character, (\S+) whole strings", result.stdout)
     assert match, result.stdout
@@ -89,21 +95,23 @@ def test_char_transformer_learns_to_reverse():
     # The progress bar: one line on stderr, redrawn with \r, ending at the last step.
     assert "\rstep 60/60 [####################] loss" in result.stderr
     assert "|" in result.stdout  # sample outputs "abc| -> cba"
+    assert "saved the trained model to char_transformer.npz" in result.stdout
+    assert (tmp_path / "char_transformer.npz").stat().st_size > 0
 
 
 def test_visualize_attention_draws_the_reversal(tmp_path):
     pytest.importorskip("matplotlib")
-    result = run_example("visualize_attention.py", "--out-dir", str(tmp_path), "--dpi", "40", *CHAR_CI_ARGS)
+    result = run_example("visualize_attention.py", "--dpi", "40", *CHAR_CI_ARGS, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["attention-layer0.png", "attention-layer1.png",
-                                                          "attention-reversal.png"]
+    assert sorted(p.name for p in (tmp_path / "attention-maps").iterdir()) == [
+        "attention-layer0.png", "attention-layer1.png", "attention-reversal.png"]
     share = float(re.search(r"(\d\.\d+) of the output rows' weight on the mirrored input", result.stdout).group(1))
     assert share > 0.5  # the script's own bar; these settings reach ~0.75
 
 
-def test_generate_with_cache_agrees_with_recomputing():
+def test_generate_with_cache_agrees_with_recomputing(tmp_path):
     """The KV-cache decoder gives recomputation's greedy outputs (float32) and learns (int8)."""
-    result = run_example("generate_with_cache.py", *CHAR_CI_ARGS, "--held-out", "100", "--quiet")
+    result = run_example("generate_with_cache.py", *CHAR_CI_ARGS, "--held-out", "100", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     rates = dict(re.findall(r"^\((\w)\) .*?\s+(\d+)\s+[\d.]+", result.stdout, re.M))
     assert set(rates) == {"a", "b", "c"}, result.stdout  # tokens/s of each method
@@ -111,11 +119,87 @@ def test_generate_with_cache_agrees_with_recomputing():
     assert min(accuracy) > 0.25, result.stdout
 
 
-def test_char_transformer_quiet():
-    result = run_example("char_transformer.py", *CHAR_CI_ARGS, "--steps", "5", "--quiet")
+def test_char_transformer_quiet(tmp_path):
+    result = run_example("char_transformer.py", *CHAR_CI_ARGS, "--steps", "5", "--quiet", "--no-save", cwd=tmp_path)
     assert result.returncode in (0, 1)
     assert "\rstep" not in result.stderr
     assert "held-out accuracy:" in result.stdout
+    assert not list(tmp_path.iterdir())  # --no-save
+
+
+def test_the_generation_example_reuses_the_saved_model(tmp_path):
+    """char_transformer.py saves its model; generate_with_cache.py loads it when it was trained with
+    the same options, trains (and saves) a new one when not, and --retrain trains it anyway."""
+    model = tmp_path / "model.npz"
+    trained = run_example("char_transformer.py", *CHAR_CI_ARGS, "--quiet", "--save", str(model), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    generate = ["generate_with_cache.py", *CHAR_CI_ARGS, "--quiet", "--model", str(model)]
+    loaded = run_example(*generate, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert f"loaded the trained model from {model}" in loaded.stdout and "saved" not in loaded.stdout
+    other = run_example(*generate, "--seed", "1", cwd=tmp_path)
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert f"{model} holds a model trained with other options (--seed 0 (asked: 1))" in other.stdout
+    assert f"saved the trained model to {model}" in other.stdout
+    retrained = run_example(*generate, "--seed", "1", "--retrain", cwd=tmp_path)
+    assert "loaded" not in retrained.stdout and f"saved the trained model to {model}" in retrained.stdout
+    # The same model, loaded or trained: the same greedy outputs and accuracies.
+    table = re.compile(r"^\(\w\) .*?\s+\d+\s+([\d.]+)", re.M)
+    assert table.findall(run_example(*generate, "--seed", "1", cwd=tmp_path).stdout) == table.findall(retrained.stdout)
+
+
+def test_a_saved_character_model_loads_bitwise(tmp_path, ct):
+    args = ct.parse_args([*CHAR_CI_ARGS, "--steps", "5", "--quiet"])
+    model, task = ct.fit(args)
+    ct.save(model, args, tmp_path / "m")  # the name as given: no ".npz" appended
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    loaded, loaded_task = ct.load(tmp_path / "m", args)
+    np.testing.assert_array_equal(loaded_task.test, task.test)
+    tokens = task.sequences(task.test[:4])[:, :-1]
+    np.testing.assert_array_equal(loaded.forward(tokens), model.forward(tokens))
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ValueError, match="notes.txt is not a model saved by char_transformer.py"):
+        ct.load(tmp_path / "notes.txt", args)
+
+
+# -- --help: each example describes itself, and needs no optional package for it -----------------
+
+def without(tmp_path: Path, *modules: str) -> dict:
+    """An environment in which importing any of `modules` raises ImportError (a stand-in package
+    first on PYTHONPATH), whether or not they are installed."""
+    for name in modules:
+        (tmp_path / "blocked" / name).mkdir(parents=True)
+        (tmp_path / "blocked" / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path / "blocked"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def first_paragraph(path: Path) -> str:
+    doc = re.match(r'\s*"""(.*?)(?:\n\n|""")', path.read_text(), re.S).group(1)
+    return " ".join(doc.split())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_help_describes_the_example_without_optional_packages(tmp_path, name):
+    result = run_example(name, "--help", cwd=tmp_path, env=without(tmp_path, "matplotlib", "torch", "jax"))
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert result.stdout.startswith(f"usage: {name} ")
+    shown = " ".join(re.sub(r"(\w-)\n\s*", r"\1", result.stdout).split())  # argparse wraps after hyphens
+    own = first_paragraph(EXAMPLES / name)
+    others = [first_paragraph(p) for p in EXAMPLES.glob("*.py") if p.name != name]
+    if name == "train_self_attention.py":  # its argparse description, shorter than the docstring
+        own = "Train the self-attention article's Keras model with fastattn, in NumPy, and save it."
+    assert own in shown, f"{name} --help does not show its own description {own!r}"
+    assert not any(other in shown for other in others), f"{name} --help shows another example's description"
+    assert not list((tmp_path).glob("*.npz"))  # --help trains and saves nothing
+
+
+def test_visualize_without_matplotlib_says_what_to_install(tmp_path):
+    result = run_example("visualize_attention.py", *CHAR_CI_ARGS, cwd=tmp_path, env=without(tmp_path, "matplotlib"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("visualize_attention.py draws with matplotlib, which is not installed: "
+                                     'pip install matplotlib (in a clone of fastattn: pip install ".[viz]")')
 
 
 # -- finite-difference gradient checks (float64, tiny sizes) --------------------------------------

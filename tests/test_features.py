@@ -104,7 +104,7 @@ def masks_reaching_the_kernels(monkeypatch, backend):
 
 
 def test_mask_views_are_not_copied_or_modified(backend, rng, monkeypatch):
-    """README: size-1 axes of a mask are read with stride 0, never expanded; a strided view is
+    """docs/api.md: size-1 axes of a mask are read with stride 0, never expanded; a strided view is
     read in place. The (Lq, Lk) view below reaches the kernel, in both passes, as a view of the
     caller's memory with the caller's strides and stride 0 on the batch and head axes — no copy,
     no expansion to (B, Hq, Lq, Lk) — and is left unchanged."""

@@ -1,4 +1,4 @@
-"""Peak memory: what README.md promises about memory, measured in a fresh process per call.
+"""Peak memory: what the README and docs/ promise about memory, measured in a fresh process per call.
 
 - The kernel never builds an Lq×Lk matrix, so memory stays O(L) (README's introduction);
   "neither pass stores an Lq×Lk matrix" (attention_backward).
@@ -119,7 +119,7 @@ def assert_within(measured: dict, bound: float, what: str) -> None:
 
 
 def dq_sums_mib(batch: int, hq: int, hkv: int, lq: int, d: int) -> float:
-    """What the backward kernel holds besides the gradients (README: it "sums partial dq in a
+    """What the backward kernel holds besides the gradients (docs/training.md: it "sums partial dq in a
     fixed order"): float32 dQ sums, D padded to 16 — one (batch, K/V head)'s per thread or, when
     few such pairs split their keys into shares, one dQ per share, at most 32 shares and 64 MiB
     (kSplitItems, kPartialBudgetBytes). O(Lq·D) either way, never O(Lq·Lk)."""
@@ -194,7 +194,7 @@ def half_inputs(dtype, lq, lk):
 @pytest.mark.parametrize("shape", HALF_SHAPES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_16_bit_forward_has_no_float32_copy(dtype, shape):
-    """README: float16/bfloat16 are widened to float32 block by block — no full-size float32
+    """docs/api.md: float16/bfloat16 are widened to float32 block by block — no full-size float32
     copy of q, k or v (nor a float32 output): the peak rises by at most the output + 16 MiB."""
     measured = peak_extra(half_inputs(half_dtype(dtype), *HALF_SHAPES[shape]) + f"""
         report(lambda: fastattn.attention(q, k, v, num_threads={THREADS}),
@@ -233,7 +233,7 @@ MASKS = {  # for q (2, 2, L, 16): expanded to (B, Hq, Lq, Lk), a bool mask is 25
 @needs_cpp
 @pytest.mark.parametrize("kind", MASKS)
 def test_mask_is_not_expanded(kind):
-    """README: a mask's size-1 axes are read with stride 0, never expanded: a (B, 1, 1, Lk)
+    """docs/api.md: a mask's size-1 axes are read with stride 0, never expanded: a (B, 1, 1, Lk)
     key-padding view and an (Lq, Lk) mask shared by batch and heads add nothing to the forward's
     peak beyond its output + 16 MiB (expanded, the bool mask would be 256 MiB)."""
     measured = peak_extra(plain_inputs((2, 2, L, 16)) + f"""
@@ -289,7 +289,7 @@ def test_kv_cache_prefill_of_8192_tokens(storage):
 @needs_cpp
 @pytest.mark.parametrize("storage", ["float32", "int8"])
 def test_kv_cache_is_read_in_place(storage):
-    """README: the kernel reads the cache's blocks in place, int8 widened as it reads: 16 queries
+    """docs/kv-cache.md: the kernel reads the cache's blocks in place, int8 widened as it reads: 16 queries
     over a 32768-token cache (2 heads, D = 128) add at most their output + 16 MiB, where a
     gathered or dequantised float32 copy of K and V would be 64 MiB."""
     measured = peak_extra(cache_inputs(storage, 2, 128, 32768, 16))

@@ -1,6 +1,6 @@
 """Reliability: concurrency, fork, leaks, determinism, hostile values and 64-bit offsets.
 
-What README.md's "Guarantees" section promises, each checked here: Python threads calling at
+What docs/reliability.md's "Guarantees" promise, each checked here: Python threads calling at
 once get the serial results bit for bit; a forked child still computes; 20,000 calls leave
 RSS flat; results are bitwise the same for every thread count; NaN/Inf stay in the rows they
 touch; huge and denormal values give the oracle's answer; offsets past 2**31 are exact.
@@ -136,7 +136,7 @@ def test_multiprocessing_fork_pool_after_openmp():
 # --- leaks -------------------------------------------------------------------------------------
 
 def test_twenty_thousand_calls_do_not_grow_rss():
-    """README "No leaks": 20,000 mixed calls — every option, both passes, valid and invalid —
+    """docs/reliability.md "No leaks": 20,000 mixed calls — every option, both passes, valid and invalid —
     grow the RSS by less than 2 MiB. A valid call that raised would fail the run (nothing is
     swallowed), and each invalid call must raise its own ValueError: the leak a failed call
     could cause is measured only if it fails the way it should."""

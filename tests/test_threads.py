@@ -1,5 +1,5 @@
 """Thread-pool manners: fastattn.set_num_threads()/get_num_threads(), threadpoolctl's limits, and
-no oversubscription from a ThreadPoolExecutor when the README's recommendation is followed.
+no oversubscription from a ThreadPoolExecutor when docs/api.md's recommendation is followed.
 
 Thread counts are read from /proc/self/task in a fresh process: an OpenMP team is OS threads that
 stay alive (idle) after the call, so the growth of that count is the number of threads calls used."""
@@ -103,7 +103,7 @@ def test_threadpoolctl_sees_and_limits_the_openmp_pool():
 @needs_proc
 @pytest.mark.parametrize("follow_advice", [True, False])
 def test_thread_pool_does_not_oversubscribe_with_the_recommended_setting(follow_advice):
-    """The README's advice for W pool workers: set_num_threads(max(1, cores // W)). The calls then
+    """docs/api.md's advice for W pool workers: set_num_threads(max(1, cores // W)). The calls then
     use at most `cores` threads in all (each worker's team is its own OS threads). Without it, each
     worker opens a team of `cores` threads: W x cores, the oversubscription the advice prevents."""
     seen = run_child(f"""

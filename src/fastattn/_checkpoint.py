@@ -49,23 +49,48 @@ def describe(path) -> str:
     return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "the file"
 
 
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip's directory
+
+
+def _not_a_zip(path) -> str:
+    """Why ``path`` is no .npz archive, or "" when it starts like one. Only the first bytes are read
+    (a file object is put back where it was): np.load would take any other file for a pickle and
+    refuse it with advice on unpickling, which fits neither a text file nor fastattn's format."""
+    if isinstance(path, (str, os.PathLike)):
+        with open(path, "rb") as f:
+            head = f.read(16)
+    else:
+        start = path.tell()
+        head = path.read(16)
+        path.seek(start)
+    if head.startswith(_ZIP_MAGICS):
+        return ""
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a single .npy array"
+    return f"it does not start as a zip archive does (its first bytes: {head!r})"
+
+
 def read(path, kind: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """The header (without format and version) and every array of a file ``write`` made for
     ``kind``. ValueError for anything else: not an .npz, corrupt, pickled, another kind, a
     newer version. A missing file, a directory or an unreadable one: the usual OSError."""
     what = describe(path)
+    reason = _not_a_zip(path)  # a missing file, a directory, an unreadable one: the OSError as is
+    if reason:
+        raise ValueError(f"{what} is not a fastattn {kind} file (expected a NumPy .npz archive, as "
+                         f"{kind}.save writes): {reason}")
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("it is a single .npy array, not an .npz archive")
-        with archive:
+        with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}  # reads (and CRC-checks) all
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise  # the path, not the contents
-    # What np.load and zipfile raise for a corrupt, truncated or foreign file (found by
+    # What np.load and zipfile raise for a corrupt, truncated or foreign archive (found by
     # truncating and bit-flipping saved files: tests/test_checkpoint.py).
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
-        raise ValueError(f"{what} is not a readable fastattn {kind} file: {exc}") from None
+        detail = str(exc)
+        if "allow_pickle" in detail:  # np.load's advice on an object array: fastattn never loads one
+            detail = "it holds an array of Python objects (a pickle), which a fastattn file never does"
+        raise ValueError(f"{what} is not a readable fastattn {kind} file: {detail}") from None
     meta = arrays.pop(_META, None)
     if meta is None or meta.shape != () or meta.dtype.kind != "U":
         raise ValueError(f"{what} is not a fastattn file: it has no {_META} header (arrays: {sorted(arrays)})")

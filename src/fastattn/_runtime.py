@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from importlib import metadata
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from . import _backend
 from . import _contract
@@ -82,8 +82,34 @@ def _apply_isa_env() -> None:
         raise ValueError(f"{ISA_ENV}={requested!r}: {exc}") from None
 
 
-def show_config() -> dict:
-    """Print and return the build and runtime configuration.
+class Config(Dict[str, Any]):
+    """show_config()'s dict, whose repr (and str) is the table ``key  value``, one line a key:
+    a REPL or notebook shows it once; ``print(show_config())`` prints it. Any key is shown: a list
+    as its items, a dict as ``key value`` pairs, a bool as on/off."""
+
+    def __repr__(self) -> str:
+        width = max((len(key) for key in self), default=0)
+        return "\n".join(f"{key:<{width}}  {_shown(value)}" for key, value in self.items())
+
+    __str__ = __repr__
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # IPython and Jupyter: the table, not a dict
+        printer.text(repr(self))
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {item}" for key, item in value.items()) or "-"
+    return str(value)
+
+
+def show_config() -> Config:
+    """The build and runtime configuration: a dict, shown as a table (its repr); print it in a
+    script, ``print(fastattn.show_config())``.
 
     Keys: ``version``, ``backend`` ("cpp" or "numpy"), ``compiled_isas``, ``supported_isas``
     (compiled and runnable on this CPU), ``selected_isa``, ``openmp`` (bool), ``num_threads``
@@ -94,7 +120,7 @@ def show_config() -> dict:
     ``import_error`` when the extension is missing.
     """
     core = _backend._core
-    config: dict = {"version": metadata.version("fastattn"), "backend": "cpp" if core else "numpy"}
+    config = Config(version=metadata.version("fastattn"), backend="cpp" if core else "numpy")
     if core is not None:
         config.update(
             compiled_isas=list(core.compiled_isas()),
@@ -107,15 +133,6 @@ def show_config() -> dict:
     else:
         config.update(compiled_isas=[], supported_isas=[], selected_isa=None, openmp=False,
                       num_threads=1, engines={}, import_error=_backend.UNAVAILABLE)
-    width = max(len(key) for key in config)
-    for key, value in config.items():
-        if isinstance(value, list):
-            value = ", ".join(value) or "-"
-        elif isinstance(value, dict):
-            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
-        elif isinstance(value, bool):
-            value = "on" if value else "off"
-        print(f"{key:<{width}}  {value}")
     return config
 
 

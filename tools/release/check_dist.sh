@@ -75,7 +75,7 @@ grep -qE '^fastattn/_core[^/]*\.so$' <<<"$wheel_files" || die "the wheel has no 
 grep -qE '^fastattn/py\.typed$' <<<"$wheel_files" || die "the wheel has no fastattn/py.typed"
 sdist_files=$(tar tzf "$sdist")
 top=$(basename "$sdist" .tar.gz)
-for f in LICENSE README.md pyproject.toml CMakeLists.txt src/cpp/bindings/module.cpp \
+for f in LICENSE README.md pyproject.toml CMakeLists.txt src/cpp/CMakeLists.txt src/cpp/bindings/module.cpp \
          src/cpp/fastattn/dispatch.cpp src/fastattn/__init__.py tests/conftest.py; do
     grep -qxF "$top/$f" <<<"$sdist_files" || die "the sdist lacks $f"
 done

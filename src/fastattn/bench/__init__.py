@@ -3,7 +3,7 @@
 Usage::
 
     python -m fastattn.bench                      # the default table of shapes, float32
-    python -m fastattn.bench --quick              # a few tiny shapes: a smoke test, ~seconds
+    python -m fastattn.bench --quick              # a few tiny shapes: a smoke test, ~seconds, nothing graded
     python -m fastattn.bench --no-numpy           # skip the (slow) NumPy backend
     python -m fastattn.bench --threads 4          # num_threads for fastattn, torch.set_num_threads
     python -m fastattn.bench --json results.json --plot throughput.png
@@ -22,10 +22,13 @@ What it does, in order:
    NumPy backend's) with a loose tolerance. Then each is timed in turn: a 0.2 s pause (so
    the previous one's threads stop spinning), warm-up calls, then repeated calls (at least
    5, and at least 0.5 s in all, at most 10000), keeping the median.
-4. Prints one progress line per shape as it finishes, then Markdown tables: time,
-   GFLOP/s and its fraction of the GEMM ceiling per implementation, the ratio torch time / fastattn C++ time (> 1: fastattn is
+4. Prints one progress line per measured row as it finishes (``[ i/N]``: one counter over
+   every part below), then Markdown tables: time, GFLOP/s and its fraction of the GEMM
+   ceiling per implementation, the ratio torch time / fastattn C++ time (> 1: fastattn is
    faster) and, for decode shapes (Lq = 1), the bandwidth achieved reading K and V and its
-   fraction of the measured read bandwidth.
+   fraction of the measured read bandwidth. The ceilings are what numpy.matmul and one
+   thread's numpy.sum reach here, not hardware peaks: a fraction over 100% is marked ``*``
+   and its table says why that can happen.
 5. Training: for (B, H, L, D) = (1, 8, 2048, 64), non-causal and causal, times forward +
    backward: ``attention(..., return_lse=True)`` then ``attention_backward`` against torch's
    SDPA forward and ``.backward()`` (autograd), after checking that the gradients agree. Its
@@ -36,10 +39,12 @@ What it does, in order:
    ``attention`` over the same values: time, bytes read (K, V and int8's scales), GB/s, its
    fraction of the read bandwidth and time over dense float32; each output checked against
    dense float32's.
-7. Reliability (README "Guarantees"; ``--no-reliability`` skips it): two Python threads each
+7. Reliability (docs/reliability.md; ``--no-reliability`` skips it): two Python threads each
    calling with ``num_threads=1`` against the same calls made serially (the GIL is released
    around the kernel, so on 2 cores the speedup should be >= 1.7), and subnormal against
    normal inputs (no more than 2× slower), forward and backward, in alternating rounds.
+   ``--quick`` times them on its tiny shapes and does not grade them ("not graded"): the
+   targets are defined for the full run's shapes.
 8. Writes every result to ``--json FILE`` and, when matplotlib is installed, a PNG
    (``--plot FILE``, default ``fastattn-bench.png``; ``--no-plot`` to skip) of GFLOP/s
    against L for the square non-causal B=1 H=8 D=64 shapes, with the GEMM ceiling dashed.

@@ -5,13 +5,13 @@ cases. Bytes read are the cached tokens' K and V (and int8's float32 scales)."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
 import fastattn
 
-from .report import format_ms, markdown_table
+from .report import READ_NOTE, format_ms, markdown_table, percent, with_note
 from .runners import CHECK_ATOL, CHECK_RTOL
 from .timing import Settings, time_calls
 
@@ -30,8 +30,16 @@ def _bfloat16() -> Optional[np.dtype]:
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def cache_rows(shape, settings: Settings, threads: Optional[int], ceilings: dict) -> List[dict]:
-    """One row for dense float32 attention, then one per storage dtype of the cache."""
+def cache_row_count() -> int:
+    """How many rows cache_rows makes: dense float32, then the cache's float32, bfloat16 (when
+    ml_dtypes imports) and int8."""
+    return 4 if _bfloat16() is not None else 3
+
+
+def cache_rows(shape, settings: Settings, threads: Optional[int], ceilings: dict,
+               on_row: Callable[[dict], None] = lambda row: None) -> List[dict]:
+    """One row for dense float32 attention, then one per storage dtype of the cache; each row is
+    passed to on_row as it is measured."""
     batch, hq, hkv, tokens, d = shape
     rng = np.random.default_rng(0)
     k, v = (rng.standard_normal((batch, hkv, tokens, d), dtype=np.float32) for _ in range(2))
@@ -72,6 +80,7 @@ def cache_rows(shape, settings: Settings, threads: Optional[int], ceilings: dict
                          bandwidth_fraction=bandwidth / ceilings["read_bandwidth_gbs"],
                          check={"reference": "dense float32 attention", "max_abs_diff": float(diff.max()),
                                 "ok": ok}))
+        on_row(rows[-1])
     dense_s = rows[0]["median_s"]
     for row in rows:
         row["over_dense_float32"] = row["median_s"] / dense_s
@@ -81,9 +90,9 @@ def cache_rows(shape, settings: Settings, threads: Optional[int], ceilings: dict
 def cache_table(rows: List[dict], ceilings: dict) -> str:
     headers = ["case", "ms", "MiB read", "GB/s", "% of read BW", "time / dense float32", "check (max abs diff)"]
     body = [[row["label"], format_ms(row["median_s"]), f"{row['bytes_read'] / 2 ** 20:.1f}",
-             f"{row['bandwidth_gbs']:.1f}", f"{100 * row['bandwidth_fraction']:.0f}%",
+             f"{row['bandwidth_gbs']:.1f}", percent(row["bandwidth_fraction"]),
              f"{row['over_dense_float32']:.2f}",
              f"{'ok' if row['check']['ok'] else 'FAIL'} {row['check']['max_abs_diff']:.0e}"] for row in rows]
     return (f"## KVCache decode (block_size {BLOCK_SIZE}; the int8 cache's values in every row, rounded for "
             f"bfloat16; read bandwidth "
-            f"{ceilings['read_bandwidth_gbs']:.1f} GB/s, one thread)\n\n" + markdown_table(headers, body))
+            f"{ceilings['read_bandwidth_gbs']:.1f} GB/s, one thread)\n\n" + with_note(markdown_table(headers, body), READ_NOTE))

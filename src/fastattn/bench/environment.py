@@ -3,8 +3,6 @@ fastattn's configuration, the CPU model, the versions and the thread counts."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import platform
 from typing import Optional
@@ -27,9 +25,8 @@ def import_torch(threads: Optional[int]):
 
 
 def fastattn_config() -> dict:
-    """fastattn.show_config()'s dict, without letting it print."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fastattn.show_config()
+    """fastattn.show_config()'s dict."""
+    return dict(fastattn.show_config())
 
 
 def cpu_model() -> str:
