@@ -115,7 +115,7 @@ def show_config() -> Config:
     (compiled and runnable on this CPU), ``selected_isa``, ``openmp`` (bool), ``num_threads``
     (what a call with ``num_threads=None`` uses from this thread, as ``get_num_threads()``),
     ``engines`` (the engine that multiplies each dtype's matrices on the selected ISA, e.g.
-    ``{"float32": "avx512_fma", ..., "bfloat16": "avx512_bf16"}``, with ``"<dtype> (<precision>)"``
+    ``{"float32": "avx512_fma", ..., "bfloat16": "avx512_bf16"}``, with ``"<dtype>/<precision>"``
     entries where a ``precision=`` other than "highest" runs another engine), and
     ``import_error`` when the extension is missing.
     """
@@ -137,7 +137,7 @@ def show_config() -> Config:
 
 
 def _engines(core) -> dict:
-    """{dtype: engine} at precision "highest", and {"dtype (precision)": engine} where another
+    """{dtype: engine} at precision "highest", and {"dtype/precision": engine} where another
     precision runs another engine."""
     dtypes = {_contract.F32: "float32", _contract.F64: "float64", _contract.F16: "float16", _contract.BF16: "bfloat16"}
     precisions = {code: name for name, code in _contract.PRECISIONS.items()}
@@ -147,7 +147,7 @@ def _engines(core) -> dict:
         engines[dtype_name] = table[dtype, _contract.HIGHEST]
         for precision, precision_name in precisions.items():
             if table[dtype, precision] != engines[dtype_name]:
-                engines[f"{dtype_name} ({precision_name})"] = table[dtype, precision]
+                engines[f"{dtype_name}/{precision_name}"] = table[dtype, precision]
     return engines
 
 
