@@ -39,6 +39,19 @@ def engines():
     return params
 
 
+def engine_weights(name: str, weights: np.ndarray) -> np.ndarray:
+    """The weights as the engine multiplies them (documented per engine): rounded to bf16 once
+    ("medium", *_rounded), split into bf16 high + low parts (the AMX engine's "highest"), or
+    float32."""
+    high = weights.astype(BF16)
+    if name.endswith("_rounded"):
+        return high.astype(np.float64)
+    if name.startswith("amx"):
+        low = (weights - high.astype(np.float32)).astype(BF16)
+        return high.astype(np.float64) + low.astype(np.float64)
+    return weights.astype(np.float64)
+
+
 def eps(dtype) -> float:
     return float(np.finfo(np.float64 if dtype == np.float64 else np.float32).eps)
 
@@ -82,9 +95,7 @@ def test_weighted_sums_match_float64(engine, transposed, rows, terms, cols, lo, 
     out = c0.copy()
     core._engine_products(isa, a, values, out, _contract.PRECISIONS[precision], True, transposed, False, lo, hi, 1.0,
                           alpha)
-    w64 = weights.astype(np.float64)
-    if name.endswith("_rounded"):  # "medium": the weights rounded to bf16 once, as documented
-        w64 = weights.astype(BF16).astype(np.float64)
+    w64 = engine_weights(name, weights)
     v64 = values.astype(np.float64)
     want = c0 * alpha[:, None].astype(np.float64) + w64[:, lo:hi] @ v64[lo:hi]
     bound = (hi - lo + 3) * eps(dtype) * (np.abs(c0) + np.abs(w64[:, lo:hi]) @ np.abs(v64[lo:hi])) + \

@@ -374,5 +374,7 @@ PYBIND11_MODULE(_core, m) {
     // Tests only (tests/conftest.py, eight_processors): the team size of this thread's last call, and a
     // processor count to cap at instead of the real one, so that 2 cores can run 8 threads.
     m.def("_last_team_size", &fastattn::last_team_size);
+    m.def("_last_engine", &fastattn::last_engine);
+    m.def("_set_amx_model_for_testing", &fastattn::set_amx_model_for_testing, py::arg("model"));
     m.def("_set_processor_limit_for_testing", &fastattn::set_processor_limit_for_testing, py::arg("n"));
 }

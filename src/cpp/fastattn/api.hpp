@@ -176,6 +176,10 @@ struct EngineName {
     std::string name;
 };
 std::vector<EngineName> engine_names();
+// Tests: the engine name of the calling thread's last forward or backward call, and the amx
+// ISA's tile unit: its software model (true) or the hardware (false; the default).
+std::string last_engine();
+void set_amx_model_for_testing(bool model);
 std::vector<std::string> compiled_isas();   // built into this binary, best last
 std::vector<std::string> supported_isas();  // compiled and runnable on this CPU
 std::string selected_isa();

@@ -25,6 +25,23 @@ FASTATTN_DECLARE_ISA_ENTRY(avx512)
 #ifdef FASTATTN_HAVE_AVX512_BF16
 FASTATTN_DECLARE_ISA_ENTRY(avx512_bf16)
 #endif
+#ifdef FASTATTN_HAVE_AMX_MODEL
+FASTATTN_DECLARE_ISA_ENTRY(amx_model)
+#endif
+#ifdef FASTATTN_HAVE_AMX
+FASTATTN_DECLARE_ISA_ENTRY(amx)
+namespace fastattn {
+namespace amx {
+void set_amx_model_for_testing(bool model);
+}
+}  // namespace fastattn
+#endif
+
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #ifdef FASTATTN_HAVE_NEON
 FASTATTN_DECLARE_ISA_ENTRY(neon)
 #endif
@@ -33,6 +50,7 @@ namespace fastattn {
 namespace {
 
 bool always() { return true; }
+bool never() { return false; }
 
 // An engine (kernels/engines/): what multiplies the matrices of both passes for one
 // dtype, and the ISA translation unit whose entry points run it.
@@ -73,6 +91,31 @@ bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("
 bool avx512_bf16_is_faster() { return __builtin_cpu_is("amd"); }
 #endif
 
+#ifdef FASTATTN_HAVE_AMX
+// AMX tiles and bf16 products (CPUID.(7,0):EDX bits 24 and 22), enabled by the OS (XCR0 bits 17
+// and 18), and this process allowed to use tile data: Linux asks for it first
+// (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); the kernel's
+// Documentation/arch/x86/xstate.rst). Asked once; refused or absent, no AMX (never a crash).
+bool cpu_has_amx() {
+    static const bool usable = [] {
+#if defined(__linux__)
+        unsigned eax, ebx, ecx, edx;
+        if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27))) return false;  // OSXSAVE: xgetbv
+        if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+        if (!(edx & (1u << 24)) || !(edx & (1u << 22))) return false;
+        unsigned xcr0_lo, xcr0_hi;
+        __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+        if ((xcr0_lo & (3u << 17)) != (3u << 17)) return false;
+        constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+        return cpu_has_avx512_bf16() && syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+        return false;
+#endif
+    }();
+    return usable;
+}
+#endif
+
 // The same engine for every precision (it has no faster mode), and for every dtype.
 #define FASTATTN_ALL_PRECISIONS(engine) {engine, engine, engine}
 #define FASTATTN_ENGINE(name, isa) (Engine{name, isa::forward, isa::backward, isa::products})
@@ -102,6 +145,27 @@ const IsaEntry kIsas[] = {
        FASTATTN_ENGINE("avx512_bf16_rounded", avx512_bf16)}},
      avx512::math_array,
      avx512_bf16_is_faster},
+#endif
+#ifdef FASTATTN_HAVE_AMX_MODEL
+    // The AMX engine on the software model of the tile unit, AVX2 vectors: every x86 machine with
+    // AVX2 runs it (slowly), for tests; "auto" never picks it.
+    {"amx-model",
+     cpu_has_avx2,
+     {FASTATTN_FMA(avx2), FASTATTN_FMA(avx2), FASTATTN_FMA(avx2),
+      {FASTATTN_ENGINE("amx_model_bf16", amx_model), FASTATTN_ENGINE("amx_model_bf16", amx_model),
+       FASTATTN_ENGINE("amx_model_bf16_rounded", amx_model)}},
+     avx2::math_array,
+     never},
+#endif
+#ifdef FASTATTN_HAVE_AMX
+    // bfloat16 on the tile units: P and dS split in two bf16 parts ("highest", "high"), or rounded
+    // once ("medium"). Opt-in until measured faster than the engines before it.
+    {"amx",
+     cpu_has_amx,
+     {FASTATTN_FMA(avx512), FASTATTN_FMA(avx512), FASTATTN_FMA(avx512),
+      {FASTATTN_ENGINE("amx_bf16", amx), FASTATTN_ENGINE("amx_bf16", amx), FASTATTN_ENGINE("amx_bf16_rounded", amx)}},
+     avx512::math_array,
+     never},
 #endif
 };
 
@@ -212,8 +276,13 @@ static double forward_work(const AttentionArgs& a) {
     return double(a.batch) * double(a.hq) * double(a.lq) * double(a.lk) * double(a.d + a.dv);
 }
 
+// The engine of the calling thread's last call (tests assert which one really ran).
+thread_local const char* last_engine_name = "";
+
 const Engine& engine_for(const AttentionArgs& args) {
-    return selected().load()->engines[static_cast<int>(args.dtype)][static_cast<int>(args.precision)];
+    const Engine& engine = selected().load()->engines[static_cast<int>(args.dtype)][static_cast<int>(args.precision)];
+    last_engine_name = engine.name;
+    return engine;
 }
 
 void attention_forward(const AttentionArgs& args) {
@@ -246,6 +315,16 @@ void engine_products(const std::string& name, const ProductArgs& args) {
         return isa.engines[static_cast<int>(args.dtype)][static_cast<int>(args.precision)].products(args);
     }
     require(false, "unknown ISA '" + name + "'");
+}
+
+std::string last_engine() { return last_engine_name; }
+
+void set_amx_model_for_testing(bool model) {
+#ifdef FASTATTN_HAVE_AMX
+    amx::set_amx_model_for_testing(model);
+#else
+    require(!model, "this build has no AMX ISA");
+#endif
 }
 
 std::vector<EngineName> engine_names() {

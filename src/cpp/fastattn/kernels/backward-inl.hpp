@@ -80,12 +80,13 @@ class BackwardKernel {
     static constexpr int64_t W = V::width;
     static constexpr int64_t kTileRows = E::kRows, kTileKeys = E::kKeys;
     static constexpr int64_t lcm(int64_t a, int64_t b) { return a / gcd(a, b) * b; }
-    // Keys per block: whole transposed panels (kTileKeys) and whole row tiles
-    // of dK/dV (kTileRows), an even number (pairs, for bf16 engines), at least 288.
-    static constexpr int64_t kKeysUnit = lcm(lcm(kTileRows, kTileKeys), 2);
+    // Keys per block: whole transposed panels (kTileKeys), whole row tiles of dK/dV
+    // (kTileRows) and whole term units of the weighted sums (kTermUnit: pairs for bf16
+    // engines, 32 for AMX), at least 288.
+    static constexpr int64_t kKeysUnit = lcm(lcm(kTileRows, kTileKeys), lcm(E::kTermUnit, 2));
     static constexpr int64_t kKeys = (288 + kKeysUnit - 1) / kKeysUnit * kKeysUnit;
     // Query rows per block: whole row tiles, even, at least 60.
-    static constexpr int64_t kRowsUnit = lcm(kTileRows, 2);
+    static constexpr int64_t kRowsUnit = lcm(kTileRows, lcm(E::kTermUnit, 2));
     static constexpr int64_t kRows = (60 + kRowsUnit - 1) / kRowsUnit * kRowsUnit;
 
 public:
@@ -114,8 +115,9 @@ public:
         return count_splits(tasks, key_blocks_, kPartialBudgetBytes / (tasks * dq_size() * static_cast<int64_t>(sizeof(T))));
     }
 
-    // dQ of one (batch, K/V head): every row of its query heads, padded.
-    int64_t dq_size() const { return group_ * a_.lq * d_pad_; }
+    // dQ of one (batch, K/V head): every row of its query heads, padded (and a tile's rows
+    // more: an engine whose tiles are always kTileRows high adds zeros past the last row).
+    int64_t dq_size() const { return (group_ * a_.lq + kTileRows) * d_pad_; }
 
     struct Workspace {
         // Packed by the engine: the key block's K and V and a query block's Q and dO for
@@ -259,6 +261,10 @@ private:
         score_block(ws.do_rows.data(), rows, a_.dv, ws.v_t.data(), k_end, T(1), ws.ds.data());  // dP, in ds
         if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, k_end, ws.key_index.data());
         for (int64_t r = 0; r < rows; ++r) softmax_grad_row(h, r0 + r, r, lo[r], hi[r], k_end, key0, seq, ws);
+        for (int64_t r = rows; r < (rows + kTileRows - 1) / kTileRows * kTileRows; ++r) {  // a tile's dead rows
+            std::fill_n(ws.p.data() + r * kKeys, k_end, T(0));
+            std::fill_n(ws.ds.data() + r * kKeys, k_end, T(0));
+        }
         weighted_sums(rows, key_hi, lo, hi, k_finite, ws, dq_acc + (g * a_.lq + r0) * d_pad_);
     }
 
@@ -428,7 +434,7 @@ private:
         for (int64_t k0 = 0; k0 < k_end; k0 += kTileKeys)
             for (int64_t t0 = 0; t0 < rows; t0 += kTileRows)
                 E::with_rows(std::min(kTileRows, rows - t0), [&](auto n) {
-                    engine_.template score_tile<decltype(n)::value>(a + E::rows_size(t0, depth), depth, bt, k0,
+                    engine_.template score_tile<decltype(n)::value>(a + E::row_offset(t0, depth), depth, bt, k0,
                                                                     k0 + kTileKeys, post, out + t0 * kKeys, kKeys);
                 });
     }

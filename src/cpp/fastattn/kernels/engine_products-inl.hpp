@@ -31,15 +31,17 @@ template <class S, class E>
 void engine_scores(const ProductArgs& p) {
     using T = ComputeType<S>;
     const E engine(product_call(p));
+    [[maybe_unused]] const typename E::ThreadScope scope;  // e.g. the tile configuration
     const int64_t keys_pad = (p.cols + E::kKeys - 1) / E::kKeys * E::kKeys;
-    std::vector<typename E::ScorePacked> a(E::rows_size(p.rows, p.depth)), b(E::keys_size(keys_pad, p.depth));
-    std::vector<T> scratch(p.depth + 64), out(std::max<int64_t>(1, p.rows) * keys_pad);
+    const int64_t rows_pad = (p.rows + E::kRows - 1) / E::kRows * E::kRows;  // whole tiles
+    std::vector<typename E::ScorePacked> a(E::rows_size(rows_pad, p.depth)), b(E::keys_size(keys_pad, p.depth));
+    std::vector<T> scratch(p.depth + 64), out(std::max<int64_t>(1, rows_pad) * keys_pad);
     const T scale = static_cast<T>(p.scale);
     engine.pack_rows(static_cast<const S*>(p.a), p.a_stride, p.rows, p.depth, scale, a.data());
     engine.pack_keys(static_cast<const S*>(p.b), p.b_stride, p.cols, keys_pad, p.depth, b.data(), scratch.data());
     for (int64_t r0 = 0; r0 < p.rows; r0 += E::kRows)
         E::with_rows(std::min(E::kRows, p.rows - r0), [&](auto rows) {
-            engine.template score_tile<decltype(rows)::value>(a.data() + E::rows_size(r0, p.depth), p.depth,
+            engine.template score_tile<decltype(rows)::value>(a.data() + E::row_offset(r0, p.depth), p.depth,
                                                               b.data(), 0, keys_pad, engine.score_post(scale),
                                                               out.data() + r0 * keys_pad, keys_pad);
         });
@@ -52,13 +54,15 @@ void engine_sums(const ProductArgs& p) {
     using T = ComputeType<S>;
     if (p.depth > kProductTerms || p.rows > kProductTerms) throw std::invalid_argument("products: too many terms");
     const E engine(product_call(p));
-    const int64_t cols_pad = E::cols_pad(p.cols), rows_cap = (p.depth + 1) / 2 * 2;
+    [[maybe_unused]] const typename E::ThreadScope scope;  // e.g. the tile configuration
+    const int64_t cols_pad = E::cols_pad(p.cols), rows_cap = (p.depth + 31) / 32 * 32;
+    const int64_t rows_pad = (p.rows + E::kRows - 1) / E::kRows * E::kRows;  // whole tiles
     std::vector<typename E::SumPacked> b(E::values_size(rows_cap, cols_pad) + 1);
-    std::vector<T> scratch(cols_pad + 64), c(std::max<int64_t>(1, p.rows) * cols_pad);
+    std::vector<T> scratch(cols_pad + 64), c(std::max<int64_t>(1, rows_pad) * cols_pad);
     engine.pack_values(static_cast<const S*>(p.b), p.b_stride, p.depth, p.cols, cols_pad, rows_cap, T(1), b.data(),
                        scratch.data());
     E::pad_values(b.data(), p.depth, rows_cap, cols_pad);
-    std::vector<T> w(kProductTerms * kProductTerms), alpha(p.rows);
+    std::vector<T> w(kProductTerms * kProductTerms), alpha(rows_pad, T(1));
     const float* a = static_cast<const float*>(p.a);
     for (int64_t r = 0; r < p.rows; ++r) {
         alpha[r] = static_cast<T>(p.alpha[r]);

@@ -161,7 +161,7 @@ public:
         std::vector<T> row_slope;
         std::vector<const char*> row_mask;
         typename E::ThreadScope engine_scope;    // e.g. a tile configuration, for this thread
-        // rows: the most query rows a task has (<= kQueryBlock; a tiny call has fewer).
+        // rows: the most query rows a task has (<= kQueryBlock; a tiny call has fewer), in whole tiles.
         Workspace(int64_t d, int64_t dv_pad, int64_t slots, int64_t rows, bool direct)
             : k_pack(new ScorePacked[slots * E::keys_size(kKeyBlock, d)]),
               v_pack(new SumPacked[slots * E::values_size(kKeyBlock, dv_pad)]),
@@ -192,7 +192,7 @@ public:
                           E::values_size(kKeyBlock, dv_pad_) * static_cast<int64_t>(sizeof(SumPacked)));
         const bool reused = q_blocks_ > 1 || group_ / heads_per_task_ > 1;
         const int64_t slots = direct_ ? 0 : reused && panel_bytes * threads <= kPanelBudgetBytes ? key_blocks : 1;
-        return Workspace(a_.d, dv_pad_, slots, task_rows_, direct_);
+        return Workspace(a_.d, dv_pad_, slots, (task_rows_ + kTileRows - 1) / kTileRows * kTileRows, direct_);
     }
 
     // Computes the rows of task_rows(task): packs their queries, streams the
@@ -214,7 +214,7 @@ public:
             if (direct_)
                 E::pack_direct_rows(q, a_.q_strides.row, rows_live, a_.d, scale, ws.q_direct.data() + live * a_.d);
             else
-                engine_.pack_rows(q, a_.q_strides.row, rows_live, a_.d, scale, ws.q_pack.data() + E::rows_size(live, a_.d));
+                engine_.pack_rows(q, a_.q_strides.row, rows_live, a_.d, scale, ws.q_pack.data() + E::row_offset(live, a_.d));
             const T slope = rules_.alibi_slope(seq.b, h);
             for (int64_t i = row0; i < row0 + rows_live; ++i, ++live) {
                 ws.row_pos[live] = i;
@@ -255,7 +255,9 @@ public:
             if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, kKeyBlock, ws.key_index.data());
             for (int64_t r0 = 0; r0 < live; r0 += tile_rows) {
                 const int64_t n = std::min(tile_rows, live - r0);
-                int64_t lo[kMaxTileRows], hi[kMaxTileRows];  // row r0 + r sees keys [lo[r], hi[r])
+                // Row r0 + r sees keys [lo[r], hi[r]); a tile taller than the rows left (an
+                // engine whose tiles are always kRows high) has dead rows that see nothing.
+                int64_t lo[kMaxTileRows] = {}, hi[kMaxTileRows] = {};
                 for (int64_t r = 0; r < n; ++r) {
                     const int64_t i = ws.row_pos[r0 + r];
                     lo[r] = std::max(rules_.key_begin(i, seq) - key0, span_lo);
@@ -408,7 +410,7 @@ private:
             }
         }
         if constexpr (R <= kTileRows) {
-            engine_.template score_tile<R>(ws.q_pack.data() + E::rows_size(r0, a_.d), a_.d, kv.k, k_begin, k_end,
+            engine_.template score_tile<R>(ws.q_pack.data() + E::row_offset(r0, a_.d), a_.d, kv.k, k_begin, k_end,
                                            score_post_, scores, kKeyBlock);
             T alpha[R];
             softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, k_begin / W, k_end / W, scores, alpha, ws);

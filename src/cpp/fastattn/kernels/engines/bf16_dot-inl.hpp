@@ -74,6 +74,7 @@ public:
     // ---- score products ---------------------------------------------------
     static int64_t depth_pad(int64_t depth) { return (depth + 1) / 2 * 2; }
     static int64_t rows_size(int64_t rows, int64_t depth) { return rows * depth_pad(depth); }
+    static int64_t row_offset(int64_t r, int64_t depth) { return r * depth_pad(depth); }
     void pack_rows(const bf16* src, int64_t stride, int64_t rows, int64_t depth, T /*factor: post*/,
                    Packed* dst) const {
         const int64_t dp = depth_pad(depth);
@@ -156,6 +157,7 @@ class Bf16RoundedEngine : public Bf16ScoreEngine {
 public:
     using SumPacked = uint16_t;
     static constexpr int64_t kPanel = 64;  // a value panel's columns (then 16)
+    static constexpr int64_t kTermUnit = 2;  // pairs
 
     explicit Bf16RoundedEngine(const AttentionArgs& a) : Bf16ScoreEngine(a) {}
 

@@ -10,10 +10,14 @@
 //   ScorePacked, SumPacked    element types of its packed operands: of the score
 //                             products' (q, dO rows; K, V keys), of the weighted
 //                             sums' (value panels, weights)
-//   kRows, kKeys              rows per tile (query rows; keys in the backward's
+//   kRows, kKeys, kTermUnit   rows per tile (query rows; keys in the backward's
 //                             dK/dV tiles), keys per packed K panel (a score
-//                             tile's width). The passes size their blocks from
-//                             these, never assume them.
+//                             tile's width), the unit of a weighted sum's terms
+//                             (its value panels' rows come in multiples of it).
+//                             The passes size their blocks from these, never
+//                             assume them. An engine whose tiles are always
+//                             kRows high (with_rows gives kRows) gets padding
+//                             rows that see no key.
 //   Engine(args)              per call (precision, dtype)
 //   name()                    what show_config() reports
 //   with_rows(n, f)           f(integral_constant<n>) for 1 <= n <= kRows
@@ -21,7 +25,8 @@
 //   score_post(f), value_post(f)  the part of a packing factor f left to apply
 //                             after the score products / the weighted sums (below)
 //   Score products: out = post·A·Bᵀ (S = scale·Q·Kᵀ, dP = dO·Vᵀ)
-//     rows_size(rows, depth)  pack_rows(...): A, rows of depth values
+//     rows_size(rows, depth)  pack_rows(...): A, rows of depth values (row r at
+//                             row_offset(r, depth); the size of `rows` rows)
 //     keys_size(keys, depth)  pack_keys(...): B, keys transposed in panels
 //     score_tile<R>(a, depth, b, k_begin, k_end, post, out, out_stride)
 //   Weighted sums: C = C·alpha + Σ_i w(r, i)·B_i (O += P·V, dV, dK, dQ), each call's
@@ -67,6 +72,7 @@ struct FmaEngine {
     static constexpr int64_t kRows = Tile::kRows;
     static constexpr int64_t kKeys = Tile::kKeys;
     static constexpr int64_t kDirectRows = Tile::kRows;
+    static constexpr int64_t kTermUnit = 1;  // weighted sums take any number of terms
 
     explicit FmaEngine(const AttentionArgs&) {}
     static const char* name() { return kName; }
@@ -87,6 +93,7 @@ struct FmaEngine {
 
     // ---- score products ---------------------------------------------------
     static int64_t rows_size(int64_t rows, int64_t depth) { return rows * depth; }
+    static int64_t row_offset(int64_t r, int64_t depth) { return r * depth; }
     // rows × depth of src (row stride `stride`) times factor, at dst (row stride depth).
     template <class S>
     void pack_rows(const S* src, int64_t stride, int64_t rows, int64_t depth, T factor, ScorePacked* dst) const {
