@@ -147,22 +147,30 @@ const IsaEntry kIsas[] = {
      avx512_bf16_is_faster},
 #endif
 #ifdef FASTATTN_HAVE_AMX_MODEL
-    // The AMX engine on the software model of the tile unit, AVX2 vectors: every x86 machine with
-    // AVX2 runs it (slowly), for tests; "auto" never picks it.
+    // The AMX engine on the software model of the tile unit, AVX2 vectors, every dtype and
+    // precision the amx ISA runs on tiles: every x86 machine with AVX2 runs it (slowly), for
+    // tests; "auto" never picks it.
     {"amx-model",
      cpu_has_avx2,
-     {FASTATTN_FMA(avx2), FASTATTN_FMA(avx2), FASTATTN_FMA(avx2),
+     {{FASTATTN_ENGINE("avx2_fma", avx2), FASTATTN_ENGINE("amx_model_f32x3", amx_model),
+       FASTATTN_ENGINE("amx_model_f32x2_rounded", amx_model)},
+      FASTATTN_FMA(avx2),
+      {FASTATTN_ENGINE("amx_model_f16", amx_model), FASTATTN_ENGINE("amx_model_f16", amx_model),
+       FASTATTN_ENGINE("amx_model_f16_rounded", amx_model)},
       {FASTATTN_ENGINE("amx_model_bf16", amx_model), FASTATTN_ENGINE("amx_model_bf16", amx_model),
        FASTATTN_ENGINE("amx_model_bf16_rounded", amx_model)}},
      avx2::math_array,
      never},
 #endif
 #ifdef FASTATTN_HAVE_AMX
-    // bfloat16 on the tile units: P and dS split in two bf16 parts ("highest", "high"), or rounded
-    // once ("medium"). Opt-in until measured faster than the engines before it.
+    // The tile units (engines/amx-inl.hpp): bfloat16 (P and dS split in two bf16 parts, or rounded
+    // once at "medium"), float16 (two exact parts), float32 at "high" (three parts) and "medium".
     {"amx",
      cpu_has_amx,
-     {FASTATTN_FMA(avx512), FASTATTN_FMA(avx512), FASTATTN_FMA(avx512),
+     {{FASTATTN_ENGINE("avx512_fma", avx512), FASTATTN_ENGINE("amx_f32x3", amx),
+       FASTATTN_ENGINE("amx_f32x2_rounded", amx)},
+      FASTATTN_FMA(avx512),
+      {FASTATTN_ENGINE("amx_f16", amx), FASTATTN_ENGINE("amx_f16", amx), FASTATTN_ENGINE("amx_f16_rounded", amx)},
       {FASTATTN_ENGINE("amx_bf16", amx), FASTATTN_ENGINE("amx_bf16", amx), FASTATTN_ENGINE("amx_bf16_rounded", amx)}},
      avx512::math_array,
      never},
@@ -280,7 +288,9 @@ static double forward_work(const AttentionArgs& a) {
 thread_local const char* last_engine_name = "";
 
 const Engine& engine_for(const AttentionArgs& args) {
-    const Engine& engine = selected().load()->engines[static_cast<int>(args.dtype)][static_cast<int>(args.precision)];
+    // int8 K/V (a KVCache's) run on the FMA engine, float32 "highest"'s on every ISA.
+    const Precision precision = args.paged.int8 ? Precision::highest : args.precision;
+    const Engine& engine = selected().load()->engines[static_cast<int>(args.dtype)][static_cast<int>(precision)];
     last_engine_name = engine.name;
     return engine;
 }
@@ -289,7 +299,6 @@ void attention_forward(const AttentionArgs& args) {
     check_args(args);
     AttentionArgs resolved = args;
     resolved.num_threads = threads_for(args.num_threads, forward_work(args));
-    // int8 KV caches (float32 q) and paged K/V run on the FMA engine's decode tiles of any ISA.
     engine_for(args).forward(resolved);
 }
 

@@ -6,8 +6,7 @@
 //
 // The TU names its engine per storage type and precision before including this file:
 //     template <class S, Precision P> struct EngineFor { using type = <engine, or void>; };
-// void: the TU has no engine for S and dispatch.cpp never routes S to it. A precision
-// whose engine is the highest's shares its compiled passes.
+// void: the TU has no engine for S at that precision, and dispatch.cpp never routes it there.
 #pragma once
 
 #include <algorithm>
@@ -59,21 +58,24 @@ struct EngineTag {
     using type = E;
 };
 
-// run(EngineTag<E>{}) with the engine of storage type S at args' precision.
+template <class E, class Run>
+void run_engine(Run& run) {
+    if constexpr (std::is_void<E>::value)
+        throw std::logic_error("fastattn: this ISA's entry has no engine for the dtype and precision (dispatch table)");
+    else
+        run(EngineTag<E>{});
+}
+
+// run(EngineTag<E>{}) with the engine of storage type S at args' precision (one compiled
+// pass for the precisions that share an engine: the same E, the same instantiation).
 template <class S, class Run>
 void with_engine(const AttentionArgs& args, Run&& run) {
-    using Highest = typename EngineFor<S, Precision::highest>::type;
-    using High = typename EngineFor<S, Precision::high>::type;
-    using Medium = typename EngineFor<S, Precision::medium>::type;
-    if constexpr (std::is_void<Highest>::value) {
-        throw std::logic_error("fastattn: this ISA's entry has no engine for the dtype (dispatch table)");
-    } else {
-        if constexpr (!std::is_same<Medium, Highest>::value)
-            if (args.precision == Precision::medium) return run(EngineTag<Medium>{});
-        if constexpr (!std::is_same<High, Highest>::value)
-            if (args.precision == Precision::high) return run(EngineTag<High>{});
-        run(EngineTag<Highest>{});
+    switch (args.precision) {
+        case Precision::medium: return run_engine<typename EngineFor<S, Precision::medium>::type>(run);
+        case Precision::high: return run_engine<typename EngineFor<S, Precision::high>::type>(run);
+        case Precision::highest: break;
     }
+    run_engine<typename EngineFor<S, Precision::highest>::type>(run);
 }
 
 }  // namespace
@@ -83,8 +85,9 @@ void forward(const AttentionArgs& args) {
         using S = decltype(storage);
         with_engine<S>(args, [&](auto engine) {
             using E = typename decltype(engine)::type;
-            if constexpr (std::is_same<S, float>::value)
-                if (args.paged.int8) return forward_typed<float, int8_t, E>(args);  // check_args: q is float32
+            // int8 K/V (a KVCache's; q is float32) are the FMA engine's: dispatch routes them there.
+            if constexpr (std::is_same<E, FmaEngine<float>>::value)
+                if (args.paged.int8) return forward_typed<float, int8_t, E>(args);
             forward_typed<S, S, E>(args);
         });
     });

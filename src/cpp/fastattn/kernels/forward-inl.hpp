@@ -122,7 +122,9 @@ public:
           q_blocks_((a.lq + rows_per_head_ - 1) / rows_per_head_),
           direct_(reads_kv_in_place(a)),
           neg_inf_(-std::numeric_limits<T>::infinity()),
-          score_post_(engine_.score_post(static_cast<T>(a.scale))) {}
+          score_post_(engine_.score_post(static_cast<T>(a.scale))),
+          fold_post_(score_post_ != T(1) && score_post_ > T(0) && a.softcap == 0 && !a.alibi_slopes &&
+                     a.mask.kind != MaskKind::additive) {}
 
     int64_t num_tasks() const { return a_.batch * (a_.hq / heads_per_task_) * q_blocks_; }
 
@@ -411,9 +413,10 @@ private:
         }
         if constexpr (R <= kTileRows) {
             engine_.template score_tile<R>(ws.q_pack.data() + E::row_offset(r0, a_.d), a_.d, kv.k, k_begin, k_end,
-                                           score_post_, scores, kKeyBlock);
+                                           fold_post_ ? T(1) : score_post_, scores, kKeyBlock);
             T alpha[R];
-            softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, k_begin / W, k_end / W, scores, alpha, ws);
+            softmax_tile<R>(r0, lo, hi, key0, seq, shared_mask, k_begin / W, k_end / W, scores, alpha, ws,
+                            fold_post_ ? score_post_ : T(1));
             T* acc = ws.acc.data() + r0 * dv_pad_;
             if (kv.v_finite) {
                 // Keys outside a row's own [lo, hi) have p = 0 exactly and finite
@@ -450,9 +453,12 @@ private:
 
     // The online softmax (forward_softmax-inl.hpp): one key block's step for R
     // rows, and a finished row's output and lse.
+    // post: a factor the scores still need (the scale an engine applies after its products,
+    // folded into the maximum's pass when nothing else shapes them: fold_post_).
     template <int R>
     void softmax_tile(int64_t r0, const int64_t* lo, const int64_t* hi, int64_t key0, const Sequence& seq,
-                      bool shared_mask, int64_t v_begin, int64_t v_end, T* scores, T* alpha, Workspace& ws) const;
+                      bool shared_mask, int64_t v_begin, int64_t v_end, T* scores, T* alpha, Workspace& ws,
+                      T post = T(1)) const;
     template <class O>
     void finish_row(T m, T l, T sink, const T* acc, O* out, T* lse, T* lse_lo) const;
 
@@ -467,6 +473,10 @@ private:
     // The part of the scale the engine applies after the score products rather than to
     // q when it packs it (bf16 engines must not round q·scale to 16 bits).
     const T score_post_;
+    // Whether the softmax applies it, in its pass over the scores (a pass less): where nothing
+    // shapes the scores but -inf (no softcap, ALiBi or additive mask) and post > 0 keeps -inf;
+    // the same products, the same roundings: bitwise the same scores.
+    const bool fold_post_;
 };
 
 // Flash-decoding: when a call has few tasks (decoding a few sequences,

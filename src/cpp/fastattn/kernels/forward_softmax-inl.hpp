@@ -30,7 +30,7 @@ template <class S, class K, class E>
 template <int R>
 void ForwardKernel<S, K, E>::softmax_tile(int64_t r0, const int64_t* lo, const int64_t* hi, int64_t key0,
                                           const Sequence& seq, bool shared_mask, int64_t v_begin, int64_t v_end,
-                                          T* scores, T* alpha, Workspace& ws) const {
+                                          T* scores, T* alpha, Workspace& ws, T post) const {
     bool live[R];
     for (int r = 0; r < R; ++r) {
         T* s = scores + r * kKeyBlock;
@@ -50,8 +50,18 @@ void ForwardKernel<S, K, E>::softmax_tile(int64_t r0, const int64_t* lo, const i
 
     reg block_max[R];
     for (int r = 0; r < R; ++r) block_max[r] = V::set1(neg_inf_);
-    for (int64_t u = v_begin; u < v_end; ++u)
-        for (int r = 0; r < R; ++r) block_max[r] = V::max(block_max[r], V::load(scores + r * kKeyBlock + u * W));
+    if (post != T(1)) {  // the scale the score tiles left (post > 0, nothing shaped but -inf: see update_rows)
+        const reg factor = V::set1(post);
+        for (int64_t u = v_begin; u < v_end; ++u)
+            for (int r = 0; r < R; ++r) {
+                const reg x = V::mul(V::load(scores + r * kKeyBlock + u * W), factor);
+                V::store(scores + r * kKeyBlock + u * W, x);
+                block_max[r] = V::max(block_max[r], x);
+            }
+    } else {
+        for (int64_t u = v_begin; u < v_end; ++u)
+            for (int r = 0; r < R; ++r) block_max[r] = V::max(block_max[r], V::load(scores + r * kKeyBlock + u * W));
+    }
 
     T shift[R], decay[R];  // the new maximum, and old − new maximum
     for (int r = 0; r < R; ++r) {

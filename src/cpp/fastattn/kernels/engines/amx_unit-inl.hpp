@@ -21,9 +21,11 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace fastattn {
 namespace FASTATTN_ISA {
@@ -81,27 +83,43 @@ struct AmxModel {
         for (int r = 0; r < c.rows[t]; ++r)
             std::memcpy(static_cast<uint8_t*>(base) + r * stride, regs().tile[t][r], c.colsb[t]);
     }
-    // C (M × N float32) += A (M × K pairs of bf16) · B (K rows × N pairs of bf16), as measured.
+    // C (M × N float32) += A (M × K pairs of bf16) · B (K rows × N pairs of bf16), as measured;
+    // a vector of columns at a time (the same roundings, lane by lane, as one at a time).
     template <int c, int a, int b>
     static void dpbf16() {
+        using V = Vec<float>;
+        constexpr int W = V::width;
         const TileConfig& cfg = regs().config;
         const int m_rows = cfg.rows[c], n_cols = cfg.colsb[c] / 4, k_pairs = cfg.colsb[a] / 4;
+        alignas(64) float b_even[16][16], b_odd[16][16];  // B's elements 2n and 2n + 1 of row k, widened
+        for (int k = 0; k < k_pairs; ++k)
+            for (int n = 0; n < 16; ++n) {
+                b_even[k][n] = n < n_cols ? bf16(b, k, 2 * n) : 0.0f;
+                b_odd[k][n] = n < n_cols ? bf16(b, k, 2 * n + 1) : 0.0f;
+            }
         for (int m = 0; m < m_rows; ++m)
-            for (int n = 0; n < n_cols; ++n) {
-                float even = 0.0f, odd = 0.0f;
+            for (int n0 = 0; n0 < n_cols; n0 += W) {
+                typename V::reg even = V::zero(), odd = V::zero();
                 for (int k = 0; k < k_pairs; ++k) {
-                    even = flush(even + flush(bf16(a, m, 2 * k) * bf16(b, k, 2 * n)));
-                    odd = flush(odd + flush(bf16(a, m, 2 * k + 1) * bf16(b, k, 2 * n + 1)));
+                    const typename V::reg a0 = V::set1(bf16(a, m, 2 * k)), a1 = V::set1(bf16(a, m, 2 * k + 1));
+                    even = flush(V::add(even, flush(V::mul(a0, V::load(b_even[k] + n0)))));
+                    odd = flush(V::add(odd, flush(V::mul(a1, V::load(b_odd[k] + n0)))));
                 }
-                float acc;
-                std::memcpy(&acc, regs().tile[c][m] + 4 * n, 4);
-                acc = flush(flush(acc) + flush(even + odd));
-                std::memcpy(regs().tile[c][m] + 4 * n, &acc, 4);
+                alignas(64) float acc[16];
+                std::memcpy(acc, regs().tile[c][m] + 4 * n0, 4 * W);
+                const typename V::reg sum = flush(V::add(flush(V::load(acc)), flush(V::add(even, odd))));
+                V::store(acc, sum);
+                std::memcpy(regs().tile[c][m] + 4 * n0, acc, 4 * std::min(W, n_cols - n0));
             }
     }
 
 private:
     static float flush(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.0f, x) : x; }
+    // Subnormal lanes to zeros of their sign (x·0 keeps the sign; NaN is not below the bound).
+    static Vec<float>::reg flush(Vec<float>::reg x) {
+        using V = Vec<float>;
+        return V::select_lt(V::abs(x), V::set1(std::numeric_limits<float>::min()), V::mul(x, V::zero()), x);
+    }
     // Element i (bf16) of row r of tile t, as float32 (DAZ).
     static float bf16(int t, int r, int i) {
         uint16_t bits;
@@ -119,7 +137,7 @@ private:
 #define FASTATTN_TILE_CASES(op) op(0) op(1) op(2) op(3) op(4) op(5) op(6) op(7)
 #define FASTATTN_TDP_CASES(op) \
     op(0, 4, 5) op(1, 4, 5) op(2, 4, 5) op(3, 4, 5) op(0, 4, 6) op(1, 4, 6) op(2, 4, 6) op(3, 4, 6) \
-    op(0, 7, 5) op(1, 7, 5) op(2, 7, 5) op(3, 7, 5)
+    op(0, 7, 5) op(1, 7, 5) op(2, 7, 5) op(3, 7, 5) op(0, 7, 6) op(1, 7, 6) op(2, 7, 6) op(3, 7, 6)
 
 struct AmxHardware {
     static constexpr const char* kind = "hardware";
