@@ -392,8 +392,15 @@ def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
         scale = 1.0 / math.sqrt(d)
     elif type(scale) is not float or not math.isfinite(scale):
         return None
-    threads = check_num_threads(num_threads)
-    out = np.empty((batch, hq, lq, dv), dtype)
-    lse = np.empty((batch, hq, lq), compute_dtype(dtype)) if return_lse else None
+    return plain_kernel(q, k, v, causal, scale, return_lse, check_num_threads(num_threads))
+
+
+def plain_kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, scale: float, return_lse: bool,
+                 threads: int) -> Any:
+    """The C++ kernel on a plain call _plain_forward has accepted (or fastattn.torch's _plain_sdpa, which
+    checks the same of its tensors): new out (and lse)."""
+    dtype = q.dtype
+    out = np.empty(q.shape[:3] + v.shape[3:], dtype)
+    lse = np.empty(q.shape[:3], compute_dtype(dtype)) if return_lse else None
     cpp_forward(q, k, v, out, lse, binding_args(dtype, scale, UPPER_LEFT if causal else NO_CAUSAL, threads))
     return (out, lse) if return_lse else out

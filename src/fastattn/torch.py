@@ -26,7 +26,8 @@ except ImportError as exc:  # pragma: no cover - only without torch
 
 from torch import Tensor
 
-from ._api import _plain_forward, attention, backward_with_residual, forward_with_residual
+from ._api import attention, backward_with_residual, forward_with_residual, plain_kernel
+from ._backend import cpp_available
 from ._contract import LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, compute_dtype
 
 __all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched", "ShapeError", "DTypeError"]
@@ -256,28 +257,40 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
 
 
 def _plain_sdpa(query: Any, key: Any, value: Any, is_causal: Any, scale: Any, enable_gqa: Any) -> Optional[Tensor]:
-    """The most common call on the lean door, with the fewest checks: plain 4-D CPU tensors of one of
-    fastattn's dtypes that need no gradient, of shapes torch takes without broadcasting, no mask, a bool
-    is_causal and a float scale or None, outside torch.compile. Its result, or None for anything else,
-    valid or not, which then takes scaled_dot_product_attention's checks (torch's error types) and
-    _attention. fastattn._api._plain_forward makes the same bargain one level down."""
-    if not _lean(query, key, value) or _wants_grad(query, key, value):
+    """The most common call on the lean door, with the fewest checks: plain non-empty 4-D CPU tensors of
+    one of fastattn's dtypes with a contiguous last axis that need no gradient, of shapes torch takes
+    without broadcasting, no mask, a bool is_causal and a finite float scale or None, outside
+    torch.compile, with the C++ kernel built. Its result, or None for anything else, valid or not, which
+    then takes scaled_dot_product_attention's checks (torch's error types) and _attention. This checks
+    what fastattn._api._plain_forward checks of its arrays, so that it may call the kernel as that does."""
+    if torch.compiler.is_compiling() or not (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor):
+        return None
+    if (query.requires_grad or key.requires_grad or value.requires_grad) and torch.is_grad_enabled():
         return None
     dtype = query.dtype
     if dtype not in _DTYPES or key.dtype != dtype or value.dtype != dtype or not (query.is_cpu and key.is_cpu and
                                                                                  value.is_cpu):
         return None
-    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4 or type(is_causal) is not bool or \
-            scale is not None and type(scale) is not float:
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4 or type(is_causal) is not bool:
         return None
-    (batch, hq, _, d), (kb, hkv, lk, dk), (vb, vh, vl, _) = query.shape, key.shape, value.shape
-    if not (batch == kb == vb and hkv == vh and lk == vl and d == dk and (hq == hkv or enable_gqa is True and hkv > 0
-                                                                         and hq % hkv == 0)):
+    (batch, hq, lq, d), (kb, hkv, lk, dk), (vb, vh, vl, dv) = query.shape, key.shape, value.shape
+    if not (batch == kb == vb and hkv == vh and lk == vl and d == dk and batch * hq * lq * dv * lk > 0 and
+            (hq == hkv or enable_gqa is True and hq % hkv == 0)):
         return None
-    if dtype == torch.bfloat16 and _bfloat16_missing():
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    elif type(scale) is not float or not math.isfinite(scale):
         return None
-    out = _plain_forward(_to_numpy(query), _to_numpy(key), _to_numpy(value), is_causal, scale, False, None)
-    return None if out is None else _from_numpy(out)
+    if not (query.is_contiguous() and key.is_contiguous() and value.is_contiguous()) and (
+            query.stride(3) != 1 and d > 1 or key.stride(3) != 1 and d > 1 or value.stride(3) != 1 and dv > 1):
+        return None
+    if not cpp_available() or dtype == torch.bfloat16 and _bfloat16_missing():
+        return None
+    if dtype == torch.bfloat16:
+        q, k, v = _to_numpy(query), _to_numpy(key), _to_numpy(value)
+    else:
+        q, k, v = query.numpy(), key.numpy(), value.numpy()
+    return _from_numpy(plain_kernel(q, k, v, is_causal, scale, False, 0))
 
 
 def _bfloat16_missing() -> bool:
