@@ -170,6 +170,23 @@ def test_mask_style_describes_causal_window_and_padding():
     assert (both.causal, both.window) == (False, None)
 
 
+def test_right_padding_becomes_key_lengths(monkeypatch):
+    """Padding at the end of every row: the kernel gets kv_lengths (it skips those keys), not a mask."""
+    pad = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    assert torch.equal(make_mask(attention_mask=pad).lengths, torch.tensor([4, 6]))
+    assert make_mask(attention_mask=pad.flip(-1)).lengths is None  # left padding: a mask
+    seen = []
+    real = fatr.forward_prepared
+    monkeypatch.setattr(fatr, "forward_prepared", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    ids, _ = batch(length=6, padded=0)
+    with torch.no_grad():
+        ours = build("bert-padding", "fastattn")(input_ids=ids, attention_mask=pad).logits
+        theirs = build("bert-padding", "sdpa")(input_ids=ids, attention_mask=pad).logits
+    assert seen[0].mask is None and list(seen[0].kv_lengths) == [4, 6]
+    real_tokens = pad.bool()
+    assert (ours[real_tokens] - theirs[real_tokens]).abs().max().item() <= 2e-5
+
+
 def test_unrecognised_patterns_get_transformers_boolean_mask():
     chunked = masking_utils.and_masks(masking_utils.causal_mask_function,
                                       lambda b, h, q, kv: (q // 2) == (kv // 2))

@@ -29,7 +29,7 @@ import collections
 import logging
 import math
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - only without them
 
 from . import torch as fat
 from ._api import forward_prepared
-from ._contract import FLOAT32, FLOAT64, LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, Options, check_softcap, compute_dtype
+from ._contract import FLOAT32, FLOAT64, LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, Options, check_softcap
 
 __all__ = ["register", "attention_forward", "mask", "Mask", "fallbacks", "NAME"]
 
@@ -80,15 +80,23 @@ class Mask(_Prepared):
     ``causal``: query i sees keys j <= i + ``offset`` (``offset`` = the query's first position minus the
     first key's; transformers' absolute positions), else every key; ``window``: ``(left, right)`` around
     that diagonal, or None; ``padding``: ``(B, Lk)`` bool, False for padded keys, or None when no key is
-    padded; ``dense``: transformers' own ``(B, 1, Lq, Lk)`` boolean mask for a pattern not recognised
-    (the fields above are then unused), else None. ``eager()`` builds the additive mask transformers'
-    eager attention would have got, for the calls that fall back to it."""
+    padded; ``lengths``: ``(B,)`` int64, each row's number of keys when the padding is all at the end of
+    the rows (right padding: fastattn's ``kv_lengths``, which skips those keys), else None; ``dense``:
+    transformers' own ``(B, 1, Lq, Lk)`` boolean mask for a pattern not recognised (the fields above are
+    then unused), else None. ``eager()`` builds the additive mask transformers' eager attention would
+    have got, for the calls that fall back to it."""
 
     def __init__(self, causal: bool, offset: int, window: Optional[Tuple[int, int]], padding: Optional[torch.Tensor],
                  dense: Optional[torch.Tensor], factory: Dict[str, Any]) -> None:  # (no BlockMask.__init__: no blocks)
         self.causal, self.offset, self.window, self.padding, self.dense = causal, offset, window, padding, dense
+        self.lengths: Optional[torch.Tensor] = None
+        if padding is not None:
+            lengths = padding.sum(-1)
+            if torch.equal(padding, torch.arange(padding.shape[-1]) < lengths[:, None]):
+                self.lengths = lengths
         self._factory = factory
         self._eager: Optional[torch.Tensor] = None
+        self._plans: Dict[Tuple[int, ...], Optional[_Plan]] = {}  # every layer of a forward asks with its shape
 
     @property
     def shape(self) -> Tuple[int, int, int, int]:
@@ -194,6 +202,19 @@ def _checked(pattern: Tuple[bool, Optional[Tuple[int, int]]], mask_function: Cal
 
 # ---- the attention -------------------------------------------------------------------------------
 
+class _Plan(NamedTuple):
+    """How fastattn runs the calls of one mask and shape: a causal code, a window (-1: an unbounded side),
+    kv_lengths (B,) or None, and a mask tensor (B or 1, 1, Lq or 1, Lk) or None; for the lean door, the
+    same as NumPy arrays (the mask as the (B, Hq, Lq, Lk) view the kernel reads, in the compute dtype)."""
+
+    causal: int
+    window: Tuple[int, int]
+    lengths: Optional[torch.Tensor]
+    mask: Optional[torch.Tensor]
+    lengths_array: Optional[np.ndarray]
+    mask_view: Optional[np.ndarray]
+
+
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: Any, **kwargs: Any) -> Tuple[torch.Tensor, None]:
     """The ``"fastattn"`` attention implementation (transformers' AttentionInterface): query
@@ -206,44 +227,75 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if reason is not None:
         return _eager(reason, module, query, key, value, attention_mask, kwargs)
     batch, hq, lq, d = query.shape
-    lk = key.shape[2]
+    dtype = query.dtype
+    plan = _plan(module, attention_mask, kwargs.get("is_causal"), batch, hq, lq, key.shape[2], dtype)
+    if plan is None:
+        return _eager("a mask fastattn cannot place on these keys", module, query, key, value, attention_mask, kwargs)
     scaling = kwargs.get("scaling")
     scale = float(scaling) if scaling is not None else 1.0 / math.sqrt(d)
     softcap = kwargs.get("softcap")
-    softcap = 0.0 if softcap is None else check_softcap(float(softcap), FLOAT64 if query.dtype == torch.float64
-                                                        else FLOAT32)
+    if softcap is not None:
+        softcap = check_softcap(float(softcap), FLOAT64 if dtype == torch.float64 else FLOAT32)
     sinks = kwargs.get("s_aux")
-    plan = _plan(module, attention_mask, kwargs.get("is_causal"), lq, lk)
-    if plan is None:
-        return _eager("a mask fastattn cannot place on these keys", module, query, key, value, attention_mask, kwargs)
-    causal, (left, right), kv_length, mask_tensor = plan
+    left, right = plan.window
 
     if not fat._wants_grad(query, key, value, sinks) and fat._lean(query, key, value):
         q, k, v = fat._to_numpy(query), fat._to_numpy(key), fat._to_numpy(value)
-        mask_view = None
-        if mask_tensor is not None:
-            mask_view = fat._to_numpy(mask_tensor)
-            if mask_view.dtype != np.bool_:
-                mask_view = mask_view.astype(compute_dtype(q.dtype), copy=False)
-            mask_view = np.broadcast_to(mask_view, (batch, hq, lq, lk))
         sinks64 = None
         if sinks is not None:
-            sinks64 = np.ascontiguousarray(np.broadcast_to(fat._to_numpy(sinks).astype(np.float64), (batch, hq))).ravel()
-        lengths = None if kv_length is None else np.full(batch, kv_length, dtype=np.int64)
-        options = Options(scale=scale, causal=causal, mask=mask_view, kv_lengths=lengths, window=(left, right),
-                          softcap=softcap, sinks=sinks64)
+            sinks64 = fat._to_numpy(sinks).astype(np.float64)
+            if batch > 1:
+                sinks64 = np.tile(sinks64, batch)
+        options = Options(scale=scale, causal=plan.causal, mask=plan.mask_view, kv_lengths=plan.lengths_array,
+                          window=plan.window, softcap=softcap or 0.0, sinks=sinks64)
         out = np.empty((batch, hq, lq, v.shape[3]), q.dtype)
         forward_prepared(q, k, v, out, options)
         return fat._from_numpy(out).transpose(1, 2).contiguous(), None
-    lengths_tensor = None if kv_length is None else torch.full((batch,), kv_length, dtype=torch.int64)
-    out = fat._attention(query, key, value, mask_tensor, causal, scale, left, right, softcap, sinks, lengths_tensor)
+    out = fat._attention(query, key, value, plan.mask, plan.causal, scale, left, right, softcap or 0.0, sinks,
+                         plan.lengths)
     return out.transpose(1, 2).contiguous(), None
 
 
-def _plan(module: torch.nn.Module, attention_mask: Any, is_causal: Optional[bool], lq: int,
+def _plan(module: torch.nn.Module, attention_mask: Any, is_causal: Optional[bool], batch: int, hq: int, lq: int,
+          lk: int, dtype: torch.dtype) -> Optional[_Plan]:
+    """The _Plan of a call, made once per Mask and shape (the layers of a forward share it); None where no
+    causal code places the mask's diagonal on these keys."""
+    if not isinstance(attention_mask, Mask):
+        return _make_plan(module, attention_mask, is_causal, batch, hq, lq, lk, dtype)
+    key = (batch, hq, lq, lk, dtype)
+    plans = attention_mask._plans
+    if key not in plans:
+        plans[key] = _make_plan(module, attention_mask, is_causal, batch, hq, lq, lk, dtype)
+    return plans[key]
+
+
+def _make_plan(module: torch.nn.Module, attention_mask: Any, is_causal: Optional[bool], batch: int, hq: int, lq: int,
+               lk: int, dtype: torch.dtype) -> Optional[_Plan]:
+    rule = _rule(module, attention_mask, is_causal, lq, lk)
+    if rule is None:
+        return None
+    causal, window, offset_length, mask = rule
+    lengths = None
+    if offset_length is not None:  # lower-right with kv_lengths = offset + Lq puts the diagonal where it belongs
+        lengths = torch.full((batch,), offset_length, dtype=torch.int64)
+    elif isinstance(attention_mask, Mask) and attention_mask.lengths is not None and causal != LOWER_RIGHT:
+        lengths, mask = attention_mask.lengths, None  # right padding: the keys past each row's length are skipped
+    if mask is not None and (mask.dim() != 4 or mask.shape[-1] != lk):
+        return None  # a mask made for other keys
+    mask_view = None
+    if mask is not None:
+        mask_view = fat._to_numpy(mask)
+        if mask_view.dtype != np.bool_:
+            mask_view = mask_view.astype(FLOAT64 if dtype == torch.float64 else FLOAT32, copy=False)
+        mask_view = np.broadcast_to(mask_view, (batch, hq, lq, lk))
+    lengths_array = None if lengths is None else np.ascontiguousarray(lengths.numpy(), dtype=np.int64)
+    return _Plan(causal, window, lengths, mask, lengths_array, mask_view)
+
+
+def _rule(module: torch.nn.Module, attention_mask: Any, is_causal: Optional[bool], lq: int,
           lk: int) -> Optional[Tuple[int, Tuple[int, int], Optional[int], Optional[torch.Tensor]]]:
-    """(causal code, window (-1: unbounded side), kv_lengths for every sequence or None, mask tensor or
-    None) for fastattn; None where no causal code places the mask's diagonal."""
+    """(causal code, window, kv_lengths that place the diagonal or None, mask tensor or None) for fastattn;
+    None where no causal code places the mask's diagonal."""
     if attention_mask is None:  # as sdpa: the module's causality (upper-left), for more than one query
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
         return (UPPER_LEFT if causal and lq > 1 else NO_CAUSAL), (-1, -1), None, None
@@ -252,8 +304,6 @@ def _plan(module: torch.nn.Module, attention_mask: Any, is_causal: Optional[bool
     if attention_mask.dense is not None:
         return NO_CAUSAL, (-1, -1), None, attention_mask.dense
     padding = None if attention_mask.padding is None else attention_mask.padding[:, None, None, :]
-    if padding is not None and padding.shape[-1] != lk:  # a mask made for other keys
-        return None
     window = attention_mask.window
     if not attention_mask.causal:
         if window is not None and attention_mask.offset != 0:  # the window's diagonal is fastattn's only at 0
@@ -267,7 +317,7 @@ def _plan(module: torch.nn.Module, attention_mask: Any, is_causal: Optional[bool
         return UPPER_LEFT, (left, -1), None, padding
     if offset == lk - lq:
         return LOWER_RIGHT, (left, -1), None, padding
-    if 0 <= offset + lq <= lk:  # lower-right with kv_lengths = offset + Lq puts the diagonal there
+    if 0 <= offset + lq <= lk:
         return LOWER_RIGHT, (left, -1), offset + lq, padding
     return None
 
@@ -291,20 +341,22 @@ def _why_eager(module: torch.nn.Module, query: Any, key: Any, value: Any, attent
         return "attention weights asked for (output_attentions)"
     if kwargs.get("position_bias") is not None:
         return "a position bias"
-    if kwargs.get("s_aux") is None and isinstance(getattr(module, "sinks", None), torch.Tensor):
+    if kwargs.get("s_aux") is None and "sinks" in getattr(module, "_parameters", ()):
         return "sinks the call does not pass as s_aux"
     if attention_mask is not None and not isinstance(attention_mask, (Mask, torch.Tensor)):
         return f"an attention mask of type {type(attention_mask).__name__}"
     return None
 
 
+try:  # transformers >= 5.0 records attention weights with hooks, asked for through this context variable
+    from transformers.utils.output_capturing import _active_collector as _collector
+except ImportError:  # before: output_attentions reaches the attention function as a keyword
+    _collector = None
+
+
 def _attentions_recorded() -> bool:
-    """Whether transformers (5.x) is recording the attention weights of this forward."""
-    capturing = sys.modules.get("transformers.utils.output_capturing")
-    collector = getattr(capturing, "_active_collector", None)
-    if collector is None:
-        return False
-    outputs = collector.get()
+    """Whether transformers is recording the attention weights of this forward (5.x)."""
+    outputs = None if _collector is None else _collector.get()
     return bool(outputs) and "attentions" in outputs
 
 
