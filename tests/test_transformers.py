@@ -52,11 +52,10 @@ def build(name: str, implementation: str, dtype=torch.float32):
     config_class, model_class, arguments, _ = ARCHITECTURES[name]
     config = getattr(transformers, config_class)(**arguments)
     torch.manual_seed(0)
-    model = getattr(transformers, model_class)(config)
+    model = getattr(transformers, model_class)._from_config(config, attn_implementation=implementation)
     for module in model.modules():
         if isinstance(getattr(module, "sinks", None), torch.nn.Parameter):
             module.sinks.data.normal_(0.0, 1.0)
-    model.set_attn_implementation(implementation)
     return model.to(dtype).eval()
 
 
