@@ -69,6 +69,19 @@ def test_pytorch_example_runs(readme):
     assert namespace["q"].grad.shape == (2, 8, 256, 64) and not fastattn.torch.is_patched()
 
 
+def test_transformers_example_runs(readme):
+    pytest.importorskip("transformers")
+    import fastattn.transformers
+
+    fastattn.transformers.fallbacks.clear()
+    namespace: dict = {}
+    blocks = python_blocks(section(readme, 'Hugging Face transformers: `attn_implementation="fastattn"`'))
+    assert len(blocks) == 1
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    assert namespace["model"].config._attn_implementation == "fastattn"
+    assert 12 < namespace["tokens"].shape[1] <= 20 and not fastattn.transformers.fallbacks
+
+
 def test_thread_examples_run(readme):
     import numpy as np
 

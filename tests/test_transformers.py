@@ -280,6 +280,17 @@ def test_output_attentions_runs_eager():
     assert fatr.fallbacks["attention weights asked for (output_attentions)"] == 2
 
 
+def test_the_docs_page_example_runs():
+    import pathlib
+    import re
+
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "transformers.md").read_text()
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", page, re.S):
+        exec(compile(block, "docs/transformers.md", "exec"), namespace)
+    assert namespace["tokens"].shape[0] == 1 and 12 < namespace["tokens"].shape[1] <= 20 and not fatr.fallbacks
+
+
 def test_register_is_idempotent_and_named():
     fatr.register()
     fatr.register()
