@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 # reason -> calls that ran on the model's eager attention instead (see the module's docstring).
 fallbacks: "collections.Counter[str]" = collections.Counter()
 
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def register() -> None:
@@ -181,20 +180,21 @@ _CHECKED: Dict[Tuple[bool, Optional[Tuple[int, int]]], bool] = {}
 
 
 def _checked(pattern: Tuple[bool, Optional[Tuple[int, int]]], mask_function: Callable) -> bool:
-    """Whether mask_function keeps exactly the keys `pattern` keeps, on every (query, key) position pair
-    of a grid wider than the window (memoised per pattern)."""
+    """Whether mask_function keeps exactly the keys `pattern` keeps, for queries at and around the
+    window's edges against every key position of a span twice the window's (memoised per pattern)."""
     if pattern not in _CHECKED:
         causal, window = pattern
-        n = 2 * max(window or (0, 0)) + 8
-        q = torch.arange(n)[:, None]
+        w = max(window or (0, 0))
+        n = 2 * w + 8
+        q = torch.tensor(sorted({0, 1, 2, w - 1, w, w + 1, w + 2, n // 2, n - 2, n - 1} - {-1}))[:, None]
         kv = torch.arange(n)[None, :]
-        want = (kv <= q) if causal else torch.ones(n, n, dtype=torch.bool)
+        want = (kv <= q) if causal else torch.ones(len(q), n, dtype=torch.bool)
         if window is not None:
             want &= (kv >= q - window[0]) & (kv <= q + window[1])
         zero = torch.zeros(1, dtype=torch.long)
         try:
             got = mask_function(zero, zero, q, kv)
-            _CHECKED[pattern] = bool(torch.equal(torch.broadcast_to(got, (n, n)), want))
+            _CHECKED[pattern] = bool(torch.equal(torch.broadcast_to(got, want.shape), want))
         except Exception:  # a function that cannot run on index grids is not one of these
             _CHECKED[pattern] = False
     return _CHECKED[pattern]
@@ -330,7 +330,7 @@ def _why_eager(module: torch.nn.Module, query: Any, key: Any, value: Any, attent
     for t in (query, key, value):
         if not isinstance(t, torch.Tensor) or not t.is_cpu:
             return "tensors off the CPU"
-    if query.dtype not in _DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
+    if query.dtype not in fat._DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
         return f"dtype {query.dtype}, {key.dtype}, {value.dtype}"
     if query.dtype == torch.bfloat16 and fat._bfloat16_missing():
         return "bfloat16 without ml_dtypes"
