@@ -44,7 +44,8 @@ except ImportError as exc:  # pragma: no cover - only without them
                       '(torch\'s CPU build first)') from exc
 
 from . import torch as fat
-from ._api import forward_prepared
+from ._api import forward_prepared, plain_kernel
+from ._backend import cpp_available
 from ._contract import FLOAT32, FLOAT64, LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, Options, check_softcap
 
 __all__ = ["register", "attention_forward", "mask", "Mask", "fallbacks", "NAME"]
@@ -213,6 +214,7 @@ class _Plan(NamedTuple):
     mask: Optional[torch.Tensor]
     lengths_array: Optional[np.ndarray]
     mask_view: Optional[np.ndarray]
+    plain: bool  # no rule but causal or none: fastattn._api.plain_kernel can run it
 
 
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -241,6 +243,11 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
     if not fat._wants_grad(query, key, value, sinks) and fat._lean(query, key, value):
         q, k, v = fat._to_numpy(query), fat._to_numpy(key), fat._to_numpy(value)
+        if plan.plain and sinks is None and not softcap and cpp_available():
+            # No option but causality: the plain call's route (inside a model the Python runs with cold
+            # caches, so each layer skipped shows: ~25 µs a decode call).
+            out = plain_kernel(q, k, v, plan.causal == UPPER_LEFT, scale, False, 0)
+            return fat._from_numpy(out).transpose(1, 2).contiguous(), None
         sinks64 = None
         if sinks is not None:
             sinks64 = fat._to_numpy(sinks).astype(np.float64)
@@ -289,7 +296,8 @@ def _make_plan(module: torch.nn.Module, attention_mask: Any, is_causal: Optional
             mask_view = mask_view.astype(FLOAT64 if dtype == torch.float64 else FLOAT32, copy=False)
         mask_view = np.broadcast_to(mask_view, (batch, hq, lq, lk))
     lengths_array = None if lengths is None else np.ascontiguousarray(lengths.numpy(), dtype=np.int64)
-    return _Plan(causal, window, lengths, mask, lengths_array, mask_view)
+    plain = mask is None and lengths is None and window == (-1, -1) and causal in (NO_CAUSAL, UPPER_LEFT)
+    return _Plan(causal, window, lengths, mask, lengths_array, mask_view, plain)
 
 
 def _rule(module: torch.nn.Module, attention_mask: Any, is_causal: Optional[bool], lq: int,
