@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - only without torch
 
 from torch import Tensor
 
-from ._api import attention, backward_with_residual, forward_with_residual, plain_kernel
+from ._api import _plain_forward, attention, backward_with_residual, forward_with_residual
 from ._backend import cpp_available
 from ._contract import LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, compute_dtype
 
@@ -257,40 +257,31 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
 
 
 def _plain_sdpa(query: Any, key: Any, value: Any, is_causal: Any, scale: Any, enable_gqa: Any) -> Optional[Tensor]:
-    """The most common call on the lean door, with the fewest checks: plain non-empty 4-D CPU tensors of
-    one of fastattn's dtypes with a contiguous last axis that need no gradient, of shapes torch takes
-    without broadcasting, no mask, a bool is_causal and a finite float scale or None, outside
-    torch.compile, with the C++ kernel built. Its result, or None for anything else, valid or not, which
-    then takes scaled_dot_product_attention's checks (torch's error types) and _attention. This checks
-    what fastattn._api._plain_forward checks of its arrays, so that it may call the kernel as that does."""
+    """The most common call on the lean door, with the fewest checks: plain CPU tensors of one of
+    fastattn's dtypes that need no gradient, no mask, outside torch.compile, with the C++ kernel built,
+    whose NumPy views fastattn._api._plain_forward takes (4-D, non-empty, a contiguous last axis, shapes
+    that match, a bool is_causal, a finite float scale or None) and whose head counts torch takes (equal,
+    or a multiple with enable_gqa). Its result, or None for anything else, valid or not, which then takes
+    scaled_dot_product_attention's checks (torch's error types) and _attention."""
     if torch.compiler.is_compiling() or not (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor):
         return None
-    if (query.requires_grad or key.requires_grad or value.requires_grad) and torch.is_grad_enabled():
+    requires_grad = query.requires_grad or key.requires_grad or value.requires_grad
+    if requires_grad and torch.is_grad_enabled():
         return None
     dtype = query.dtype
-    if dtype not in _DTYPES or key.dtype != dtype or value.dtype != dtype or not (query.is_cpu and key.is_cpu and
-                                                                                 value.is_cpu):
+    if key.dtype != dtype or value.dtype != dtype or not cpp_available():
         return None
-    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4 or type(is_causal) is not bool:
+    try:
+        if dtype == torch.bfloat16 or requires_grad:
+            q, k, v = _to_numpy(query), _to_numpy(key), _to_numpy(value)
+        else:  # (float16, float32, float64; other dtypes _plain_forward refuses)
+            q, k, v = query.numpy(), key.numpy(), value.numpy()
+    except (TypeError, RuntimeError):  # off the CPU, conjugate or negative views, bfloat16 without ml_dtypes
         return None
-    (batch, hq, lq, d), (kb, hkv, lk, dk), (vb, vh, vl, dv) = query.shape, key.shape, value.shape
-    if not (batch == kb == vb and hkv == vh and lk == vl and d == dk and batch * hq * lq * dv * lk > 0 and
-            (hq == hkv or enable_gqa is True and hq % hkv == 0)):
-        return None
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    elif type(scale) is not float or not math.isfinite(scale):
-        return None
-    if not (query.is_contiguous() and key.is_contiguous() and value.is_contiguous()) and (
-            query.stride(3) != 1 and d > 1 or key.stride(3) != 1 and d > 1 or value.stride(3) != 1 and dv > 1):
-        return None
-    if not cpp_available() or dtype == torch.bfloat16 and _bfloat16_missing():
-        return None
-    if dtype == torch.bfloat16:
-        q, k, v = _to_numpy(query), _to_numpy(key), _to_numpy(value)
-    else:
-        q, k, v = query.numpy(), key.numpy(), value.numpy()
-    return _from_numpy(plain_kernel(q, k, v, is_causal, scale, False, 0))
+    if q.ndim == 4 == k.ndim and q.shape[1] != k.shape[1] and enable_gqa is not True:
+        return None  # torch refuses this call: its checks say how
+    out = _plain_forward(q, k, v, is_causal, scale, False, None)
+    return None if out is None else _from_numpy(out)
 
 
 def _bfloat16_missing() -> bool:
