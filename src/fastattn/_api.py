@@ -8,6 +8,7 @@ reference (`_reference`) on the normalised arrays.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
@@ -385,6 +386,9 @@ def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
     (batch, hq, lq, d), (kb, hkv, lk, dk), (vb, vh, vl, dv) = q.shape, k.shape, v.shape
     if not (batch == kb == vb and hkv == vh >= 1 and hq % hkv == 0 and lk == vl >= 1 and d == dk >= 1
             and batch * hq * lq * dv > 0):
+        return None
+    rows = batch * hq * lq  # views (stride 0, as_strided) can describe what normalise refuses to size
+    if rows * dv * item > sys.maxsize or rows * lk * max(d, dv) > sys.maxsize:
         return None
     if type(causal) is not bool or type(return_lse) is not bool:
         return None
