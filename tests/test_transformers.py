@@ -84,13 +84,23 @@ def _count_fallbacks():
     yield
 
 
+@pytest.fixture
+def fastattn_calls(monkeypatch):
+    """The calls of the "fastattn" implementation (a counter wrapped around the registered function)."""
+    calls = []
+    registered = transformers.AttentionInterface._global_mapping["fastattn"]
+    monkeypatch.setitem(transformers.AttentionInterface._global_mapping, "fastattn",
+                        lambda *a, **k: calls.append(1) or registered(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_logits_match_stock(name):
+def test_logits_match_stock(name, fastattn_calls):
     ids, mask = batch()
     ours, theirs = logits(build(name, "fastattn"), ids, mask), logits(build(name, stock(name)), ids, mask)
     real = mask.bool()
     assert (ours[real] - theirs[real]).abs().max().item() <= 2e-5
-    assert not fatr.fallbacks
+    assert len(fastattn_calls) == 2 and not fatr.fallbacks  # one call per layer, none on eager
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -289,6 +299,50 @@ def test_the_docs_page_example_runs():
     for block in re.findall(r"```python\n(.*?)```", page, re.S):
         exec(compile(block, "docs/transformers.md", "exec"), namespace)
     assert namespace["tokens"].shape[0] == 1 and 12 < namespace["tokens"].shape[1] <= 20 and not fatr.fallbacks
+
+
+NO_EXTENSION = """
+import json, os, warnings
+os.environ["HF_HUB_OFFLINE"] = "1"
+import torch, transformers
+import fastattn, fastattn.transformers
+fastattn.transformers.register()
+def config():  # one each: a model keeps its config's attention implementation
+    return transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=8, num_key_value_heads=2)
+torch.manual_seed(0)
+ours = transformers.LlamaForCausalLM._from_config(config(), attn_implementation="fastattn").eval()
+theirs = transformers.LlamaForCausalLM._from_config(config(), attn_implementation="sdpa").eval()
+theirs.load_state_dict(ours.state_dict())
+ids = torch.randint(1, 97, (2, 10))
+with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+    warnings.simplefilter("always")
+    diff = (ours(input_ids=ids).logits - theirs(input_ids=ids).logits).abs().max().item()
+print(json.dumps(dict(file=fastattn.__file__, backend=fastattn.show_config()["backend"], diff=diff,
+                      warnings=[(w.category.__name__, str(w.message)) for w in caught
+                                if "fastattn" in str(w.message)], fallbacks=dict(fastattn.transformers.fallbacks))))
+"""
+
+
+@pytest.mark.skipif(not list(__import__("pathlib").Path(fatr.__file__).parent.glob("_core.*.so")),
+                    reason="the installed fastattn has no compiled extension to remove")
+def test_without_the_extension_the_numpy_backend_runs_with_its_one_warning(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(fatr.__file__).parent
+    shutil.copytree(package, tmp_path / "fastattn", ignore=shutil.ignore_patterns("_core.*.so", "__pycache__"))
+    result = subprocess.run([sys.executable, "-c", NO_EXTENSION], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["file"] == str(tmp_path / "fastattn" / "__init__.py") and seen["backend"] == "numpy"
+    assert [w[0] for w in seen["warnings"]] == ["RuntimeWarning"]  # fastattn's one fallback warning
+    assert "Using the NumPy backend" in seen["warnings"][0][1]
+    assert 0 < seen["diff"] <= 2e-5 and not seen["fallbacks"]  # (0: the same implementation ran twice)
 
 
 def test_register_is_idempotent_and_named():
