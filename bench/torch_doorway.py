@@ -22,7 +22,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 import fastattn

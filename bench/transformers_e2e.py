@@ -271,7 +271,7 @@ def main() -> None:
                   f"{'yes' if case['same_tokens'] else 'NO'} |")
     if minilm:
         s, f = minilm["summary"]["sdpa"], minilm["summary"]["fastattn"]
-        print(f"\n| case | sentences/s stock / fastattn | attention µs/call stock / fastattn | speed-up | max diff |")
+        print("\n| case | sentences/s stock / fastattn | attention µs/call stock / fastattn | speed-up | max diff |")
         print("|---|---:|---:|---:|---:|")
         print(f"| {minilm['case']} | {s['sentences_s']:.0f} / {f['sentences_s']:.0f} | "
               f"{s['prefill_call_s'] * 1e6:.0f} / {f['prefill_call_s'] * 1e6:.0f} | {minilm['speedup']:.2f} | "

@@ -35,7 +35,6 @@ import numpy as np
 
 try:
     import torch
-    import transformers
     from transformers import masking_utils
     from transformers.masking_utils import AttentionMaskInterface
     from transformers.modeling_utils import AttentionInterface
@@ -96,7 +95,7 @@ class Mask(_Prepared):
                 self.lengths = lengths
         self._factory = factory
         self._eager: Optional[torch.Tensor] = None
-        self._plans: Dict[Tuple[int, ...], Optional[_Plan]] = {}  # every layer of a forward asks with its shape
+        self._plans: Dict[Tuple[Any, ...], Optional[_Plan]] = {}  # every layer of a forward asks with its shape
 
     @property
     def shape(self) -> Tuple[int, int, int, int]:
@@ -356,16 +355,17 @@ def _why_eager(module: torch.nn.Module, query: Any, key: Any, value: Any, attent
     return None
 
 
+_collector: Any = None
 try:  # transformers >= 5.0 records attention weights with hooks, asked for through this context variable
     from transformers.utils.output_capturing import _active_collector as _collector
 except ImportError:  # before: output_attentions reaches the attention function as a keyword
-    _collector = None
+    pass
 
 
 def _attentions_recorded() -> bool:
     """Whether transformers is recording the attention weights of this forward (5.x)."""
     outputs = None if _collector is None else _collector.get()
-    return bool(outputs) and "attentions" in outputs
+    return outputs is not None and "attentions" in outputs
 
 
 _warned: set = set()
