@@ -47,9 +47,32 @@ def test_plain_calls_skip_normalise(isa, rng, monkeypatch):
         with pytest.raises(AssertionError, match="general path"):
             fastattn.attention(q, k, v, **not_plain)
     with pytest.raises(AssertionError, match="general path"):
-        fastattn.attention(q[..., ::-1, :], k, v)  # not C-contiguous
+        fastattn.attention(q[..., ::2], k[..., ::2], v)  # features strided: normalise copies them
     with pytest.raises(AssertionError, match="general path"):
-        fastattn.attention(q.astype(np.float16), k.astype(np.float16), v.astype(np.float16))
+        fastattn.attention(q.astype(">f4"), k, v)  # not native byte order
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
+def test_views_and_16_bit_inputs_take_the_fast_path(isa, rng, dtype, monkeypatch):
+    """A view whose last axis is contiguous (reversed rows, a torch tensor's transposed heads) and the
+    16-bit dtypes run on the fast path, reading the view in place, with the general path's result."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+        fastattn.attention(*_inputs(rng, dtype), mask=None, window=(None, None))  # bfloat16 seen once
+    q, k, v = _inputs(rng, dtype)
+    k_heads_inside = np.ascontiguousarray(k.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)  # (B, L, H, D) memory
+    views = (q[:, :, ::-1], k_heads_inside[..., 3:40, :], v[..., 3:40, :])
+    want = [fastattn.attention(*views, causal=causal, window=(None, None), return_lse=True) for causal in (False, True)]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(_contract, "normalise", fail)
+    for causal, (out, lse) in zip((False, True), want):
+        got_out, got_lse = fastattn.attention(*views, causal=causal, return_lse=True)
+        assert got_out.dtype == q.dtype and got_lse.dtype == np.float32
+        np.testing.assert_array_equal(got_out, out)
+        np.testing.assert_array_equal(got_lse, lse)
 
 
 def test_errors_still_named_by_the_general_path(isa, rng):

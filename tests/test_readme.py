@@ -83,6 +83,20 @@ def test_pytorch_example_runs():
     assert namespace["q"].grad.shape == (2, 8, 256, 64) and not fastattn.torch.is_patched()
 
 
+def test_transformers_example_runs():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import fastattn.transformers
+
+    fastattn.transformers.fallbacks.clear()
+    namespace: dict = {}
+    blocks = python_blocks(section(page("integrations"), 'Hugging Face transformers: `attn_implementation="fastattn"`'))
+    assert len(blocks) == 1
+    exec(compile(blocks[0], str(DOCS / "integrations.md"), "exec"), namespace)
+    assert namespace["model"].config._attn_implementation == "fastattn"
+    assert 12 < namespace["tokens"].shape[1] <= 20 and not fastattn.transformers.fallbacks
+
+
 def test_thread_examples_run():
     import numpy as np
 

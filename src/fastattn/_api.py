@@ -8,6 +8,7 @@ reference (`_reference`) on the normalised arrays.
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy.typing as npt
 from . import _contract, _reference
 # Imported by name: a tiny call takes about 5 µs, and each module attribute lookup on its path counts.
 from ._backend import binding_args, call_args, cpp_backward, cpp_forward, use_cpp
-from ._contract import (FLOAT32, FLOAT64, NO_CAUSAL, UPPER_LEFT, AttentionOptions, OptionsWithoutSinks,
+from ._contract import (DTYPE_CODES, FLOAT32, NO_CAUSAL, UPPER_LEFT, AttentionOptions, OptionsWithoutSinks,
                         check_num_threads, compute_dtype, with_option_keywords)
 
 if TYPE_CHECKING:
@@ -171,11 +172,32 @@ def _forward(q: Any, k: Any, v: Any, options: dict, out: Optional[np.ndarray], c
     call = _contract.normalise(q, k, v, **options)
     threads = check_num_threads(num_threads)
     out = _contract.check_out(out, call, (q, k, v))
+    lse, lse_lo = _run_forward(call, out, cpp, threads, return_lse, residual)
+    return out, lse, lse_lo
 
+
+def forward_prepared(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, options: _contract.Options,
+                     backend: str = "auto", num_threads: Optional[int] = None) -> None:
+    """attention(q, k, v) into `out`, for a caller that has made the call valid and normal itself, as
+    _contract.normalise would: q, k, v 4-D (B, H, L, D) arrays of one storage dtype with a contiguous
+    last axis, `out` a C-contiguous (B, Hq, Lq, Dv) array of q's dtype, and `options` normalised for
+    the batch shape (B,) (a mask view of shape (B, Hq, Lq, Lk), sinks (B·Hq,) float64, kv_lengths (B,)
+    int64, ...). Nothing is checked here beyond what the binding checks: the no-grad calls of
+    fastattn.torch and fastattn.transformers, which build these from tensors they have checked, skip
+    normalise's 10-40 µs."""
+    _contract.dtype_code(q.dtype)  # binding_args looks the code up: bfloat16's is registered on first sight
+    call = _contract.Call(q, k, v, out.shape, (q.shape[0],), options)
+    _run_forward(call, out, use_cpp(backend), check_num_threads(num_threads), False, False)
+
+
+def _run_forward(call: _contract.Call, out: np.ndarray, cpp: bool, threads: int, return_lse: bool,
+                 residual: bool) -> Tuple[Any, Any]:
+    """The forward of a normalised call into out (its user-facing shape, C-contiguous) on one backend:
+    (lse or None, lse_lo or None), as _forward returns them."""
     batch, hq, lq, _ = call.q.shape
     lk, dv = call.k.shape[2], call.v.shape[3]
     out4 = out.reshape(batch, hq, lq, dv)
-    compute = compute_dtype(out.dtype)
+    compute = compute_dtype(call.q.dtype)
     lse = np.empty(call.out_shape[:-1], dtype=compute) if return_lse else None
     lse_lo = np.zeros(call.out_shape[:-1], dtype=compute) if return_lse and residual else None
     lse3 = None if lse is None else lse.reshape(batch, hq, lq)
@@ -191,7 +213,7 @@ def _forward(q: Any, k: Any, v: Any, options: dict, out: Optional[np.ndarray], c
         cpp_forward(call.q, call.k, call.v, out4, lse3, call_args(call, threads), lo3)
     else:
         _reference.forward(call.q, call.k, call.v, out4, lse3, call.options, lo3)
-    return out, lse, lse_lo
+    return lse, lse_lo
 
 
 @overload
@@ -335,22 +357,28 @@ _PLAIN_KEYS = frozenset(("causal", "scale"))
 
 
 def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
-    """The most common call, with a few microseconds less overhead: C-contiguous, non-empty 4-D
-    float32/float64 arrays of valid shapes, a bool causal, a float scale or None, and no other
-    option. It returns attention's result, or None for anything else, valid or not, which then
-    takes the general path: _contract.normalise stays the one place that explains errors, and this
-    only accepts a subset of what it accepts, computing the same thing (tests/test_api_fast_path.py)."""
+    """The most common call, with a few microseconds less overhead: non-empty 4-D arrays of one storage
+    dtype (float32, float64, float16, or bfloat16 once seen) of valid shapes whose last axis is contiguous
+    (any other strides are read in place, as normalise leaves them: a torch tensor's transposed view), a
+    bool causal, a float scale or None, and no other option. It returns attention's result, or None for
+    anything else, valid or not, which then takes the general path: _contract.normalise stays the one
+    place that explains errors, and this only accepts a subset of what it accepts, computing the same
+    thing (tests/test_api_fast_path.py)."""
     if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
         return None
     dtype = q.dtype
-    if not (dtype == FLOAT32 or dtype == FLOAT64) or k.dtype != dtype or v.dtype != dtype:
+    if dtype not in DTYPE_CODES or k.dtype != dtype or v.dtype != dtype or not (q.ndim == k.ndim == v.ndim == 4):
         return None
-    if not (q.ndim == k.ndim == v.ndim == 4 and q.flags.c_contiguous and k.flags.c_contiguous
-            and v.flags.c_contiguous):
-        return None
+    item = dtype.itemsize
+    for x in (q, k, v):
+        if not x.flags.c_contiguous and (x.strides[3] != item and x.shape[3] > 1 or any(s % item for s in x.strides)):
+            return None
     (batch, hq, lq, d), (kb, hkv, lk, dk), (vb, vh, vl, dv) = q.shape, k.shape, v.shape
     if not (batch == kb == vb and hkv == vh >= 1 and hq % hkv == 0 and lk == vl >= 1 and d == dk >= 1
             and batch * hq * lq * dv > 0):
+        return None
+    rows = batch * hq * lq  # views (stride 0, as_strided) can describe what normalise refuses to size
+    if rows * dv * item > sys.maxsize or rows * lk * max(d, dv) > sys.maxsize:
         return None
     if type(causal) is not bool or type(return_lse) is not bool:
         return None
@@ -358,8 +386,15 @@ def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
         scale = 1.0 / math.sqrt(d)
     elif type(scale) is not float or not math.isfinite(scale):
         return None
-    threads = check_num_threads(num_threads)
-    out = np.empty((batch, hq, lq, dv), dtype)
-    lse = np.empty((batch, hq, lq), dtype) if return_lse else None
+    return plain_kernel(q, k, v, causal, scale, return_lse, check_num_threads(num_threads))
+
+
+def plain_kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, scale: float, return_lse: bool,
+                 threads: int) -> Any:
+    """The C++ kernel on a plain call _plain_forward has accepted (or fastattn.torch's _plain_sdpa, which
+    checks the same of its tensors): new out (and lse)."""
+    dtype = q.dtype
+    out = np.empty(q.shape[:3] + v.shape[3:], dtype)
+    lse = np.empty(q.shape[:3], compute_dtype(dtype)) if return_lse else None
     cpp_forward(q, k, v, out, lse, binding_args(scale, UPPER_LEFT if causal else NO_CAUSAL, threads))
     return (out, lse) if return_lse else out

@@ -116,6 +116,14 @@ def plain_options(scale: float, causal: int) -> Any:
     return _PLAIN_OPTIONS._replace(scale=scale, causal=causal)
 
 
+def normal_options(**fields: Any) -> Any:
+    """Options already in normal form (a caller that has validated them: fastattn.transformers'
+    plans), the rest as normalise leaves an absent option; align follows causal unless given."""
+    if "align" not in fields:
+        fields["align"] = ALIGN_LOWER_RIGHT if fields.get("causal") == LOWER_RIGHT else ALIGN_UPPER_LEFT
+    return _PLAIN_OPTIONS._replace(**fields)
+
+
 class Call(NamedTuple):
     """One validated call, in the form both backends take."""
 

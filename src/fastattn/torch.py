@@ -26,8 +26,9 @@ except ImportError as exc:  # pragma: no cover - only without torch
 
 from torch import Tensor
 
-from ._api import backward_with_residual, forward_with_residual
-from ._contract import compute_dtype
+from ._api import _plain_forward, attention, backward_with_residual, forward_with_residual
+from ._backend import cpp_available
+from ._contract import LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, compute_dtype
 
 __all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched", "ShapeError", "DTypeError"]
 
@@ -35,12 +36,13 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _to_numpy(t: Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor's memory (DLPack). NumPy's DLPack import has no bfloat16: such
-    a tensor is viewed as int16 and relabelled ml_dtypes.bfloat16, which has the same bits."""
-    t = t.detach()
+    """A NumPy view of a CPU tensor's memory (Tensor.numpy(): no copy, strides kept). NumPy has no
+    bfloat16: such a tensor is viewed as int16 and relabelled ml_dtypes.bfloat16, which has the same bits."""
+    if t.requires_grad:
+        t = t.detach()
     if t.dtype == torch.bfloat16:
-        return np.from_dlpack(t.view(torch.int16)).view(_bfloat16())
-    return np.from_dlpack(t)
+        return t.view(torch.int16).numpy().view(_bfloat16())
+    return t.numpy()
 
 
 def _from_numpy(a: np.ndarray) -> Tensor:
@@ -58,23 +60,42 @@ def _bfloat16() -> Any:
     return ml_dtypes.bfloat16
 
 
-def _options(attn_mask: Optional[Tensor], is_causal: bool, scale: float) -> dict:
-    return dict(mask=None if attn_mask is None else _to_numpy(attn_mask), causal=is_causal, scale=scale)
+# Causal codes of the ops below (fastattn's: _contract.NO_CAUSAL, UPPER_LEFT, LOWER_RIGHT) as attention's causal=.
+_CAUSAL = {NO_CAUSAL: False, UPPER_LEFT: True, LOWER_RIGHT: "lower_right"}
+
+
+def _options(attn_mask: Optional[Tensor], causal: int, scale: float, window_left: int = -1, window_right: int = -1,
+             softcap: float = 0.0, sinks: Optional[Tensor] = None, kv_lengths: Optional[Tensor] = None) -> dict:
+    """The ops' arguments as fastattn.attention's options (-1: an unbounded window side, 0.0: no softcap)."""
+    options = dict(mask=None if attn_mask is None else _to_numpy(attn_mask), causal=_CAUSAL[causal], scale=scale)
+    if window_left >= 0 or window_right >= 0:
+        options["window"] = (window_left if window_left >= 0 else None, window_right if window_right >= 0 else None)
+    if softcap:
+        options["softcap"] = softcap
+    if sinks is not None:
+        options["sinks"] = _to_numpy(sinks)
+    if kv_lengths is not None:
+        options["kv_lengths"] = _to_numpy(kv_lengths)
+    return options
 
 
 @torch.library.custom_op("fastattn::sdpa", mutates_args=(), device_types="cpu")
-def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
-          scale: float, for_backward: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], causal: int, scale: float,
+          for_backward: bool, window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
+          sinks: Optional[Tensor] = None, kv_lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(out, lse, lse_lo, wide) of fastattn.attention; out is allocated by torch and written in place.
-    Kept for the backward, which they make as precise as torch's math path: lse and lse_lo, the
-    exact error of lse's rounding (float32, float64 for float64: fastattn._api.forward_with_residual),
-    and, for 16-bit inputs when `for_backward`, `wide`: the output in float32 before its rounding
-    (out is that rounded, the bits the kernel stores); else an empty tensor."""
+    `causal` is a code of fastattn's (0 none, 1 upper-left, 2 lower-right); the window, softcap, sinks
+    (gradient too) and kv_lengths (int64) are attention's options. Kept for the backward, which they make
+    as precise as torch's math path: lse and lse_lo, the exact error of lse's rounding (float32, float64
+    for float64: fastattn._api.forward_with_residual), and, for 16-bit inputs when `for_backward`, `wide`:
+    the output in float32 before its rounding (out is that rounded, the bits the kernel stores); else an
+    empty tensor."""
     shape = query.shape[:-1] + value.shape[-1:]
     keep_wide = _keeps_wide(query, for_backward)
     out = torch.empty(shape, dtype=torch.float32 if keep_wide else query.dtype)
     _, lse, lse_lo = forward_with_residual(_to_numpy(query), _to_numpy(key), _to_numpy(value), out=_to_numpy(out),
-                                           **_options(attn_mask, is_causal, scale))
+                                           **_options(attn_mask, causal, scale, window_left, window_right, softcap,
+                                                      sinks, kv_lengths))
     if keep_wide:
         return out.to(query.dtype), _from_numpy(lse), _from_numpy(lse_lo), out
     return out, _from_numpy(lse), _from_numpy(lse_lo), out.new_empty((0,), dtype=torch.float32)
@@ -86,7 +107,8 @@ def _keeps_wide(query: Tensor, for_backward: bool) -> bool:
 
 
 @_sdpa.register_fake
-def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, for_backward):
+def _sdpa_fake(query, key, value, attn_mask, causal, scale, for_backward, window_left=-1, window_right=-1,
+               softcap=0.0, sinks=None, kv_lengths=None):
     lse_dtype = compute_dtype(query.dtype, torch.float32, torch.float64)
     return (query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=lse_dtype),
             query.new_empty(query.shape[:-1], dtype=lse_dtype),
@@ -96,32 +118,75 @@ def _sdpa_fake(query, key, value, attn_mask, is_causal, scale, for_backward):
 
 @torch.library.custom_op("fastattn::sdpa_backward", mutates_args=(), device_types="cpu")
 def _sdpa_backward(dout: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor,
-                   lse_lo: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
-                   scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+                   lse_lo: Tensor, attn_mask: Optional[Tensor], causal: int, scale: float, window_left: int = -1,
+                   window_right: int = -1, softcap: float = 0.0, sinks: Optional[Tensor] = None,
+                   kv_lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, d_sinks): d_sinks in the shape and dtype of sinks, or empty without them."""
     grads = backward_with_residual(*map(_to_numpy, (dout, query, key, value, out, lse, lse_lo)),
-                                   **_options(attn_mask, is_causal, scale))
-    return tuple(_from_numpy(g) for g in grads)  # type: ignore[return-value]
+                                   **_options(attn_mask, causal, scale, window_left, window_right, softcap, sinks,
+                                              kv_lengths))
+    dq, dk, dv = (_from_numpy(g) for g in grads[:3])
+    if sinks is None:
+        return dq, dk, dv, query.new_empty((0,))
+    return dq, dk, dv, torch.from_numpy(grads[3]).to(sinks.dtype)
 
 
 @_sdpa_backward.register_fake
-def _sdpa_backward_fake(dout, query, key, value, out, lse, lse_lo, attn_mask, is_causal, scale):
-    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+def _sdpa_backward_fake(dout, query, key, value, out, lse, lse_lo, attn_mask, causal, scale, window_left=-1,
+                        window_right=-1, softcap=0.0, sinks=None, kv_lengths=None):
+    return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value),
+            query.new_empty((0,)) if sinks is None else torch.empty_like(sinks))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    query, key, value, attn_mask, is_causal, scale, _ = inputs
+    query, key, value, attn_mask, causal, scale, _, window_left, window_right, softcap, sinks, kv_lengths = inputs
     out, lse, lse_lo, wide = output
-    ctx.save_for_backward(query, key, value, out if wide.numel() == 0 else wide, lse, lse_lo, attn_mask)
-    ctx.is_causal, ctx.scale = is_causal, scale
+    ctx.save_for_backward(query, key, value, out if wide.numel() == 0 else wide, lse, lse_lo, attn_mask, sinks,
+                          kv_lengths)
+    ctx.options = (causal, scale, window_left, window_right, softcap)
 
 
 def _backward(ctx, dout: Tensor, *_d_saved: Optional[Tensor]):  # (lse, lse_lo and wide get no gradient)
-    query, key, value, out, lse, lse_lo, attn_mask = ctx.saved_tensors
-    dq, dk, dv = _sdpa_backward(dout, query, key, value, out, lse, lse_lo, attn_mask, ctx.is_causal, ctx.scale)
-    return dq, dk, dv, None, None, None, None  # the mask, causal flag, scale and flag are constants
+    query, key, value, out, lse, lse_lo, attn_mask, sinks, kv_lengths = ctx.saved_tensors
+    causal, scale, window_left, window_right, softcap = ctx.options
+    dq, dk, dv, d_sinks = _sdpa_backward(dout, query, key, value, out, lse, lse_lo, attn_mask, causal, scale,
+                                         window_left, window_right, softcap, sinks, kv_lengths)
+    # The mask, the options, the flag and kv_lengths are constants.
+    return dq, dk, dv, None, None, None, None, None, None, None, None if sinks is None else d_sinks, None
 
 
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _wants_grad(query: Tensor, key: Tensor, value: Tensor, sinks: Optional[Tensor] = None) -> bool:
+    """Whether autograd records this call: grad mode is on and an input requires grad."""
+    return torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad or
+                                        sinks is not None and sinks.requires_grad)
+
+
+def _lean(query: Tensor, key: Tensor, value: Tensor) -> bool:
+    """Whether a call that needs no gradient may take the lean door (plain tensors, straight to the
+    kernel as NumPy arrays) rather than the custom op: not while torch.compile traces it, nor for
+    tensor subclasses (fake, functional) that have no memory to share."""
+    return not torch.compiler.is_compiling() and type(query) is Tensor and type(key) is Tensor and \
+        type(value) is Tensor
+
+
+def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], causal: int, scale: float,
+               window_left: int = -1, window_right: int = -1, softcap: float = 0.0, sinks: Optional[Tensor] = None,
+               kv_lengths: Optional[Tensor] = None) -> Tensor:
+    """fastattn.attention on CPU tensors of one dtype, with autograd, by one of two doors: calls that
+    need no gradient and are not traced by torch.compile go straight to the kernel (the lean door: the
+    tensors' memory as NumPy arrays, no custom-op dispatch, no lse kept); the rest through the custom op
+    fastattn::sdpa, which autograd records (its backward runs fastattn's backward kernel; the sinks get a
+    gradient too) and torch.compile keeps in its graph. Arguments as _sdpa's."""
+    wants_grad = _wants_grad(query, key, value, sinks)
+    if not wants_grad and _lean(query, key, value):
+        options = _options(attn_mask, causal, scale, window_left, window_right, softcap, sinks, kv_lengths)
+        return _from_numpy(attention(_to_numpy(query), _to_numpy(key), _to_numpy(value), **options))
+    out, _, _, _ = _sdpa(query, key, value, attn_mask, causal, scale, wants_grad, window_left, window_right, softcap,
+                         sinks, kv_lengths)
+    return out
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
@@ -154,6 +219,10 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     log-sum-exp, FlashAttention-2 style: no L×S matrix in either pass). Under ``torch.compile``
     the two ops stay in the graph (no graph break). Double backward is not supported.
     """
+    if attn_mask is None and dropout_p == 0.0:
+        out = _plain_sdpa(query, key, value, is_causal, scale, enable_gqa)
+        if out is not None:
+            return out
     tensors = {"query": query, "key": key, "value": value}
     for name, t in tensors.items():
         if not isinstance(t, Tensor):
@@ -184,9 +253,43 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         scale = 1.0 / math.sqrt(query.shape[-1])
     query, key, value = _broadcast(query, key, value, enable_gqa)
     _check_sizes(query, key, value, attn_mask)
-    for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    out, _, _, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), float(scale), for_backward)
-    return out
+    return _attention(query, key, value, attn_mask, UPPER_LEFT if is_causal else NO_CAUSAL, float(scale))
+
+
+def _plain_sdpa(query: Any, key: Any, value: Any, is_causal: Any, scale: Any, enable_gqa: Any) -> Optional[Tensor]:
+    """The most common call on the lean door, with the fewest checks: plain CPU tensors of one of
+    fastattn's dtypes that need no gradient, no mask, outside torch.compile, with the C++ kernel built,
+    whose NumPy views fastattn._api._plain_forward takes (4-D, non-empty, a contiguous last axis, shapes
+    that match, a bool is_causal, a finite float scale or None) and whose head counts torch takes (equal,
+    or a multiple with enable_gqa). Its result, or None for anything else, valid or not, which then takes
+    scaled_dot_product_attention's checks (torch's error types) and _attention."""
+    if torch.compiler.is_compiling() or not (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor):
+        return None
+    requires_grad = query.requires_grad or key.requires_grad or value.requires_grad
+    if requires_grad and torch.is_grad_enabled():
+        return None
+    dtype = query.dtype
+    if key.dtype != dtype or value.dtype != dtype or not cpp_available():
+        return None
+    try:
+        if dtype == torch.bfloat16 or requires_grad:
+            q, k, v = _to_numpy(query), _to_numpy(key), _to_numpy(value)
+        else:  # (float16, float32, float64; other dtypes _plain_forward refuses)
+            q, k, v = query.numpy(), key.numpy(), value.numpy()
+    except (TypeError, RuntimeError):  # off the CPU, conjugate or negative views, bfloat16 without ml_dtypes
+        return None
+    if q.ndim == 4 == k.ndim and q.shape[1] != k.shape[1] and enable_gqa is not True:
+        return None  # torch refuses this call: its checks say how
+    out = _plain_forward(q, k, v, is_causal, scale, False, None)
+    return None if out is None else _from_numpy(out)
+
+
+def _bfloat16_missing() -> bool:
+    try:
+        _bfloat16()
+    except TypeError:
+        return True
+    return False
 
 
 class ShapeError(ValueError, RuntimeError):

@@ -13,4 +13,9 @@ int threads_for(int requested, double multiply_adds);
 // thread (1 for a call run on it alone): what tests check thread counts by.
 void record_team_size(int n);
 
+// How long a team a kernel call opened took from its opening until its last
+// thread began (run_threads measures it): threads_for's evidence of whether
+// teams start fast in this process now (threads.cpp).
+void record_team_start(double seconds);
+
 }  // namespace fastattn

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <limits>
 #include <new>
@@ -63,13 +64,23 @@ void run_threads(int64_t threads, const Make& make_workspace, const Work& work) 
         body();
     } else {
 #ifdef _OPENMP
+        // How long the team takes to start: the last thread's arrival (threads.cpp's evidence).
+        using Clock = std::chrono::steady_clock;
+        const Clock::time_point opened = Clock::now();
+        std::atomic<int64_t> last_arrival_ns{0};
 #pragma omp parallel num_threads(static_cast<int>(threads))
         {
+            const int64_t arrival =
+                std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - opened).count();
+            int64_t seen = last_arrival_ns.load(std::memory_order_relaxed);
+            while (arrival > seen && !last_arrival_ns.compare_exchange_weak(seen, arrival, std::memory_order_relaxed)) {
+            }
             // The team OpenMP really opened (it may give fewer threads than asked),
             // as seen by the calling thread, which is the team's thread 0.
             if (omp_get_thread_num() == 0) record_team_size(omp_get_num_threads());
             body();
         }
+        record_team_start(1e-9 * static_cast<double>(last_arrival_ns.load(std::memory_order_relaxed)));
 #else
         record_team_size(1);
         body();
