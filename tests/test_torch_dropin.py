@@ -497,3 +497,69 @@ def test_torchs_own_sample_inputs_under_patch(dtype):
             assert_patched_matches_torch(q, k, v, dtype, **kwargs)
             count += 1
     assert count >= 10
+
+
+@pytest.fixture
+def amx_model():
+    """The amx-model ISA where this CPU runs it (every x86 with AVX2): there each precision takes a
+    different engine, so a precision lost on the way shows as different bits."""
+    core = fastattn_backend()._core
+    if "amx-model" not in core.supported_isas():
+        pytest.skip("the AMX model needs an x86 CPU with AVX2")
+    previous = core.selected_isa()
+    core.select_isa("amx-model")
+    yield
+    core.select_isa(previous)
+
+
+def fastattn_backend():
+    from fastattn import _backend
+    return _backend
+
+
+@pytest.mark.parametrize("dtype, precision", [(torch.bfloat16, "medium"), (torch.float32, "high"),
+                                              (torch.float32, "medium")], ids=lambda x: str(x).split(".")[-1])
+@pytest.mark.parametrize("how", ["argument", "patch", "torch-matmul-precision"])
+def test_precision_reaches_the_kernel_by_both_doors(amx_model, dtype, precision, how, monkeypatch):
+    import fastattn
+    if how == "torch-matmul-precision":
+        if dtype != torch.float32:
+            pytest.skip("torch's matmul precision is for float32")
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: precision)
+        call = fat.scaled_dot_product_attention
+    elif how == "patch":
+        fat.patch(precision=precision)
+        call = F.scaled_dot_product_attention
+    else:
+        def call(*args, **kwargs):
+            return fat.scaled_dot_product_attention(*args, precision=precision, **kwargs)
+    q, k, v = (make((1, 2, 40, 16), dtype, s) for s in (1, 2, 3))
+    arrays = [fat._to_numpy(t.detach()) for t in (q, k, v)]
+    want = fastattn.attention(*arrays, causal=True, precision=precision)
+    assert want.tobytes() != fastattn.attention(*arrays, causal=True).tobytes()  # the precision shows
+    with torch.no_grad():
+        lean = call(q, k, v, is_causal=True)  # the lean door
+    assert fat._to_numpy(lean).tobytes() == want.tobytes()
+    out, grads = forward_backward(lambda *a: call(*a, is_causal=True), q, k, v)  # the custom op
+    assert fat._to_numpy(out).tobytes() == want.tobytes()
+    dout = fat._to_numpy(make(out.shape, dtype, 7, grad=False))
+    out32, lse = fastattn.attention(*arrays, causal=True, precision=precision, return_lse=True,
+                                    out=np.empty(want.shape, np.float32))
+    want_grads = fastattn.attention_backward(dout, *arrays, out32, lse, causal=True, precision=precision)
+    for got, expected in zip(grads, want_grads):
+        torch.testing.assert_close(got.double(), torch.from_numpy(expected.astype(np.float64)),
+                                   rtol=TOLERANCE[dtype][0], atol=TOLERANCE[dtype][1])
+    # dV = P^T dO depends on the backward's own products only (P from S and lse, the same bits in
+    # either mode for bf16): the precision reached the backward too.
+    _, highest_grads = forward_backward(
+        lambda *a: fat.scaled_dot_product_attention(*a, is_causal=True, precision="highest"), q, k, v)
+    assert not torch.equal(grads[2], highest_grads[2])
+
+
+def test_precision_errors():
+    q = make((2, 4, 5, 6), torch.float32, 1, grad=False)
+    with pytest.raises(ValueError, match="precision"):
+        fat.scaled_dot_product_attention(q, q, q, precision="low")
+    with pytest.raises(ValueError, match="precision"):
+        fat.patch(precision="low")
+    assert not fat.is_patched()

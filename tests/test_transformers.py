@@ -366,3 +366,31 @@ def test_lean_door_for_inference_custom_op_for_training(monkeypatch):
     model(input_ids=ids, attention_mask=mask).logits.sum().backward()
     assert seen == ["op", "op"]
     assert np.all([layer.self_attn.sinks.grad is not None for layer in model.model.layers])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_register_precision_reaches_every_call(dtype, monkeypatch):
+    """register(precision="medium") runs each layer at "medium" (inference and training), the default
+    register() at "highest" (torch's default float32 matmul precision); a bad value is refused and
+    changes nothing."""
+    from fastattn import _contract
+    seen = []
+    real_prepared, real_op = fatr.forward_prepared, fatr.fat._sdpa
+    monkeypatch.setattr(fatr, "forward_prepared",
+                        lambda q, k, v, out, options: seen.append(options.precision) or real_prepared(q, k, v, out, options))
+    monkeypatch.setattr(fatr.fat, "_sdpa", lambda *a: seen.append(a[-1]) or real_op(*a))
+    ids, mask = batch()
+    model = build("llama-gqa", "fastattn", dtype)
+    try:
+        fatr.register(precision="medium")
+        logits(model, ids, mask)
+        model(input_ids=ids, attention_mask=mask).logits.sum().backward()
+        assert seen == [_contract.PRECISIONS["medium"]] * 2 + ["medium"] * 2
+        with pytest.raises(ValueError, match="precision"):
+            fatr.register(precision="low")
+        assert fatr._precision == "medium"
+    finally:
+        fatr.register()
+    seen.clear()
+    logits(model, ids, mask)
+    assert seen == [_contract.PRECISIONS["highest"]] * 2  # (torch's float32 matmul precision: "highest")

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ._api import _plain_forward, attention, backward_with_residual, forward_with_residual
 from ._backend import cpp_available
-from ._contract import LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, compute_dtype
+from ._contract import LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, check_precision, compute_dtype
 
 __all__ = ["scaled_dot_product_attention", "patch", "unpatch", "is_patched", "ShapeError", "DTypeError"]
 
@@ -64,10 +64,31 @@ def _bfloat16() -> Any:
 _CAUSAL = {NO_CAUSAL: False, UPPER_LEFT: True, LOWER_RIGHT: "lower_right"}
 
 
+def precision_for(dtype: Any, precision: Optional[str] = None) -> str:
+    """The ``precision=`` a call of this torch dtype runs at (docs/precision.md): `precision` when
+    given; else, for float32, torch's own ``torch.get_float32_matmul_precision()`` (the same names:
+    ``torch.set_float32_matmul_precision("medium")`` lets fastattn round P to bfloat16 too); else
+    ``"highest"``."""
+    if precision is not None:
+        check_precision(precision)
+        return precision
+    return _matmul_precision() if dtype == torch.float32 else "highest"
+
+
+@torch.compiler.assume_constant_result
+def _matmul_precision() -> str:
+    """torch's float32 matmul precision. torch.compile cannot trace the getter (a graph break), so a
+    compiled graph takes its value when it is traced: set the precision before compiling."""
+    return torch.get_float32_matmul_precision()
+
+
 def _options(attn_mask: Optional[Tensor], causal: int, scale: float, window_left: int = -1, window_right: int = -1,
-             softcap: float = 0.0, sinks: Optional[Tensor] = None, kv_lengths: Optional[Tensor] = None) -> dict:
+             softcap: float = 0.0, sinks: Optional[Tensor] = None, kv_lengths: Optional[Tensor] = None,
+             precision: str = "highest") -> dict:
     """The ops' arguments as fastattn.attention's options (-1: an unbounded window side, 0.0: no softcap)."""
     options = dict(mask=None if attn_mask is None else _to_numpy(attn_mask), causal=_CAUSAL[causal], scale=scale)
+    if precision != "highest":
+        options["precision"] = precision
     if window_left >= 0 or window_right >= 0:
         options["window"] = (window_left if window_left >= 0 else None, window_right if window_right >= 0 else None)
     if softcap:
@@ -82,20 +103,21 @@ def _options(attn_mask: Optional[Tensor], causal: int, scale: float, window_left
 @torch.library.custom_op("fastattn::sdpa", mutates_args=(), device_types="cpu")
 def _sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], causal: int, scale: float,
           for_backward: bool, window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
-          sinks: Optional[Tensor] = None, kv_lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+          sinks: Optional[Tensor] = None, kv_lengths: Optional[Tensor] = None,
+          precision: str = "highest") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(out, lse, lse_lo, wide) of fastattn.attention; out is allocated by torch and written in place.
     `causal` is a code of fastattn's (0 none, 1 upper-left, 2 lower-right); the window, softcap, sinks
     (gradient too) and kv_lengths (int64) are attention's options. Kept for the backward, which they make
     as precise as torch's math path: lse and lse_lo, the exact error of lse's rounding (float32, float64
     for float64: fastattn._api.forward_with_residual), and, for 16-bit inputs when `for_backward`, `wide`:
     the output in float32 before its rounding (out is that rounded, the bits the kernel stores); else an
-    empty tensor."""
+    empty tensor. `precision`: attention's precision=."""
     shape = query.shape[:-1] + value.shape[-1:]
     keep_wide = _keeps_wide(query, for_backward)
     out = torch.empty(shape, dtype=torch.float32 if keep_wide else query.dtype)
     _, lse, lse_lo = forward_with_residual(_to_numpy(query), _to_numpy(key), _to_numpy(value), out=_to_numpy(out),
                                            **_options(attn_mask, causal, scale, window_left, window_right, softcap,
-                                                      sinks, kv_lengths))
+                                                      sinks, kv_lengths, precision))
     if keep_wide:
         return out.to(query.dtype), _from_numpy(lse), _from_numpy(lse_lo), out
     return out, _from_numpy(lse), _from_numpy(lse_lo), out.new_empty((0,), dtype=torch.float32)
@@ -108,7 +130,7 @@ def _keeps_wide(query: Tensor, for_backward: bool) -> bool:
 
 @_sdpa.register_fake
 def _sdpa_fake(query, key, value, attn_mask, causal, scale, for_backward, window_left=-1, window_right=-1,
-               softcap=0.0, sinks=None, kv_lengths=None):
+               softcap=0.0, sinks=None, kv_lengths=None, precision="highest"):
     lse_dtype = compute_dtype(query.dtype, torch.float32, torch.float64)
     return (query.new_empty(query.shape[:-1] + value.shape[-1:]), query.new_empty(query.shape[:-1], dtype=lse_dtype),
             query.new_empty(query.shape[:-1], dtype=lse_dtype),
@@ -120,11 +142,11 @@ def _sdpa_fake(query, key, value, attn_mask, causal, scale, for_backward, window
 def _sdpa_backward(dout: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor,
                    lse_lo: Tensor, attn_mask: Optional[Tensor], causal: int, scale: float, window_left: int = -1,
                    window_right: int = -1, softcap: float = 0.0, sinks: Optional[Tensor] = None,
-                   kv_lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                   kv_lengths: Optional[Tensor] = None, precision: str = "highest") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, d_sinks): d_sinks in the shape and dtype of sinks, or empty without them."""
     grads = backward_with_residual(*map(_to_numpy, (dout, query, key, value, out, lse, lse_lo)),
                                    **_options(attn_mask, causal, scale, window_left, window_right, softcap, sinks,
-                                              kv_lengths))
+                                              kv_lengths, precision))
     dq, dk, dv = (_from_numpy(g) for g in grads[:3])
     if sinks is None:
         return dq, dk, dv, query.new_empty((0,))
@@ -133,26 +155,27 @@ def _sdpa_backward(dout: Tensor, query: Tensor, key: Tensor, value: Tensor, out:
 
 @_sdpa_backward.register_fake
 def _sdpa_backward_fake(dout, query, key, value, out, lse, lse_lo, attn_mask, causal, scale, window_left=-1,
-                        window_right=-1, softcap=0.0, sinks=None, kv_lengths=None):
+                        window_right=-1, softcap=0.0, sinks=None, kv_lengths=None, precision="highest"):
     return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value),
             query.new_empty((0,)) if sinks is None else torch.empty_like(sinks))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    query, key, value, attn_mask, causal, scale, _, window_left, window_right, softcap, sinks, kv_lengths = inputs
+    query, key, value, attn_mask, causal, scale, _, window_left, window_right, softcap, sinks, kv_lengths, precision = \
+        inputs
     out, lse, lse_lo, wide = output
     ctx.save_for_backward(query, key, value, out if wide.numel() == 0 else wide, lse, lse_lo, attn_mask, sinks,
                           kv_lengths)
-    ctx.options = (causal, scale, window_left, window_right, softcap)
+    ctx.options = (causal, scale, window_left, window_right, softcap, precision)
 
 
 def _backward(ctx, dout: Tensor, *_d_saved: Optional[Tensor]):  # (lse, lse_lo and wide get no gradient)
     query, key, value, out, lse, lse_lo, attn_mask, sinks, kv_lengths = ctx.saved_tensors
-    causal, scale, window_left, window_right, softcap = ctx.options
+    causal, scale, window_left, window_right, softcap, precision = ctx.options
     dq, dk, dv, d_sinks = _sdpa_backward(dout, query, key, value, out, lse, lse_lo, attn_mask, causal, scale,
-                                         window_left, window_right, softcap, sinks, kv_lengths)
-    # The mask, the options, the flag and kv_lengths are constants.
-    return dq, dk, dv, None, None, None, None, None, None, None, None if sinks is None else d_sinks, None
+                                         window_left, window_right, softcap, sinks, kv_lengths, precision)
+    # The mask, the options, the flag, kv_lengths and the precision are constants.
+    return dq, dk, dv, None, None, None, None, None, None, None, None if sinks is None else d_sinks, None, None
 
 
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
@@ -174,7 +197,7 @@ def _lean(query: Tensor, key: Tensor, value: Tensor) -> bool:
 
 def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], causal: int, scale: float,
                window_left: int = -1, window_right: int = -1, softcap: float = 0.0, sinks: Optional[Tensor] = None,
-               kv_lengths: Optional[Tensor] = None) -> Tensor:
+               kv_lengths: Optional[Tensor] = None, precision: str = "highest") -> Tensor:
     """fastattn.attention on CPU tensors of one dtype, with autograd, by one of two doors: calls that
     need no gradient and are not traced by torch.compile go straight to the kernel (the lean door: the
     tensors' memory as NumPy arrays, no custom-op dispatch, no lse kept); the rest through the custom op
@@ -182,16 +205,16 @@ def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Te
     gradient too) and torch.compile keeps in its graph. Arguments as _sdpa's."""
     wants_grad = _wants_grad(query, key, value, sinks)
     if not wants_grad and _lean(query, key, value):
-        options = _options(attn_mask, causal, scale, window_left, window_right, softcap, sinks, kv_lengths)
+        options = _options(attn_mask, causal, scale, window_left, window_right, softcap, sinks, kv_lengths, precision)
         return _from_numpy(attention(_to_numpy(query), _to_numpy(key), _to_numpy(value), **options))
     out, _, _, _ = _sdpa(query, key, value, attn_mask, causal, scale, wants_grad, window_left, window_right, softcap,
-                         sinks, kv_lengths)
+                         sinks, kv_lengths, precision)
     return out
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
                                  dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
-                                 enable_gqa: bool = False) -> Tensor:
+                                 enable_gqa: bool = False, *, precision: Optional[str] = None) -> Tensor:
     """``torch.nn.functional.scaled_dot_product_attention`` on CPU tensors, computed by fastattn.
 
     Shapes as torch's: query ``(N, ..., Hq, L, E)``, key ``(N, ..., Hkv, S, E)``, value
@@ -201,6 +224,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     dtype for all three. ``attn_mask`` is boolean (True = take part) or floating (added to the
     scores), broadcastable to ``(N, ..., Hq, L, S)``; ``is_causal`` is upper-left aligned, as in
     torch; ``scale`` defaults to ``1/sqrt(E)``; ``enable_gqa=True`` lets Hq be a multiple of Hkv.
+    ``precision`` (keyword only; not torch's): fastattn's ``precision=`` (docs/precision.md); None
+    takes ``torch.get_float32_matmul_precision()`` for float32 inputs, ``"highest"`` for the rest
+    (``precision_for``).
 
     Differences from torch, each deliberate:
 
@@ -219,7 +245,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     log-sum-exp, FlashAttention-2 style: no L×S matrix in either pass). Under ``torch.compile``
     the two ops stay in the graph (no graph break). Double backward is not supported.
     """
-    if attn_mask is None and dropout_p == 0.0:
+    precision = precision_for(query.dtype if isinstance(query, Tensor) else None, precision)
+    if attn_mask is None and dropout_p == 0.0 and precision == "highest":
         out = _plain_sdpa(query, key, value, is_causal, scale, enable_gqa)
         if out is not None:
             return out
@@ -253,7 +280,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         scale = 1.0 / math.sqrt(query.shape[-1])
     query, key, value = _broadcast(query, key, value, enable_gqa)
     _check_sizes(query, key, value, attn_mask)
-    return _attention(query, key, value, attn_mask, UPPER_LEFT if is_causal else NO_CAUSAL, float(scale))
+    return _attention(query, key, value, attn_mask, UPPER_LEFT if is_causal else NO_CAUSAL, float(scale),
+                      precision=precision)
 
 
 def _plain_sdpa(query: Any, key: Any, value: Any, is_causal: Any, scale: Any, enable_gqa: Any) -> Optional[Tensor]:
@@ -372,10 +400,14 @@ def _routable(query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: float
     return True
 
 
+_patch_precision: Optional[str] = None  # patch()'s precision
+
+
 def _patched_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                   enable_gqa=False):
     if _routable(query, key, value, attn_mask, dropout_p):
-        return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                            precision=_patch_precision)
     assert _original is not None
     return _original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                      scale=scale, enable_gqa=enable_gqa)
@@ -391,7 +423,7 @@ class _Patch:
         unpatch()
 
 
-def patch() -> _Patch:
+def patch(precision: Optional[str] = None) -> _Patch:
     """Route CPU calls of ``torch.nn.functional.scaled_dot_product_attention`` to fastattn.
 
     Every module that calls the torch function through ``torch.nn.functional`` picks this up,
@@ -399,9 +431,13 @@ def patch() -> _Patch:
     whenever they don't take torch's fused inference fast path). Calls fastattn cannot take
     are passed to torch unchanged: tensors off the CPU or of other dtypes, nested tensors,
     ``dropout_p > 0``, a mask that requires grad. Idempotent; ``unpatch()`` restores the torch function, and
-    ``with fastattn.torch.patch(): ...`` patches for a block.
+    ``with fastattn.torch.patch(): ...`` patches for a block. ``precision``: fastattn's for every routed
+    call (None: ``precision_for``'s rule, torch's float32 matmul precision for float32).
     """
-    global _original
+    global _original, _patch_precision
+    if precision is not None:
+        check_precision(precision)
+    _patch_precision = precision
     if _original is None:
         _original = torch.nn.functional.scaled_dot_product_attention
         torch.nn.functional.scaled_dot_product_attention = _patched_sdpa

@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - only without them
 from . import torch as fat
 from ._api import forward_prepared, plain_kernel
 from ._backend import cpp_available
-from ._contract import FLOAT32, FLOAT64, LOWER_RIGHT, NO_CAUSAL, UPPER_LEFT, check_softcap, normal_options
+from ._contract import FLOAT32, FLOAT64, LOWER_RIGHT, NO_CAUSAL, PRECISIONS, UPPER_LEFT, check_softcap, normal_options
 
 __all__ = ["register", "attention_forward", "mask", "Mask", "fallbacks", "NAME"]
 
@@ -57,10 +57,19 @@ fallbacks: "collections.Counter[str]" = collections.Counter()
 
 
 
-def register() -> None:
+_precision: Optional[str] = None  # register()'s
+
+
+def register(precision: Optional[str] = None) -> None:
     """Register ``"fastattn"`` with transformers' AttentionInterface and AttentionMaskInterface, so that
     ``from_pretrained(..., attn_implementation="fastattn")`` (and a config's ``attn_implementation``, and
-    ``model.set_attn_implementation("fastattn")``) run fastattn. Idempotent."""
+    ``model.set_attn_implementation("fastattn")``) run fastattn. Idempotent. ``precision``: fastattn's
+    ``precision=`` for every call (docs/precision.md); None: ``fastattn.torch.precision_for``'s rule
+    (torch's float32 matmul precision for float32 models, "highest" for the rest)."""
+    global _precision
+    if precision is not None:
+        fat.precision_for(None, precision)  # checks it
+    _precision = precision
     AttentionInterface.register(NAME, attention_forward)
     AttentionMaskInterface.register(NAME, mask)
 
@@ -239,10 +248,11 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         softcap = check_softcap(float(softcap), FLOAT64 if dtype == torch.float64 else FLOAT32)
     sinks = kwargs.get("s_aux")
     left, right = plan.window
+    precision = fat.precision_for(dtype, _precision)
 
     if not fat._wants_grad(query, key, value, sinks) and fat._lean(query, key, value):
         q, k, v = fat._to_numpy(query), fat._to_numpy(key), fat._to_numpy(value)
-        if plan.plain and sinks is None and not softcap and cpp_available():
+        if plan.plain and sinks is None and not softcap and precision == "highest" and cpp_available():
             # No option but causality: the plain call's route (inside a model the Python runs with cold
             # caches, so each layer skipped shows: ~25 µs a decode call).
             out = plain_kernel(q, k, v, plan.causal == UPPER_LEFT, scale, False, 0)
@@ -253,12 +263,13 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             if batch > 1:
                 sinks64 = np.tile(sinks64, batch)
         options = normal_options(scale=scale, causal=plan.causal, mask=plan.mask_view, kv_lengths=plan.lengths_array,
-                                 window=plan.window, softcap=softcap or 0.0, sinks=sinks64)
+                                 window=plan.window, softcap=softcap or 0.0, sinks=sinks64,
+                                 precision=PRECISIONS[precision])
         out = np.empty((batch, hq, lq, v.shape[3]), q.dtype)
         forward_prepared(q, k, v, out, options)
         return fat._from_numpy(out).transpose(1, 2).contiguous(), None
     out = fat._attention(query, key, value, plan.mask, plan.causal, scale, left, right, softcap or 0.0, sinks,
-                         plan.lengths)
+                         plan.lengths, precision)
     return out.transpose(1, 2).contiguous(), None
 
 
