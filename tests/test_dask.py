@@ -53,7 +53,7 @@ def arrays(rng, dtype, lk, *, q_shape=(B, HQ, LQ, D), hkv=HKV):
     return q, rng.standard_normal(kv + (D,)).astype(dtype), rng.standard_normal(kv + (DV,)).astype(dtype)
 
 
-def run(client, q, k, v, q_chunks, *, exact=False, **options):
+def run(client, q, k, v, q_chunks, *, exact=False, tolerance=None, **options):
     """The cluster's result and the lazy array, after checking it against the in-memory call."""
     ref = fastattn.attention(q, k, v, **options)
     out = fdask.attention(da.from_array(q, chunks=q_chunks), k, v, **options)
@@ -62,7 +62,7 @@ def run(client, q, k, v, q_chunks, *, exact=False, **options):
     if exact:
         np.testing.assert_array_equal(got, ref)
     else:
-        np.testing.assert_allclose(got, ref, **TOL[q.dtype.type])
+        np.testing.assert_allclose(got, ref, **(tolerance or TOL[q.dtype.type]))
     return out
 
 
@@ -114,7 +114,13 @@ def test_matches_in_memory(client, case, dtype):
     lk, make_options, split = CASES[case]
     rng = np.random.default_rng(sorted(CASES).index(case))
     q, k, v = arrays(rng, dtype, lk)
-    out = run(client, q, k, v, CHUNKS, num_threads=1, **make_options(rng))
+    options = make_options(rng)
+    if options.get("precision") == "medium" and dtype == np.float32:
+        # "medium" rounds P to bf16 where an engine does (the AMX tiles), and computes as "highest"
+        # where none does, or for calls too short for the tiles (the last chunk's 30 rows on the
+        # amx ISA): the chunks agree with the whole call to medium's error (docs/precision.md).
+        options["tolerance"] = dict(rtol=2.0**-6, atol=2.0**-8)
+    out = run(client, q, k, v, CHUNKS, num_threads=1, **options)
     assert out.chunks == ((1, 1), (2, 2), (60, 60, 30) if split else (LQ,), (DV,))
 
 

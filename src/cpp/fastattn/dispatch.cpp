@@ -59,6 +59,9 @@ struct Engine {
     void (*forward)(const AttentionArgs&);
     void (*backward)(const AttentionArgs&, const GradArgs&);
     void (*products)(const ProductArgs&);  // tile tests
+    // Calls of fewer query rows run the ISA's `short_calls` engine instead (tiles padded to 32
+    // rows cost more than they give there: measured, see the amx row).
+    int64_t min_rows = 0;
 };
 constexpr int kDtypes = 4, kPrecisions = 3;  // DType and Precision codes index these
 
@@ -72,6 +75,7 @@ struct IsaEntry {
     // Whether "auto" may pick it on this CPU (it runs and is measured faster than the ISAs
     // before it); set_isa and FASTATTN_ISA take any supported ISA.
     bool (*preferred)() = always;
+    Engine short_calls = {};  // for calls below an engine's min_rows
 };
 
 #if defined(FASTATTN_HAVE_AVX2) || defined(FASTATTN_HAVE_AVX512)
@@ -119,6 +123,7 @@ bool cpu_has_amx() {
 // The same engine for every precision (it has no faster mode), and for every dtype.
 #define FASTATTN_ALL_PRECISIONS(engine) {engine, engine, engine}
 #define FASTATTN_ENGINE(name, isa) (Engine{name, isa::forward, isa::backward, isa::products})
+#define FASTATTN_TILES(name, isa, rows) (Engine{name, isa::forward, isa::backward, isa::products, rows})
 #define FASTATTN_FMA(isa) FASTATTN_ALL_PRECISIONS(FASTATTN_ENGINE(#isa "_fma", isa))
 #define FASTATTN_FMA_ROW(isa) {FASTATTN_FMA(isa), FASTATTN_FMA(isa), FASTATTN_FMA(isa), FASTATTN_FMA(isa)}
 
@@ -164,16 +169,23 @@ const IsaEntry kIsas[] = {
 #endif
 #ifdef FASTATTN_HAVE_AMX
     // The tile units (engines/amx-inl.hpp): bfloat16 (P and dS split in two bf16 parts, or rounded
-    // once at "medium"), float16 (two exact parts), float32 at "high" (three parts) and "medium".
+    // once at "medium"), float16 (two exact parts), float32 "medium" (two parts, P rounded). Every
+    // other cell is the FMA engine's: float32 "high" (three parts, six products) measured 0.77-0.96x
+    // the FMA engine on the Xeon (docs/engines.md), so it computes as "highest" here; amx-model
+    // runs it. Calls of fewer query rows than a tile engine's min_rows take the FMA engine: on
+    // that Xeon (D = 64, 128; 16 query rows) bfloat16 tiles were 0.91-1.65x FMA, float16 0.83-1.05x.
     {"amx",
      cpu_has_amx,
-     {{FASTATTN_ENGINE("avx512_fma", avx512), FASTATTN_ENGINE("amx_f32x3", amx),
-       FASTATTN_ENGINE("amx_f32x2_rounded", amx)},
+     {{FASTATTN_ENGINE("avx512_fma", avx512), FASTATTN_ENGINE("avx512_fma", avx512),
+       FASTATTN_TILES("amx_f32x2_rounded", amx, 32)},
       FASTATTN_FMA(avx512),
-      {FASTATTN_ENGINE("amx_f16", amx), FASTATTN_ENGINE("amx_f16", amx), FASTATTN_ENGINE("amx_f16_rounded", amx)},
-      {FASTATTN_ENGINE("amx_bf16", amx), FASTATTN_ENGINE("amx_bf16", amx), FASTATTN_ENGINE("amx_bf16_rounded", amx)}},
+      {FASTATTN_TILES("amx_f16", amx, 32), FASTATTN_TILES("amx_f16", amx, 32),
+       FASTATTN_TILES("amx_f16_rounded", amx, 32)},
+      {FASTATTN_TILES("amx_bf16", amx, 16), FASTATTN_TILES("amx_bf16", amx, 16),
+       FASTATTN_TILES("amx_bf16_rounded", amx, 16)}},
      avx512::math_array,
-     never},
+     always,  // measured faster than avx512 (FMA) and avx512_bf16 on the Xeon: docs/engines.md
+     FASTATTN_ENGINE("avx512_fma", avx512)},
 #endif
 };
 
@@ -290,9 +302,11 @@ thread_local const char* last_engine_name = "";
 const Engine& engine_for(const AttentionArgs& args) {
     // int8 K/V (a KVCache's) run on the FMA engine, float32 "highest"'s on every ISA.
     const Precision precision = args.paged.int8 ? Precision::highest : args.precision;
-    const Engine& engine = selected().load()->engines[static_cast<int>(args.dtype)][static_cast<int>(precision)];
-    last_engine_name = engine.name;
-    return engine;
+    const IsaEntry& isa = *selected().load();
+    const Engine& engine = isa.engines[static_cast<int>(args.dtype)][static_cast<int>(precision)];
+    const Engine& chosen = args.lq < engine.min_rows ? isa.short_calls : engine;
+    last_engine_name = chosen.name;
+    return chosen;
 }
 
 void attention_forward(const AttentionArgs& args) {

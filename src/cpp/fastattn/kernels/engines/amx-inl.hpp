@@ -111,6 +111,13 @@ public:
         for (int64_t j = 0; j < keys_pad; ++j) {
             const int64_t pos = j0 + j;
             uint16_t* group = dst + pos / 16 * kParts * dp * 16 + pos % 16 * 2;
+#if defined(__AVX512BF16__)
+            if (W == 16 && pos % 16 == 0 && j + 16 <= keys_pad) {  // a whole group, transposed in registers
+                pack_key_group(src + j * stride, stride, std::clamp<int64_t>(keys - j, 0, 16), depth, group);
+                j += 15;
+                continue;
+            }
+#endif
             for (int64_t c0 = 0; c0 < dp; c0 += kMaxDepth) {  // depth in pieces of kMaxDepth
                 const int64_t n = std::min(kMaxDepth, dp - c0);
                 if (j < keys)
@@ -195,6 +202,13 @@ public:
         alignas(64) uint16_t parts[kParts * kMaxDepth];
         for (int64_t i = 0; i < rows; ++i) {
             const int64_t r = r0 + i;
+#if defined(__AVX512BF16__)
+            if (W == 16 && r % 2 == 0 && i + 1 < rows) {  // a pair of rows, interleaved in registers
+                pack_value_pair(src + i * stride, stride, cols, cols_pad, rows_cap, dst + r / 2 * 32);
+                ++i;
+                continue;
+            }
+#endif
             for (int64_t c0 = 0; c0 < cols_pad; c0 += kMaxDepth) {
                 const int64_t n = std::min(kMaxDepth, cols_pad - c0);
                 split_row(src + i * stride + c0, std::max<int64_t>(0, std::min(n, cols - c0)), parts, n);
@@ -431,6 +445,48 @@ private:
             }
     }
 #if defined(__AVX512BF16__)
+    // Keys [0, keys) of src (keys <= 16; zeros for the rest of the group) as one key group
+    // ([part][feature pair][16 keys][2], at group): each key's row split into parts, then per
+    // part 32 features × 16 keys as a 16 × 16 matrix of feature pairs, transposed.
+    void pack_key_group(const S* src, int64_t stride, int64_t keys, int64_t depth, uint16_t* group) const {
+        const int64_t dp = depth_pad(depth);
+        alignas(64) uint16_t rows[16][kParts * kMaxDepth];
+        for (int64_t c0 = 0; c0 < dp; c0 += kMaxDepth) {  // depth in pieces of kMaxDepth
+            const int64_t n = std::min(kMaxDepth, dp - c0), live = std::max<int64_t>(0, std::min(n, depth - c0));
+            for (int64_t k = 0; k < 16; ++k) {
+                if (k < keys)
+                    split_row(src + k * stride + c0, live, rows[k], n);
+                else
+                    std::fill_n(rows[k], kParts * n, uint16_t(0));
+            }
+            for (int p = 0; p < kParts; ++p)
+                for (int64_t c = 0; c < n; c += 32) {
+                    __m512i words[16];
+                    for (int k = 0; k < 16; ++k) words[k] = _mm512_load_si512(rows[k] + p * n + c);
+                    transpose_16x16(words);  // [key][pair] -> [pair][key]
+                    uint16_t* out = group + (p * dp + c0 + c) / 2 * 32;
+                    for (int pair = 0; pair < 16; ++pair) _mm512_storeu_si512(out + pair * 32, words[pair]);
+                }
+        }
+    }
+    // Rows r, r + 1 (r even; at src, src + stride) into their row pair of every panel and part
+    // (dst: the first panel's pair): the 16 columns of a panel interleaved, row r's first.
+    void pack_value_pair(const S* src, int64_t stride, int64_t cols, int64_t cols_pad, int64_t rows_cap,
+                         uint16_t* dst) const {
+        alignas(64) uint16_t first[kParts * kMaxDepth], second[kParts * kMaxDepth];
+        for (int64_t c0 = 0; c0 < cols_pad; c0 += kMaxDepth) {
+            const int64_t n = std::min(kMaxDepth, cols_pad - c0), live = std::max<int64_t>(0, std::min(n, cols - c0));
+            split_row(src + c0, live, first, n);
+            split_row(src + stride + c0, live, second, n);
+            for (int p = 0; p < kParts; ++p)
+                for (int64_t c = 0; c < n; c += 16) {
+                    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(first + p * n + c));
+                    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(second + p * n + c));
+                    _mm512_storeu_si512(dst + (c0 + c) / 16 * 16 * rows_cap * kParts + p * rows_cap * 16,
+                                        pair_words(a, b));
+                }
+        }
+    }
     // 16 words (first[j], second[j]) of two rows of 16 bf16.
     static __m512i pair_words(__m256i first, __m256i second) {
         return _mm512_or_si512(_mm512_cvtepu16_epi32(first), _mm512_slli_epi32(_mm512_cvtepu16_epi32(second), 16));
