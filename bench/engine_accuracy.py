@@ -151,12 +151,12 @@ def main() -> None:
             today[fma, dtype] = [fastattn_errors(c, dtype, "highest", w) for c, w in zip(cases, wants)]
     torchs = {dtype: [torch_errors(c, dtype, w) if c["torch_ok"] else None for c, w in zip(cases, wants)]
               for dtype in (BF16, F16, F32)} if torch else {}
-    print("\n| engine | dtype | precision | against | worst out | worst dq | worst dk | worst dv | worst dsinks "
-          "| median (all) | worst case |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| ISA | dtype | precision | engines that ran | against | worst out | worst dq | worst dk | worst dv "
+          "| worst dsinks | median (all) | worst case |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for isa, dtype, precision in RUNS:
         if isa not in supported:
-            print(f"| {isa} | {dtype.name} | {precision} | - | not on this CPU | | | | | | |")
+            print(f"| {isa} | {dtype.name} | {precision} | - | - | not on this CPU | | | | | | |")
             continue
         fastattn.set_isa(isa)
         against = "torch" if precision == "medium" and dtype != F32 else FMA_OF[isa]
@@ -165,12 +165,13 @@ def main() -> None:
         ratios: dict = {r: [] for r in RESULTS}
         # a reference exact by luck: count its error as a float32 unit of the case's largest result
         # (one key: dS and so dK are exactly 0 on the FMA engine, and ~1e-7 of dQ's scale rounded)
-        worst = (0.0, "")
+        worst, ran = (0.0, ""), set()
         for i, (case, want) in enumerate(zip(cases, wants)):
             refs = torchs[dtype][i] if against == "torch" else today[against, dtype][i]
             if refs is None:
                 continue
             got = fastattn_errors(case, dtype, precision, want)
+            ran.add(_backend._core._last_engine())
             unit = float(np.finfo(np.float32).eps) * max(float(np.max(np.abs(w), initial=0.0)) for w in want)
             for name, g, r in zip(RESULTS, got, refs):
                 ratio = g / max(r, unit, 1e-30) if g > unit else 0.0
@@ -179,7 +180,7 @@ def main() -> None:
                     worst = (ratio, f"{case['name']} ({name})")
         cells = [f"{max(ratios[r]):.2f}" if ratios[r] else "-" for r in RESULTS]
         median = statistics.median([x for r in RESULTS for x in ratios[r]])
-        print(f"| {isa} | {dtype.name} | {precision} | {against} | " + " | ".join(cells)
+        print(f"| {isa} | {dtype.name} | {precision} | {', '.join(sorted(ran))} | {against} | " + " | ".join(cells)
               + f" | {median:.2f} | {worst[1]} |")
     fastattn.set_isa(previous)
 

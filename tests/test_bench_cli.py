@@ -41,7 +41,7 @@ def test_quick_bench_writes_json_and_plot(tmp_path):
         assert row["check"]["ok"], row
         assert row["median_s"] > 0 and row["bandwidth_gbs"] > 0 and row["over_dense_float32"] > 0
     checks = [row["check"] for row in report["reliability_rows"]]
-    assert len(checks) == (4 if "cpp" in report["implementations"] else 0)
+    assert len(checks) == (6 if "cpp" in report["implementations"] else 0)
     # Smoke shapes: the speed targets are not graded, and nothing reads as a missed target.
     assert report["graded"] is False and all(row["ok"] is None for row in report["reliability_rows"])
     assert "--quick: a smoke test on tiny shapes" in completed.stdout
@@ -50,7 +50,7 @@ def test_quick_bench_writes_json_and_plot(tmp_path):
     counters = re.findall(r"^\[ *(\d+)/(\d+)\] ", completed.stdout, re.M)
     total = len(report["rows"]) + len(report["training_rows"]) + len(report["cache_rows"]) + len(checks)
     assert counters == [(str(i), str(total)) for i in range(1, total + 1)], counters
-    assert not checks or len(checks) == 4 and any("2 threads" in c for c in checks) and any("subnormal" in c for c in checks)
+    assert not checks or len(checks) == 6 and any("2 threads" in c for c in checks) and any("subnormal" in c for c in checks)
     assert all(row["ratio"] > 0 for row in report["reliability_rows"])
 
     # The plot is written exactly when matplotlib can be imported (it is optional).

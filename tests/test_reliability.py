@@ -479,3 +479,54 @@ def test_more_than_2_to_the_31_scores(rng):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max(), err_msg=name)
     full = fastattn.attention(q, k, v)  # not causal: every row is the last causal row
     np.testing.assert_allclose(full, np.broadcast_to(want_out[-1], full.shape), rtol=1e-4, atol=1e-5)
+
+
+# --- the kernels' floating-point environment (kernels/common/fp_env.hpp) --------------------
+
+@pytest.mark.skipif(not _backend.cpp_available() or not _backend._core._team_fp_env(1),
+                    reason="x86 only (MXCSR)")
+def test_kernels_compute_in_their_own_fp_environment_and_give_the_callers_back():
+    """A caller rounding downwards with invalid, divide-by-zero and overflow exceptions unmasked
+    gets the results of the default environment (round to nearest, nothing trapped: the masked
+    keys' inf - inf, exp(-inf)), and its environment back exactly, on every thread of the team;
+    subnormal arithmetic after a call still gives subnormals (no FTZ/DAZ left behind)."""
+    code = r"""
+import ctypes, sys
+import numpy as np
+import fastattn
+from fastattn import _backend
+core = _backend._core
+libm = ctypes.CDLL("libm.so.6")
+FE_DOWNWARD, TRAPS = 0x400, 0x01 | 0x04 | 0x08  # FE_INVALID | FE_DIVBYZERO | FE_OVERFLOW (x86 glibc)
+rng = np.random.default_rng(0)
+q = rng.standard_normal((1, 4, 70, 16)).astype(np.float32)
+k, v = (rng.standard_normal((1, 2, 90, 16)).astype(np.float32) for _ in range(2))
+k[0, :, 5] = np.inf
+v[0, :, 9] = np.nan
+mask = np.ones((70, 90), bool)
+mask[:, [5, 9]] = False
+mask[3] = False  # a row that sees nothing
+dout = rng.standard_normal((1, 4, 70, 16)).astype(np.float32)
+
+def call():
+    out, lse = fastattn.attention(q, k, v, mask=mask, return_lse=True, num_threads=2)
+    return (out, lse) + tuple(fastattn.attention_backward(dout, q, k, v, out, lse, mask=mask, num_threads=2))
+
+want = call()
+before = core._team_fp_env(2)
+assert libm.fesetround(FE_DOWNWARD) == 0 and libm.feenableexcept(TRAPS) != -1
+caller = core._team_fp_env(1)[0]
+got = call()
+after = core._team_fp_env(2)
+state = (libm.fegetround(), libm.fegetexcept())
+libm.fedisableexcept(TRAPS)
+libm.fesetround(0)
+assert state == (FE_DOWNWARD, TRAPS), state
+assert caller != before[0] and after == [caller] + before[1:], (before, caller, after)
+for a, b in zip(got, want):
+    assert a.tobytes() == b.tobytes()
+assert np.float32(1e-38) / np.float32(1e4) > 0  # still a subnormal here
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr

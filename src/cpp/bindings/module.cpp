@@ -376,5 +376,6 @@ PYBIND11_MODULE(_core, m) {
     m.def("_last_team_size", &fastattn::last_team_size);
     m.def("_last_engine", &fastattn::last_engine);
     m.def("_set_amx_model_for_testing", &fastattn::set_amx_model_for_testing, py::arg("model"));
+    m.def("_team_fp_env", &fastattn::team_fp_env, py::arg("threads"));
     m.def("_set_processor_limit_for_testing", &fastattn::set_processor_limit_for_testing, py::arg("n"));
 }

@@ -179,6 +179,9 @@ std::vector<EngineName> engine_names();
 // Tests: the engine name of the calling thread's last forward or backward call, and the amx
 // ISA's tile unit: its software model (true) or the hardware (false; the default).
 std::string last_engine();
+// Tests only: the MXCSR of each thread of an OpenMP team of `threads` (its thread 0 is the
+// caller); empty where there is none (not x86). The kernels' threads put theirs back after a call.
+std::vector<uint32_t> team_fp_env(int threads);
 void set_amx_model_for_testing(bool model);
 std::vector<std::string> compiled_isas();   // built into this binary, best last
 std::vector<std::string> supported_isas();  // compiled and runnable on this CPU

@@ -11,6 +11,10 @@
 #include <vector>
 
 #include "api.hpp"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "kernels/common/fp_env.hpp"
 #include "kernels/isa_entry.hpp"
 #include "threads.hpp"
 
@@ -313,6 +317,7 @@ void attention_forward(const AttentionArgs& args) {
     check_args(args);
     AttentionArgs resolved = args;
     resolved.num_threads = threads_for(args.num_threads, forward_work(args));
+    const ScopedKernelFpEnv fp_env;  // and each team thread (run_threads): kernels/common/fp_env.hpp
     engine_for(args).forward(resolved);
 }
 
@@ -322,6 +327,7 @@ void attention_backward(const AttentionArgs& args, const GradArgs& grad) {
     require(!args.paged.table, "paged K/V are forward only");
     AttentionArgs resolved = args;
     resolved.num_threads = threads_for(args.num_threads, 2.5 * forward_work(args));
+    const ScopedKernelFpEnv fp_env;
     engine_for(args).backward(resolved, grad);
 }
 
@@ -335,12 +341,27 @@ void engine_products(const std::string& name, const ProductArgs& args) {
         require(isa.cpu_has(), "ISA '" + name + "' is not supported by this CPU");
         require(args.rows >= 0 && args.depth >= 0 && args.cols >= 0 && args.a && args.b && args.out,
                 "bad product arguments");
+        const ScopedKernelFpEnv fp_env;
         return isa.engines[static_cast<int>(args.dtype)][static_cast<int>(args.precision)].products(args);
     }
     require(false, "unknown ISA '" + name + "'");
 }
 
 std::string last_engine() { return last_engine_name; }
+
+std::vector<uint32_t> team_fp_env(int threads) {
+    std::vector<uint32_t> mxcsr;
+#ifdef FASTATTN_HAVE_MXCSR
+    mxcsr.assign(std::max(threads, 1), 0);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(std::max(threads, 1))
+    mxcsr[omp_get_thread_num()] = _mm_getcsr();
+#else
+    mxcsr[0] = _mm_getcsr();
+#endif
+#endif
+    return mxcsr;
+}
 
 void set_amx_model_for_testing(bool model) {
 #ifdef FASTATTN_HAVE_AMX

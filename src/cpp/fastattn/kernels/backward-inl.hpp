@@ -347,7 +347,9 @@ private:
         // lse_hi: Sterbenz), and lse_lo (0 for a compute-dtype lse) costs no op.
         const auto shift = V::set1(ws.lse[r]), shift_lo = V::set1(-ws.lse_lo[r] * ExpConstants<T>::log2e);
         const auto log2e = V::set1(ExpConstants<T>::log2e);
-        const auto delta = V::set1(ws.delta[r]), tiny = V::set1(std::numeric_limits<T>::denorm_min());
+        // P below the smallest normal number is 0 here: the kernels flush subnormal results, and a
+        // subnormal bound would itself read as 0 (common/fp_env.hpp).
+        const auto delta = V::set1(ws.delta[r]), tiny = V::set1(std::numeric_limits<T>::min());
         for (int64_t j = 0; j < n; j += W) {
             const auto pj = vexp2<T>(V::fma(V::sub(V::load(p + j), shift), log2e, shift_lo));
             auto dsj = V::mul(pj, V::sub(V::load(ds + j), delta));

@@ -20,6 +20,7 @@
 #endif
 
 #include "../../threads.hpp"
+#include "fp_env.hpp"
 
 namespace fastattn {
 namespace FASTATTN_ISA {
@@ -50,6 +51,7 @@ template <class Workspace, class Make, class Work>
 void run_threads(int64_t threads, const Make& make_workspace, const Work& work) {
     std::atomic<bool> out_of_memory{false};
     auto body = [&] {
+        const ScopedKernelFpEnv fp_env;  // each team thread computes in the kernels' environment
         Workspace* ws = nullptr;
         try {
             ws = new Workspace(make_workspace());
