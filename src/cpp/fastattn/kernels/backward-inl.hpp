@@ -256,7 +256,7 @@ private:
         int64_t key_hi = 0;
         for (int64_t r = 0; r < rows; ++r) key_hi = std::max(key_hi, hi[r]);
         if (key_hi == 0) return;
-        const int64_t k_end = (key_hi + kTileKeys - 1) / kTileKeys * kTileKeys;  // keys computed
+        const int64_t k_end = (key_hi + E::kScoreUnit - 1) / E::kScoreUnit * E::kScoreUnit;  // keys computed
         scores(h, key0, seen_end, seq, rows, k_end, ws);                                          // S, in p
         score_block(ws.do_rows.data(), rows, a_.dv, ws.v_t.data(), k_end, T(1), ws.ds.data());  // dP, in ds
         if (rules_.has_alibi()) Rules<T>::fill_key_index(key0, k_end, ws.key_index.data());
@@ -355,7 +355,8 @@ private:
             for (int64_t t0 = 0; t0 < rows; t0 += kTileRows)
                 E::with_rows(std::min(kTileRows, rows - t0), [&](auto n) {
                     engine_.template score_tile<decltype(n)::value>(a + E::row_offset(t0, depth), depth, bt, k0,
-                                                                    k0 + kTileKeys, post, out + t0 * kKeys, kKeys);
+                                                                    std::min(k0 + kTileKeys, k_end), post,
+                                                                    out + t0 * kKeys, kKeys);
                 });
     }
 

@@ -267,9 +267,10 @@ private:
         for (int r = 0; r < R; ++r)
             if (lo[r] < hi[r]) first = std::min(first, lo[r]), last = std::max(last, hi[r]);
         if (first >= last) return;
-        // The keys the tile computes: whole tiles of the engine around [first, last).
+        // The keys the tile computes: from the panel of `first` to `last` rounded up to
+        // what one score product computes (E::kScoreUnit: a vector for FMA).
         const int64_t k_begin = first / kTileKeys * kTileKeys;
-        const int64_t k_end = std::min(kKeyBlock, (last + kTileKeys - 1) / kTileKeys * kTileKeys);
+        const int64_t k_end = std::min(kKeyBlock, (last + E::kScoreUnit - 1) / E::kScoreUnit * E::kScoreUnit);
         T* scores = ws.scores.data();
         if constexpr (R <= E::kDirectRows) {
             if (direct_) {

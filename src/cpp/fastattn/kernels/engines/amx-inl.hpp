@@ -67,6 +67,7 @@ public:
     static constexpr int64_t kRows = 32;      // two tiles' rows: the engine's products are 2 × 2 tiles
     static constexpr int64_t kKeys = 64;      // keys per score call (two 2 × 2 passes of 32 keys)
     static constexpr int64_t kTermUnit = 32;  // the terms one instruction sums
+    static constexpr int64_t kScoreUnit = 32; // keys per 2 × 2 pass of score_tile
     static constexpr int64_t kDirectRows = Fma::kDirectRows;
 
     explicit AmxEngine(const AttentionArgs& a) : Fma(a) {}

@@ -65,6 +65,7 @@ public:
     using ScorePacked = uint16_t;
     static constexpr int64_t kRows = 6;
     static constexpr int64_t kKeys = 64;  // a score tile: 4 vectors of 16 keys
+    static constexpr int64_t kScoreUnit = kKeys;
     static_assert(kRows == Fma::kRows, "the weighted sums' tiles are the FMA engine's");
 
     explicit Bf16ScoreEngine(const AttentionArgs& a) : Fma(a) {}

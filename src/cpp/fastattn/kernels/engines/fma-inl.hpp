@@ -28,7 +28,9 @@
 //     rows_size(rows, depth)  pack_rows(...): A, rows of depth values (row r at
 //                             row_offset(r, depth); the size of `rows` rows)
 //     keys_size(keys, depth)  pack_keys(...): B, keys transposed in panels
-//     score_tile<R>(a, depth, b, k_begin, k_end, post, out, out_stride)
+//     score_tile<R>(a, depth, b, k_begin, k_end, post, out, out_stride): keys
+//                             [k_begin, k_end), k_begin at a panel of kKeys, k_end
+//                             a multiple of kScoreUnit (what one product computes)
 //   Weighted sums: C = C·alpha + Σ_i w(r, i)·B_i (O += P·V, dV, dK, dQ), each call's
 //   terms summed from zero and added to C once ("Blocked sums", fma_tiles-inl.hpp)
 //     values_size(rows, cols) pack_values(...): B in column panels; pad_values
@@ -71,6 +73,7 @@ struct FmaEngine {
     static constexpr int64_t W = V::width;
     static constexpr int64_t kRows = Tile::kRows;
     static constexpr int64_t kKeys = Tile::kKeys;
+    static constexpr int64_t kScoreUnit = W;  // a panel's vectors one by one
     static constexpr int64_t kDirectRows = Tile::kRows;
     static constexpr int64_t kTermUnit = 1;  // weighted sums take any number of terms
 

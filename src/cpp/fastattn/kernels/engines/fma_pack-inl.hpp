@@ -39,7 +39,8 @@ void pack_plain_rows(const S* src, int64_t stride, int64_t rows, int64_t cols, i
 // Keys [0, keys) of src (row stride `stride`, `depth` features) transposed
 // into panels at key positions [j0, j0 + keys); positions [j0 + keys, j0 +
 // keys_pad) are zero, so that their scores are finite (and then masked), never
-// NaN from uninitialised memory. row_scale (int8 keys): key j's values are
+// NaN from uninitialised memory (j0 + keys_pad ends a panel: every caller pads
+// to whole panels). row_scale (int8 keys): key j's values are
 // widened times row_scale[j].
 template <class S>
 void pack_transposed(const S* src, int64_t stride, int64_t keys, int64_t keys_pad, int64_t depth,
@@ -47,12 +48,33 @@ void pack_transposed(const S* src, int64_t stride, int64_t keys, int64_t keys_pa
                      const ComputeType<S>* row_scale = nullptr) {
     using T = ComputeType<S>;
     constexpr int64_t kKeys = Tiles<T>::kKeys;
-    for (int64_t j = 0; j < keys_pad; ++j) {
-        T* d = dst + (j0 + j) / kKeys * depth * kKeys + (j0 + j) % kKeys;
-        if (j >= keys) {
-            for (int64_t c = 0; c < depth; ++c) d[c * kKeys] = T(0);
-            continue;
+    // The zero tail a panel's feature row at a time, a vector at a time (key by key, each
+    // zero is a store to another line: 48 keys × 32 features of scalar stores made a
+    // 16-token call 2x slower on AVX-512). The tail runs to its panel's end (keys_pad is
+    // whole panels); the keys before it in its first vector (this call's, or an earlier
+    // call's: j0 > 0) are kept.
+    if (keys < keys_pad) {
+        using V = Vec<T>;
+        constexpr int64_t W = V::width;
+        alignas(64) T lane[W];
+        for (int64_t i = 0; i < W; ++i) lane[i] = static_cast<T>(i);
+        const int64_t pos = j0 + keys, at = pos % kKeys, v0 = at / W * W;
+        const typename V::reg keep = V::set1(static_cast<T>(at - v0)), index = V::load(lane);
+        for (int64_t p = pos / kKeys; p < (j0 + keys_pad) / kKeys; ++p) {
+            const int64_t from = p == pos / kKeys ? v0 : 0;  // later panels: whole
+            T* d = dst + p * depth * kKeys;
+            for (int64_t c = 0; c < depth; ++c, d += kKeys) {
+                int64_t j = from;
+                if (p == pos / kKeys && at > v0) {  // lanes below `at` keep their keys
+                    V::store(d + j, V::select_lt(index, keep, V::load(d + j), V::zero()));
+                    j += W;
+                }
+                for (; j < kKeys; j += W) V::store(d + j, V::zero());
+            }
         }
+    }
+    for (int64_t j = 0; j < keys; ++j) {
+        T* d = dst + (j0 + j) / kKeys * depth * kKeys + (j0 + j) % kKeys;
         const S* s = src + j * stride;
         const T* row = reinterpret_cast<const T*>(s);
         if (!std::is_same<S, T>::value || row_scale) {

@@ -89,27 +89,44 @@ struct Tiles {
     }
 
     // out[r][j] = Σ_c a[r·depth + c]·bt[c][j] for R rows of a and the key
-    // vectors [v_begin, v_end) (whole tiles); bt is transposed in panels of
-    // kKeys keys (pack_transposed), out has row stride out_stride.
+    // vectors [v_begin, v_end) (v_begin at a panel's start; a last panel may be
+    // cut short: a 16-key block computes 16 scores, not a whole panel's 64); bt
+    // is transposed in panels of kKeys keys (pack_transposed), out has row
+    // stride out_stride. Each score is the same chain of FMAs however many
+    // vectors its panel call has.
     template <int R>
     FASTATTN_TILE static void score_tile(const T* a, int64_t depth, const T* bt, int64_t v_begin, int64_t v_end, T* out,
                            int64_t out_stride) {
         for (int64_t v0 = v_begin; v0 < v_end; v0 += kVecs) {
-            reg dot[R][kVecs];
-            for (int r = 0; r < R; ++r)
-                for (int64_t n = 0; n < kVecs; ++n) dot[r][n] = V::zero();
             const T* bp = bt + v0 / kVecs * depth * kKeys;  // its panel
-            for (int64_t c = 0; c < depth; ++c, bp += kKeys) {
-                reg b[kVecs];
-                for (int64_t n = 0; n < kVecs; ++n) b[n] = V::load(bp + n * W);
-                for (int r = 0; r < R; ++r) {
-                    const reg ac = V::set1(a[r * depth + c]);
-                    for (int64_t n = 0; n < kVecs; ++n) dot[r][n] = V::fma(ac, b[n], dot[r][n]);
-                }
-            }
-            for (int r = 0; r < R; ++r)
-                for (int64_t n = 0; n < kVecs; ++n) V::store(out + r * out_stride + (v0 + n) * W, dot[r][n]);
+            T* o = out + v0 * W;
+            const int64_t n = std::min<int64_t>(kVecs, v_end - v0);
+            if (n == kVecs)
+                score_panel<R, kVecs>(a, depth, bp, o, out_stride);
+            else if (n == 1)
+                score_panel<R, 1>(a, depth, bp, o, out_stride);
+            else if (n == 2)
+                score_panel<R, std::min<int64_t>(2, kVecs)>(a, depth, bp, o, out_stride);
+            else
+                score_panel<R, std::min<int64_t>(3, kVecs)>(a, depth, bp, o, out_stride);
         }
+    }
+    // score_tile's first kN vectors of one panel.
+    template <int R, int64_t kN>
+    FASTATTN_TILE static void score_panel(const T* a, int64_t depth, const T* bp, T* out, int64_t out_stride) {
+        reg dot[R][kN];
+        for (int r = 0; r < R; ++r)
+            for (int64_t n = 0; n < kN; ++n) dot[r][n] = V::zero();
+        for (int64_t c = 0; c < depth; ++c, bp += kKeys) {
+            reg b[kN];
+            for (int64_t n = 0; n < kN; ++n) b[n] = V::load(bp + n * W);
+            for (int r = 0; r < R; ++r) {
+                const reg ac = V::set1(a[r * depth + c]);
+                for (int64_t n = 0; n < kN; ++n) dot[r][n] = V::fma(ac, b[n], dot[r][n]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int64_t n = 0; n < kN; ++n) V::store(out + r * out_stride + n * W, dot[r][n]);
     }
 
     // c[r][:] = c[r][:]·alpha[r] + Σ_{lo <= i < hi} a[r·kAr + i·kAi]·b[i][:]
