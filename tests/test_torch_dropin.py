@@ -517,14 +517,17 @@ def fastattn_backend():
     return _backend
 
 
-@pytest.mark.parametrize("dtype, precision", [(torch.bfloat16, "medium"), (torch.float32, "high"),
-                                              (torch.float32, "medium")], ids=lambda x: str(x).split(".")[-1])
-@pytest.mark.parametrize("how", ["argument", "patch", "torch-matmul-precision"])
+# (how, dtype, precision): torch's matmul precision is for float32 only.
+PRECISION_ROUTES = [(how, dtype, precision) for how in ("argument", "patch", "torch-matmul-precision")
+                    for dtype, precision in ((torch.bfloat16, "medium"), (torch.float32, "high"),
+                                             (torch.float32, "medium"))
+                    if how != "torch-matmul-precision" or dtype == torch.float32]
+
+
+@pytest.mark.parametrize("how, dtype, precision", PRECISION_ROUTES, ids=lambda x: str(x).split(".")[-1])
 def test_precision_reaches_the_kernel_by_both_doors(amx_model, dtype, precision, how, monkeypatch):
     import fastattn
     if how == "torch-matmul-precision":
-        if dtype != torch.float32:
-            pytest.skip("torch's matmul precision is for float32")
         monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: precision)
         call = fat.scaled_dot_product_attention
     elif how == "patch":

@@ -76,7 +76,10 @@ void ForwardKernel<S, K, E>::run_task(int64_t task, Workspace& ws, int64_t split
             const int64_t n = std::min(tile_rows, live - r0);
             // Row r0 + r sees keys [lo[r], hi[r]); a tile taller than the rows left (an
             // engine whose tiles are always kRows high) has dead rows that see nothing.
-            int64_t lo[kMaxTileRows] = {}, hi[kMaxTileRows] = {};
+            // alignas: GCC zeroes them with aligned 64-byte stores, and under ASan's
+            // use-after-return check (a heap frame) only a declared alignment is kept.
+            alignas(64) int64_t lo[kMaxTileRows] = {};
+            alignas(64) int64_t hi[kMaxTileRows] = {};
             for (int64_t r = 0; r < n; ++r) {
                 const int64_t i = ws.row_pos[r0 + r];
                 lo[r] = std::max(rules_.key_begin(i, seq) - key0, span_lo);
