@@ -8,19 +8,8 @@
 namespace fastattn {
 namespace FASTATTN_ISA {
 namespace {
-// bfloat16: 1 part, P and dS in 2 ("highest", "high") or 1 ("medium"); float16: 2 exact parts;
-// float32: 3 parts ("high"), 2 with P in 1 ("medium"), "highest" none (the FMA engine's, in avx512).
 template <class S, Precision P>
-struct EngineFor {
-    static constexpr bool kMedium = P == Precision::medium;
-    using type = typename std::conditional<
-        std::is_same<S, bf16>::value, AmxEngine<AmxSwitch, bf16, 1, kMedium ? 1 : 2, 2>,
-        typename std::conditional<
-            std::is_same<S, f16>::value, AmxEngine<AmxSwitch, f16, 2, kMedium ? 1 : 2, 3>,
-            typename std::conditional<std::is_same<S, float>::value && P != Precision::highest,
-                                      AmxEngine<AmxSwitch, float, kMedium ? 2 : 3, kMedium ? 1 : 3, kMedium ? 2 : 3>,
-                                      void>::type>::type>::type;
-};
+struct EngineFor : AmxEngineFor<AmxSwitch, S, P> {};
 }  // namespace
 
 // Tests: run this ISA's tiles on the software model (true) or the hardware (false); between calls.

@@ -1,17 +1,4 @@
-// The avx512 build of the kernels: its vector API, the FMA engine for every dtype, then
-// every pass (entry-inl.hpp).
+// The avx512 build of the kernels: its vector API, then the FMA engine for every dtype and
+// every pass (fma_build-inl.hpp).
 #include "vec/avx512.hpp"
-#include "engines/fma-inl.hpp"
-
-namespace fastattn {
-namespace FASTATTN_ISA {
-namespace {
-template <class S, Precision>
-struct EngineFor {
-    using type = FmaEngine<ComputeType<S>>;
-};
-}  // namespace
-}  // namespace FASTATTN_ISA
-}  // namespace fastattn
-
-#include "entry-inl.hpp"
+#include "fma_build-inl.hpp"

@@ -541,6 +541,22 @@ private:
     }
 };
 
+// The AMX engine a build names for each dtype and precision, on the tile unit `Unit` (AmxSwitch:
+// the hardware, or its model when a test asks; AmxModel: the model): bfloat16 in 1 part, P and dS
+// in 2 ("highest", "high") or 1 ("medium"); float16 in 2 exact parts; float32 in 3 parts ("high"),
+// 2 with P in 1 ("medium"), "highest" none (void: the FMA engine's, in the avx512 build).
+template <class Unit, class S, Precision P>
+struct AmxEngineFor {
+    static constexpr bool kMedium = P == Precision::medium;
+    using type = typename std::conditional<
+        std::is_same<S, bf16>::value, AmxEngine<Unit, bf16, 1, kMedium ? 1 : 2, 2>,
+        typename std::conditional<
+            std::is_same<S, f16>::value, AmxEngine<Unit, f16, 2, kMedium ? 1 : 2, 3>,
+            typename std::conditional<std::is_same<S, float>::value && P != Precision::highest,
+                                      AmxEngine<Unit, float, kMedium ? 2 : 3, kMedium ? 1 : 3, kMedium ? 2 : 3>,
+                                      void>::type>::type>::type;
+};
+
 }  // namespace
 }  // namespace FASTATTN_ISA
 }  // namespace fastattn
