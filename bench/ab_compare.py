@@ -18,7 +18,8 @@ per side and reports medians. Cases: forward / backward (``attention_backward`` 
 shape (B, H, L, D) = (1, 8, 1024, D), L = 256 with ``--quick``; ``--decode`` adds decoding
 (Lq = 1, 32 query heads on 8 K/V heads, Lk = 4096, D = 128, B = 1 and 4).
 
-``--cache`` adds decoding over a ``KVCache`` (float32, bfloat16, int8 storage; B = 8).
+``--cache`` adds decoding over a ``KVCache`` (float32, bfloat16, int8 storage; B = 8); ``--small``
+adds short calls: (32, 12, 16, 32), a MiniLM sentence batch, and (1, 8, 64, 64).
 
 Columns: medians in ms, new/base (ratio of medians), noise = IQR/median of each side, the
 q1–q3 of the per-round paired ratios new/base (a ``*`` marks a case where that whole range is
@@ -180,6 +181,8 @@ def main():
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
     ap.add_argument("--decode", action="store_true",
                     help="add decoding cases (forward, Lq = 1, GQA 32/8 heads, Lk = 4096, D = 128)")
+    ap.add_argument("--small", action="store_true",
+                    help="add small calls: 32x12x16x16x32 (a MiniLM batch) and 1x8x64x64x64")
     ap.add_argument("--cache", action="store_true",
                     help="add decoding over a KVCache (float32, bfloat16, int8; B = 8, 32/8 heads, "
                          "4096 tokens, D = 128, block_size 128)")
@@ -194,6 +197,10 @@ def main():
     if args.decode:  # direct mode (K/V read in place) and split-KV; B = 1 and 4
         cases += [dict(B=b, H=32, Hkv=8, L=1, Lk=4096, D=128, causal=False, threads=args.threads, dtype=dt,
                        **{"pass": "forward"}) for b in (1, 4) for dt in ("float32", "bfloat16")]
+    if args.small:  # a MiniLM sentence batch (32 x 12 heads of 16 tokens, D = 32), a short call
+        cases += [dict(B=B, H=H, L=L_, D=D, causal=False, threads=args.threads, dtype=dt, **{"pass": p})
+                  for (B, H, L_, D) in ((32, 12, 16, 32), (1, 8, 64, 64)) for dt in ("float32", "bfloat16")
+                  for p in ("forward", "backward")]
     if args.cache:
         cases += [dict(B=8, H=32, Hkv=8, L=1, Lk=4096, D=128, causal=False, threads=args.threads, dtype=dt,
                        block_size=128, **{"pass": "cache"}) for dt in ("float32", "bfloat16", "int8")]
@@ -203,6 +210,8 @@ def main():
         kind = "fwd" if c["pass"] == "forward" else "bwd"
         if c["pass"] == "cache":
             return f"KVCache {dt} B{c['B']} H32/8 Lk{c['Lk']} D{c['D']}"
+        if c["L"] <= 64 and c["L"] > 1:
+            return f"{kind} {dt} {c['B']}x{c['H']}x{c['L']}x{c['L']}x{c['D']}"
         if c["L"] == 1:
             return f"decode {dt} B{c['B']} H32/8 Lk{c['Lk']} D{c['D']}"
         return f"{kind} {dt} D{c['D']}{' causal' if c['causal'] else ''}"

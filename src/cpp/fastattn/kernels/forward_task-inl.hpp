@@ -121,10 +121,11 @@ typename ForwardKernel<S, K, E>::KvBlock ForwardKernel<S, K, E>::packed_block(co
         ws.panel_owner = owner;
     }
     if (!panel || !ws.slot_ready[slot]) {
-        // Keys past `keys` up to the end of the last K panel are zero, and so are
-        // V's rows up to the engine's own padding (weighted sums read keys below a
-        // row's end, and whatever an engine reads beyond it is zero).
-        const int64_t keys_pad = (keys + kTileKeys - 1) / kTileKeys * kTileKeys;
+        // Keys past `keys` up to what the score products read (update_rows: a
+        // row's end rounded up to E::kScoreUnit) are zero, and so are V's rows up
+        // to the engine's own padding (weighted sums read keys below a row's end,
+        // and whatever an engine reads beyond it is zero).
+        const int64_t keys_pad = (keys + E::kScoreUnit - 1) / E::kScoreUnit * E::kScoreUnit;
         src.for_each_run(a_, key0, key0 + keys, [&](int64_t j, int64_t n, const K* k_rows, const K* v_rows,
                                                  const T* k_scale, const T* v_scale) {
             engine_.pack_keys(k_rows, a_.k_strides.row, n, n, a_.d, k_pack, ws.row.data(), j - key0, k_scale);

@@ -45,6 +45,7 @@
 #include <type_traits>
 
 #include "../common/storage-inl.hpp"
+#include "../common/transpose-inl.hpp"
 #include "amx_unit-inl.hpp"
 #include "fma-inl.hpp"
 
@@ -493,32 +494,6 @@ private:
         return _mm512_or_si512(_mm512_cvtepu16_epi32(first), _mm512_slli_epi32(_mm512_cvtepu16_epi32(second), 16));
     }
     static __m512 widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-    // x[p][r] -> x[r][p] for a 16 × 16 matrix of 32-bit words.
-    static void transpose_16x16(__m512i x[16]) {
-        __m512i t[16];
-        for (int i = 0; i < 16; i += 2) {
-            t[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
-            t[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
-        }
-        for (int i = 0; i < 16; i += 4) {
-            x[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-            x[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-            x[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-            x[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-        }
-        // Now x[4q + k] holds, in its 128-bit lane L, row (4L + k)'s words of columns 4q..4q+3.
-        for (int k = 0; k < 4; ++k) {
-            const __m512i a = _mm512_shuffle_i32x4(x[k], x[4 + k], 0x88);  // lanes 0, 2 of each
-            const __m512i b = _mm512_shuffle_i32x4(x[k], x[4 + k], 0xdd);  // lanes 1, 3 of each
-            const __m512i c = _mm512_shuffle_i32x4(x[8 + k], x[12 + k], 0x88);
-            const __m512i d = _mm512_shuffle_i32x4(x[8 + k], x[12 + k], 0xdd);
-            t[k] = _mm512_shuffle_i32x4(a, c, 0x88);       // row k: lane 0 of x[k], x[4+k], x[8+k], x[12+k]
-            t[8 + k] = _mm512_shuffle_i32x4(a, c, 0xdd);   // row 8 + k: lane 2
-            t[4 + k] = _mm512_shuffle_i32x4(b, d, 0x88);   // row 4 + k: lane 1
-            t[12 + k] = _mm512_shuffle_i32x4(b, d, 0xdd);  // row 12 + k: lane 3
-        }
-        for (int i = 0; i < 16; ++i) x[i] = t[i];
-    }
 #endif
 
     // Term by term, skipping weights of exactly 0, so that 0·NaN never reaches c: blocks with a

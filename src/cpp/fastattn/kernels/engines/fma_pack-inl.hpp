@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "../common/storage-inl.hpp"
+#include "../common/transpose-inl.hpp"
 #include "fma_tiles-inl.hpp"
 
 namespace fastattn {
@@ -36,12 +37,49 @@ void pack_plain_rows(const S* src, int64_t stride, int64_t rows, int64_t cols, i
     }
 }
 
+// pack_transposed's keys W at a time when the first starts a vector (W divides
+// kKeys: a group never straddles two panels): W features of W keys transposed in
+// registers (common/transpose-inl.hpp) and stored a vector at a time. A last
+// group of fewer keys stores zeros in the lanes past them, where the block's
+// zero tail belongs (a caller packing a later run of keys there writes it
+// afterwards). Each value is widened and times its row's scale as widen_row
+// does: the same bits as key by key. Returns the keys it packed (0 or all).
+template <class S>
+int64_t pack_key_groups(const S* src, int64_t stride, int64_t keys, int64_t depth, ComputeType<S>* dst, int64_t j0,
+                        const ComputeType<S>* row_scale) {
+    using T = ComputeType<S>;
+    using V = Vec<T>;
+    constexpr int64_t W = V::width, kKeys = Tiles<T>::kKeys;
+    if (j0 % W != 0) return 0;  // a run that starts inside a vector (a paged cache's later run): key by key
+    for (int64_t j = 0; j < keys; j += W) {
+        const int64_t n = std::min(W, keys - j);
+        T* d = dst + (j0 + j) / kKeys * depth * kKeys + (j0 + j) % kKeys;
+        int64_t c = 0;
+        for (; c + W <= depth; c += W) {
+            typename V::reg x[W];
+            for (int64_t i = 0; i < W; ++i) {
+                x[i] = i < n ? Storage<S>::load(src + (j + i) * stride + c) : V::zero();
+                if (row_scale && i < n) x[i] = V::mul(x[i], V::set1(row_scale[j + i]));
+            }
+            transpose_block(x);
+            for (int64_t i = 0; i < W; ++i) V::store(d + (c + i) * kKeys, x[i]);
+        }
+        for (; c < depth; ++c)  // the features past the last whole vector
+            for (int64_t i = 0; i < n; ++i) {
+                const T x = Storage<S>::widen(src[(j + i) * stride + c]);
+                d[c * kKeys + i] = row_scale ? x * row_scale[j + i] : x;
+            }
+    }
+    return keys;
+}
+
 // Keys [0, keys) of src (row stride `stride`, `depth` features) transposed
 // into panels at key positions [j0, j0 + keys); positions [j0 + keys, j0 +
 // keys_pad) are zero, so that their scores are finite (and then masked), never
-// NaN from uninitialised memory (j0 + keys_pad ends a panel: every caller pads
-// to whole panels). row_scale (int8 keys): key j's values are
-// widened times row_scale[j].
+// NaN from uninitialised memory (j0 + keys_pad is a whole number of vectors:
+// the forward pads to what its score products read, E::kScoreUnit; the
+// backward and the tests to whole panels). row_scale (int8 keys): key j's
+// values are widened times row_scale[j].
 template <class S>
 void pack_transposed(const S* src, int64_t stride, int64_t keys, int64_t keys_pad, int64_t depth,
                      ComputeType<S>* dst, ComputeType<S>* scratch, int64_t j0 = 0,
@@ -50,9 +88,9 @@ void pack_transposed(const S* src, int64_t stride, int64_t keys, int64_t keys_pa
     constexpr int64_t kKeys = Tiles<T>::kKeys;
     // The zero tail a panel's feature row at a time, a vector at a time (key by key, each
     // zero is a store to another line: 48 keys × 32 features of scalar stores made a
-    // 16-token call 2x slower on AVX-512). The tail runs to its panel's end (keys_pad is
-    // whole panels); the keys before it in its first vector (this call's, or an earlier
-    // call's: j0 > 0) are kept.
+    // 16-token call 2x slower on AVX-512). It runs to j0 + keys_pad, not to its panel's
+    // end (zeroing 48 unread keys × 32 features was a fifth of a 16-token call); the keys
+    // before it in its first vector (this call's, or an earlier call's: j0 > 0) are kept.
     if (keys < keys_pad) {
         using V = Vec<T>;
         constexpr int64_t W = V::width;
@@ -60,8 +98,10 @@ void pack_transposed(const S* src, int64_t stride, int64_t keys, int64_t keys_pa
         for (int64_t i = 0; i < W; ++i) lane[i] = static_cast<T>(i);
         const int64_t pos = j0 + keys, at = pos % kKeys, v0 = at / W * W;
         const typename V::reg keep = V::set1(static_cast<T>(at - v0)), index = V::load(lane);
-        for (int64_t p = pos / kKeys; p < (j0 + keys_pad) / kKeys; ++p) {
-            const int64_t from = p == pos / kKeys ? v0 : 0;  // later panels: whole
+        const int64_t end = j0 + keys_pad;
+        for (int64_t p = pos / kKeys; p * kKeys < end; ++p) {
+            const int64_t from = p == pos / kKeys ? v0 : 0;  // later panels: from their start
+            const int64_t to = std::min(kKeys, end - p * kKeys);
             T* d = dst + p * depth * kKeys;
             for (int64_t c = 0; c < depth; ++c, d += kKeys) {
                 int64_t j = from;
@@ -69,11 +109,14 @@ void pack_transposed(const S* src, int64_t stride, int64_t keys, int64_t keys_pa
                     V::store(d + j, V::select_lt(index, keep, V::load(d + j), V::zero()));
                     j += W;
                 }
-                for (; j < kKeys; j += W) V::store(d + j, V::zero());
+                for (; j < to; j += W) V::store(d + j, V::zero());
             }
         }
     }
-    for (int64_t j = 0; j < keys; ++j) {
+    int64_t j = 0;
+    if constexpr (std::is_same<T, float>::value && kTransposeWidth == Vec<T>::width && kKeys % Vec<T>::width == 0)
+        j = pack_key_groups(src, stride, keys, depth, dst, j0, row_scale);
+    for (; j < keys; ++j) {
         T* d = dst + (j0 + j) / kKeys * depth * kKeys + (j0 + j) % kKeys;
         const S* s = src + j * stride;
         const T* row = reinterpret_cast<const T*>(s);
