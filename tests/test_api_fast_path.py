@@ -87,3 +87,27 @@ def test_errors_still_named_by_the_general_path(isa, rng):
         fastattn.attention(q, k[:, :1].repeat(3, 1), v[:, :1].repeat(3, 1))
     with pytest.raises(TypeError, match="causal must be a bool or a str"):
         fastattn.attention(q, k, v, causal=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, "bfloat16"])
+@pytest.mark.parametrize("shape", [(2, 4, 33, 70), (3, 8, 1, 300)], ids=["prefill", "decode"])
+def test_forward_writes_through_out_strides(isa, rng, dtype, shape):
+    """forward_prepared (fastattn.transformers' door) writes a (B, Hq, Lq, Dv) view of a (B, Lq, Hq, Dv)
+    array in place, row by row through its strides, with the bits of a C-contiguous out: prefill tasks
+    and decoding (direct mode, GQA heads sharing a task, split key ranges)."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    b, hq, lq, lk = shape
+    q = rng.standard_normal((b, hq, lq, 16)).astype(dtype)
+    k = rng.standard_normal((b, 2, lk, 16)).astype(dtype)
+    v = rng.standard_normal((b, 2, lk, 24)).astype(dtype)
+    want = fastattn.attention(q, k, v, scale=0.25, kv_lengths=[lk - 5, lk, lk - 1][:b])
+    options = _contract.normal_options(scale=0.25, kv_lengths=np.array([lk - 5, lk, lk - 1][:b], np.int64))
+    model_layout = np.full((b, lq, hq, 24), np.nan, dtype)  # (B, Lq, Hq, Dv): every element written
+    fastattn._api.forward_prepared(q, k, v, model_layout.transpose(0, 2, 1, 3), options)
+    np.testing.assert_array_equal(model_layout.transpose(0, 2, 1, 3), want)
+    model_layout[...] = np.nan  # the NumPy backend (the fallback without the extension) writes the view too
+    fastattn._api.forward_prepared(q, k, v, model_layout.transpose(0, 2, 1, 3), options, backend="numpy")
+    tol = 1e-12 if dtype == np.float64 else 1e-2 if np.dtype(dtype).itemsize == 2 else 1e-5
+    np.testing.assert_allclose(model_layout.transpose(0, 2, 1, 3).astype(np.float64), want.astype(np.float64),
+                               rtol=tol, atol=tol)

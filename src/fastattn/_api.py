@@ -180,7 +180,9 @@ def forward_prepared(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarra
                      backend: str = "auto", num_threads: Optional[int] = None) -> None:
     """attention(q, k, v) into `out`, for a caller that has made the call valid and normal itself, as
     _contract.normalise would: q, k, v 4-D (B, H, L, D) arrays of one storage dtype with a contiguous
-    last axis, `out` a C-contiguous (B, Hq, Lq, Dv) array of q's dtype, and `options` normalised for
+    last axis, `out` a writeable (B, Hq, Lq, Dv) array of q's dtype with a contiguous last axis (the C++
+    kernel writes through its strides: a view of a (B, Lq, Hq, Dv) array, as a model wants the
+    output next, needs no copy), and `options` normalised for
     the batch shape (B,) (a mask view of shape (B, Hq, Lq, Lk), sinks (B·Hq,) float64, kv_lengths (B,)
     int64, ...). Nothing is checked here beyond what the binding checks: the no-grad calls of
     fastattn.torch and fastattn.transformers, which build these from tensors they have checked, skip
@@ -390,11 +392,13 @@ def _plain_forward(q, k, v, causal, scale, return_lse, num_threads):
 
 
 def plain_kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, scale: float, return_lse: bool,
-                 threads: int) -> Any:
+                 threads: int, out: Optional[np.ndarray] = None) -> Any:
     """The C++ kernel on a plain call _plain_forward has accepted (or fastattn.torch's _plain_sdpa, which
-    checks the same of its tensors): new out (and lse)."""
+    checks the same of its tensors): out (new, or the given (B, Hq, Lq, Dv) view of q's dtype with a
+    contiguous last axis, written through its strides) and lse."""
     dtype = q.dtype
-    out = np.empty(q.shape[:3] + v.shape[3:], dtype)
+    if out is None:
+        out = np.empty(q.shape[:3] + v.shape[3:], dtype)
     lse = np.empty(q.shape[:3], compute_dtype(dtype)) if return_lse else None
     cpp_forward(q, k, v, out, lse, binding_args(scale, UPPER_LEFT if causal else NO_CAUSAL, threads))
     return (out, lse) if return_lse else out

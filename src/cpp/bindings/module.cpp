@@ -142,7 +142,15 @@ fastattn::AttentionArgs unpack(const py::array& q, const py::array& k, const py:
     args.v_strides = strides_of(v, "v", q.dtype());
     // out: q's dtype, or float32 for 16-bit inputs (the output before rounding).
     args.out_wide = (args.dtype == DType::f16 || args.dtype == DType::bf16) && out.dtype().equal(py::dtype::of<float>());
-    require_c_contiguous(out, "out", args.out_wide ? out.dtype() : q.dtype(), out_written);
+    // The forward writes out through its strides (a view with a contiguous last axis, e.g. the
+    // (batch, lq, hq, dv) layout a model wants next); the backward reads it C-contiguous.
+    const py::dtype out_dtype = args.out_wide ? out.dtype() : q.dtype();
+    if (out_written) {
+        if (!out.writeable()) fail("out must be writeable");
+    } else {
+        require_c_contiguous(out, "out", out_dtype, false);
+    }
+    args.out_strides = strides_of(out, "out", out_dtype);
     args.batch = q.shape(0);
     args.hq = q.shape(1);
     args.lq = q.shape(2);
@@ -206,6 +214,7 @@ void forward_paged(const py::array& q, const py::array& k_pool, const py::array&
     require_c_contiguous(k_pool, "k_pool", pool_dtype, false);
     require_c_contiguous(v_pool, "v_pool", pool_dtype, false);
     require_c_contiguous(out, "out", q.dtype(), true);
+    args.out_strides = strides_of(out, "out", q.dtype());
     require_c_contiguous(table, "table", py::dtype::of<int32_t>(), false);
     if (q.ndim() != 4 || k_pool.ndim() != 4 || v_pool.ndim() != 4 || table.ndim() != 2 || out.ndim() != 4)
         fail("q, the pools and out must be 4-D, the table 2-D");

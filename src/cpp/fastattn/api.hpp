@@ -74,7 +74,9 @@ struct AttentionArgs {
     const void* q = nullptr;  // (batch, hq,  lq, d)   strided, last axis contiguous
     const void* k = nullptr;  // (batch, hkv, lk, d)   strided, last axis contiguous
     const void* v = nullptr;  // (batch, hkv, lk, dv)  strided, last axis contiguous
-    void* out = nullptr;      // (batch, hq,  lq, dv)  C-contiguous, storage dtype (or see out_wide)
+    void* out = nullptr;      // (batch, hq,  lq, dv)  storage dtype (or see out_wide); the forward writes it
+                              // through out_strides (last axis contiguous: a caller that wants (batch, lq,
+                              // hq, dv) passes that layout's view), the backward reads it C-contiguous
     // 16-bit inputs only: out is float32, the output before rounding to 16 bits.
     // The backward then forms D = Σ_c dout·out from it, as precise as float32.
     bool out_wide = false;
@@ -84,7 +86,7 @@ struct AttentionArgs {
     // precision. The backward's P = exp(s − lse) would carry that error whole
     // (up to half an ulp of lse: 3.8e-6 at 100 in float32), GradArgs::lse_lo.
     void* lse_lo = nullptr;
-    Strides3 q_strides, k_strides, v_strides;
+    Strides3 q_strides, k_strides, v_strides, out_strides;  // in elements
     int64_t batch = 0, hq = 0, hkv = 0, lq = 0, lk = 0, d = 0, dv = 0;
     double scale = 1.0;
     Causal causal = Causal::none;

@@ -147,17 +147,18 @@ void ForwardKernel<S, K, E>::write_rows_as(const TaskRows& t, const T* row_max, 
                                            const T* acc) const {
     for (int64_t h = t.h0, r = 0; h < t.h0 + heads_per_task_; ++h) {
         const int64_t first_row = (t.seq.b * a_.hq + h) * a_.lq + t.row0;
-        O* out = static_cast<O*>(a_.out) + first_row * a_.dv;
+        const Strides3& os = a_.out_strides;
+        O* out = static_cast<O*>(a_.out) + t.seq.b * os.batch + h * os.head + t.row0 * os.row;
         T* lse = a_.lse ? static_cast<T*>(a_.lse) + first_row : nullptr;  // compute dtype
         T* lse_lo = a_.lse_lo ? static_cast<T*>(a_.lse_lo) + first_row : nullptr;
         const T sink = a_.sinks ? static_cast<T>(a_.sinks[t.seq.b * a_.hq + h]) : neg_inf_;
         for (int64_t i = 0; i < t.rows; ++i) {
             const bool is_live = i < t.rows_live;
             if (is_live)
-                finish_row(row_max[r], row_sum[r], sink, acc + r * dv_pad_, out + i * a_.dv,
+                finish_row(row_max[r], row_sum[r], sink, acc + r * dv_pad_, out + i * os.row,
                            lse ? lse + i : nullptr, lse_lo ? lse_lo + i : nullptr);
             else  // padding past q_lengths: no query, no sink
-                finish_row(neg_inf_, T(0), neg_inf_, acc, out + i * a_.dv, lse ? lse + i : nullptr,
+                finish_row(neg_inf_, T(0), neg_inf_, acc, out + i * os.row, lse ? lse + i : nullptr,
                            lse_lo ? lse_lo + i : nullptr);
             r += is_live;
         }
