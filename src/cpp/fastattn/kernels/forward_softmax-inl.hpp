@@ -48,31 +48,19 @@ void ForwardKernel<S, K, E>::softmax_tile(int64_t r0, const int64_t* lo, const i
                          ws.row_slope[r0 + r], ws.key_index.data(), bias, nullptr);
     }
 
-    // Each row's maximum over its vectors in order; rows kGroup at a time, their chains
-    // interleaved (an FMA tile's 6 rows all at once; an AMX tile's 32 in groups of 4, whose
-    // accumulators fit the registers: 32 at once spilled each one to memory every vector).
-    constexpr int kGroup = R <= 8 ? R : 4;
-    static_assert(R % kGroup == 0, "whole groups of rows");
     reg block_max[R];
     for (int r = 0; r < R; ++r) block_max[r] = V::set1(neg_inf_);
-    for (int g = 0; g < R; g += kGroup) {
-        reg group_max[kGroup];
-        for (int r = 0; r < kGroup; ++r) group_max[r] = block_max[g + r];
-        if (post != T(1)) {  // the scale the score tiles left (post > 0, nothing shaped but -inf: see update_rows)
-            const reg factor = V::set1(post);
-            for (int64_t u = v_begin; u < v_end; ++u)
-                for (int r = 0; r < kGroup; ++r) {
-                    T* s = scores + (g + r) * kKeyBlock + u * W;
-                    const reg x = V::mul(V::load(s), factor);
-                    V::store(s, x);
-                    group_max[r] = V::max(group_max[r], x);
-                }
-        } else {
-            for (int64_t u = v_begin; u < v_end; ++u)
-                for (int r = 0; r < kGroup; ++r)
-                    group_max[r] = V::max(group_max[r], V::load(scores + (g + r) * kKeyBlock + u * W));
-        }
-        for (int r = 0; r < kGroup; ++r) block_max[g + r] = group_max[r];
+    if (post != T(1)) {  // the scale the score tiles left (post > 0, nothing shaped but -inf: see update_rows)
+        const reg factor = V::set1(post);
+        for (int64_t u = v_begin; u < v_end; ++u)
+            for (int r = 0; r < R; ++r) {
+                const reg x = V::mul(V::load(scores + r * kKeyBlock + u * W), factor);
+                V::store(scores + r * kKeyBlock + u * W, x);
+                block_max[r] = V::max(block_max[r], x);
+            }
+    } else {
+        for (int64_t u = v_begin; u < v_end; ++u)
+            for (int r = 0; r < R; ++r) block_max[r] = V::max(block_max[r], V::load(scores + r * kKeyBlock + u * W));
     }
 
     T shift[R], decay[R];  // the new maximum, and old − new maximum
